@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real Postgres cluster and the real S3
+# test server (s3s-fs), both started here; installs what is missing.
+# Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/services.sh
+
+ensure_rust
+ensure_cc
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
+
+# Tests do not need durability: a faster cluster, with room for parallel tests.
+TEST_DATABASE_URL=$(pg_start test "${INTAKE_TEST_PG_PORT:-54330}" \
+    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400")
+export TEST_DATABASE_URL
+
+ensure_s3s_fs
+S3_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/intake-s3.XXXXXX")
+S3_PORT=$(free_port)
+cleanup() {
+    [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
+    rm -rf "$S3_ROOT" "$S3_ROOT.log"
+}
+trap cleanup EXIT
+s3_start "$S3_ROOT" "$S3_PORT" intake-test intake-test-secret
+export TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+export TEST_S3_ACCESS_KEY_ID=intake-test
+export TEST_S3_SECRET_ACCESS_KEY=intake-test-secret
+export TEST_S3_ROOT=$S3_ROOT
+
+log "running the test suite"
+cargo test --locked "$@"

@@ -1,0 +1,163 @@
+//! Login sessions: a row in `sessions`, named by the `sid` of a JWT that the
+//! `intake_session` cookie carries, so logout and revocation are real.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::{ACCOUNT_COLUMNS, Account};
+use crate::state::AppState;
+
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "intake_session";
+
+/// Claims of the session JWT.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Account id.
+    pub sub: Uuid,
+    /// Session id (a row of `sessions`).
+    pub sid: Uuid,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+}
+
+/// The keys that sign and check session JWTs (HS256).
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    csrf_key: Vec<u8>,
+}
+
+impl JwtKeys {
+    /// Derives the keys from `JWT_SECRET`.
+    pub fn new(secret: &str) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"intake csrf v1")
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(secret.as_bytes());
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            csrf_key: mac.finalize().into_bytes().to_vec(),
+        }
+    }
+
+    /// The CSRF token of a session: derived, so nothing more is stored.
+    pub fn csrf_token(&self, session_id: Uuid) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.csrf_key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(session_id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Signs claims.
+    pub fn encode(&self, claims: &Claims) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Checks signature and expiry.
+    pub fn decode(&self, token: &str) -> Option<Claims> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+}
+
+/// A new session: its JWT and CSRF token.
+pub struct NewSession {
+    /// The cookie value.
+    pub token: String,
+    /// The token state-changing cookie requests must echo.
+    pub csrf_token: String,
+}
+
+/// Creates a session row for the account and signs its token.
+pub async fn create(state: &AppState, account_id: Uuid) -> anyhow::Result<NewSession> {
+    let sid = Uuid::new_v4();
+    let now = Utc::now();
+    let ttl = ChronoDuration::from_std(state.config.session_ttl)?;
+    let expires_at = now + ttl;
+    sqlx::query("INSERT INTO sessions (id, account_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(sid)
+        .bind(account_id)
+        .bind(expires_at)
+        .execute(&state.db)
+        .await?;
+    let claims = Claims {
+        sub: account_id,
+        sid,
+        iat: now.timestamp(),
+        exp: expires_at.timestamp(),
+    };
+    Ok(NewSession {
+        token: state.jwt.encode(&claims)?,
+        csrf_token: state.jwt.csrf_token(sid),
+    })
+}
+
+/// The account of a valid, unrevoked, unexpired session token.
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<(Account, Uuid)>, sqlx::Error> {
+    let Some(claims) = state.jwt.decode(token) else {
+        return Ok(None);
+    };
+    let account: Option<Account> = sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM sessions JOIN accounts ON accounts.id = sessions.account_id
+         WHERE sessions.id = $1 AND sessions.account_id = $2
+           AND sessions.revoked_at IS NULL AND sessions.expires_at > now()"
+    ))
+    .bind(claims.sid)
+    .bind(claims.sub)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(account.map(|a| (a, claims.sid)))
+}
+
+/// Revokes a session.
+pub async fn revoke(state: &AppState, session_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+        .bind(session_id)
+        .execute(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// The session token from the `Cookie` header, if any.
+pub fn cookie_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The `Set-Cookie` value that stores a session token.
+pub fn set_cookie(token: &str, max_age_secs: u64, secure: bool) -> String {
+    format!(
+        "{COOKIE_NAME}={token}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_cookie(secure: bool) -> String {
+    set_cookie("", 0, secure)
+}

@@ -1,0 +1,360 @@
+//! Configuration read from the environment only, parsed once at start-up.
+//!
+//! Every variable is documented in `.env.example`. A missing required variable
+//! or a malformed value fails start-up with the variable's name; secrets are
+//! wrapped in [`Secret`] so `Debug` output and logs never show them.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+
+/// A value that must never be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    /// A variable is set to something that does not parse.
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Where objects are stored.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// A local folder (the embedded default).
+    Fs {
+        /// The folder that holds the objects.
+        root: std::path::PathBuf,
+    },
+    /// An S3-compatible object store.
+    S3(S3Config),
+}
+
+/// Settings of the S3 backend.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// The bucket that holds every object.
+    pub bucket: String,
+    /// Endpoint the server talks to; `None` means AWS itself.
+    pub endpoint: Option<String>,
+    /// Endpoint written into presigned URLs, when clients reach storage
+    /// through another address than the server does.
+    pub public_endpoint: Option<String>,
+    /// Region used for signing.
+    pub region: String,
+    /// Static credentials; `None` uses the default AWS credential chain.
+    pub access_key_id: Option<String>,
+    /// The secret half of the static credentials.
+    pub secret_access_key: Option<Secret>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most
+    /// S3-compatible servers.
+    pub force_path_style: bool,
+    /// Prefix put before every object key, so several deployments (or
+    /// tests) can share one bucket.
+    pub key_prefix: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration of one intake instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Postgres connection string.
+    pub database_url: Secret,
+    /// Connections in the main pool.
+    pub database_max_connections: u32,
+    /// Key that signs session JWTs and local-storage URL tokens.
+    pub jwt_secret: Secret,
+    /// Address the HTTP server binds.
+    pub bind_addr: SocketAddr,
+    /// Base URL clients use to reach this server (for URLs it hands out).
+    pub public_base_url: String,
+    /// Bearer token of the admin API; `None` disables it.
+    pub admin_token: Option<Secret>,
+    /// Whether the session cookie carries `Secure`.
+    pub cookie_secure: bool,
+    /// Lifetime of a login session.
+    pub session_ttl: Duration,
+    /// Requests per minute allowed to one anonymous client IP.
+    pub anon_rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Let requests through when the rate limiter's store fails.
+    pub rate_limit_fail_open: bool,
+    /// Largest file accepted by the streaming routes.
+    pub stream_max_file_bytes: u64,
+    /// Size of one storage part while streaming.
+    pub upload_part_bytes: u64,
+    /// Lifetime of presigned URLs.
+    pub presign_expiry: Duration,
+    /// Object storage.
+    pub storage: StorageConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long graceful shutdown waits for uploads before ending them.
+    pub shutdown_grace: Duration,
+}
+
+/// One megabyte as the tier table counts it (binary).
+pub const MB: u64 = 1024 * 1024;
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration from any variable lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { get: &get };
+        let storage = match env.opt("STORAGE_BACKEND").as_deref() {
+            None | Some("fs") => StorageConfig::Fs {
+                root: env
+                    .opt("FS_ROOT")
+                    .unwrap_or_else(|| "./data/objects".into())
+                    .into(),
+            },
+            Some("s3") => {
+                let endpoint = env.opt("S3_ENDPOINT");
+                let force_path_style = env.parse_or("S3_FORCE_PATH_STYLE", endpoint.is_some())?;
+                StorageConfig::S3(S3Config {
+                    bucket: env.required("S3_BUCKET")?,
+                    public_endpoint: env.opt("S3_PUBLIC_ENDPOINT"),
+                    endpoint,
+                    region: env.opt("S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id: env.opt("S3_ACCESS_KEY_ID"),
+                    secret_access_key: env.opt("S3_SECRET_ACCESS_KEY").map(Secret),
+                    force_path_style,
+                    key_prefix: env.opt("S3_KEY_PREFIX").unwrap_or_default(),
+                })
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "STORAGE_BACKEND",
+                    reason: format!("expected fs or s3, got {other:?}"),
+                });
+            }
+        };
+        let bind_addr: SocketAddr = env.parse_or("BIND_ADDR", ([0, 0, 0, 0], 8080).into())?;
+        let public_base_url = env
+            .opt("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| format!("http://localhost:{}", bind_addr.port()))
+            .trim_end_matches('/')
+            .to_owned();
+        let trusted_proxies = match env.opt("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(parse_net)
+                .collect::<Result<_, _>>()
+                .map_err(|reason| ConfigError::Invalid {
+                    name: "TRUSTED_PROXIES",
+                    reason,
+                })?,
+        };
+        let jwt_secret = env.required("JWT_SECRET")?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                name: "JWT_SECRET",
+                reason: "must be at least 32 characters".into(),
+            });
+        }
+        let upload_part_bytes = env.parse_or("UPLOAD_PART_BYTES", 8 * MB)?;
+        if upload_part_bytes < 5 * MB {
+            return Err(ConfigError::Invalid {
+                name: "UPLOAD_PART_BYTES",
+                reason: "S3 multipart parts must be at least 5 MiB (5242880)".into(),
+            });
+        }
+        Ok(Self {
+            database_url: Secret(env.required("DATABASE_URL")?),
+            database_max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
+            jwt_secret: Secret(jwt_secret),
+            bind_addr,
+            public_base_url,
+            admin_token: env.opt("ADMIN_TOKEN").filter(|t| !t.is_empty()).map(Secret),
+            cookie_secure: env.parse_or("COOKIE_SECURE", true)?,
+            session_ttl: Duration::from_secs(env.parse_or("SESSION_TTL_SECS", 7 * 24 * 3600)?),
+            anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
+            trusted_proxies,
+            rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
+            stream_max_file_bytes: env.parse_or("STREAM_MAX_FILE_BYTES", 100 * MB)?,
+            upload_part_bytes,
+            presign_expiry: Duration::from_secs(env.parse_or("PRESIGN_EXPIRY_SECS", 3600)?),
+            storage,
+            log_format: match env.opt("LOG_FORMAT").as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "LOG_FORMAT",
+                        reason: format!("expected text or json, got {other:?}"),
+                    });
+                }
+            },
+            shutdown_grace: Duration::from_secs(env.parse_or("SHUTDOWN_GRACE_SECS", 30)?),
+        })
+    }
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))
+}
+
+struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn opt(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.opt(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn parse_or<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.opt(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    name,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("DATABASE_URL", "postgres://u:hunter2@localhost/db"),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+    ];
+
+    #[test]
+    fn missing_required_variable_is_named() {
+        let err = config(&[("JWT_SECRET", BASE[1].1)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable DATABASE_URL is required but not set"
+        );
+        let err = config(&[BASE[0]]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn malformed_value_is_named() {
+        let err = config(&[BASE[0], BASE[1], ("ANON_RATE_LIMIT_PER_MINUTE", "lots")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ANON_RATE_LIMIT_PER_MINUTE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.stream_max_file_bytes, 100 * MB);
+        assert_eq!(c.upload_part_bytes, 8 * MB);
+        assert_eq!(c.anon_rate_limit_per_minute, 60);
+        assert!(c.rate_limit_fail_open && c.cookie_secure);
+        assert!(matches!(c.storage, StorageConfig::Fs { .. }));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = config(&[BASE[0], BASE[1], ("ADMIN_TOKEN", "admin-secret-token")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("0123456789abcdef"));
+        assert!(!shown.contains("admin-secret-token"));
+    }
+
+    #[test]
+    fn s3_path_style_defaults_on_with_an_endpoint() {
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("STORAGE_BACKEND", "s3"),
+            ("S3_BUCKET", "b"),
+            ("S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        let StorageConfig::S3(s3) = c.storage else {
+            panic!("not s3")
+        };
+        assert!(s3.force_path_style);
+        let err = config(&[BASE[0], BASE[1], ("STORAGE_BACKEND", "s3")]).unwrap_err();
+        assert!(err.to_string().contains("S3_BUCKET"));
+    }
+
+    #[test]
+    fn trusted_proxies_accept_addresses_and_networks() {
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(config(&[BASE[0], BASE[1], ("TRUSTED_PROXIES", "nope")]).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The middleware that decides who a request is from and counts it against
+//! its rate limit, before routing, so every route and every status (the 404
+//! fallback included) carries the rate-limit headers.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use ipnet::IpNet;
+
+use crate::{
+    auth::{self, Principal},
+    error::ApiError,
+    ratelimit::{self, Policy},
+    state::AppState,
+};
+
+/// Routes that count against no limit and need no credentials.
+const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Routes that are always anonymous for rate limiting, whatever credentials
+/// they carry, so that a session cannot lift the per-IP guessing limit.
+const ALWAYS_ANONYMOUS: [&str; 2] = ["/auth/signup", "/auth/login"];
+
+/// The client's address: the socket peer, or behind trusted proxies the
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // A garbled entry: nothing left of it can be believed.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Resolves the [`Principal`], applies the rate limit and writes its headers.
+pub async fn authenticate_and_limit(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_owned();
+    if EXEMPT.contains(&path.as_str()) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let is_admin = path == "/admin" || path.starts_with("/admin/");
+    let principal = match auth::resolve(&state, req.headers(), is_admin, ip).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let anonymous = Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
+    let policy = if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
+        Some(anonymous)
+    } else {
+        match &principal {
+            Principal::ApiKey { account, .. } => Some(Policy::account(
+                account.id,
+                account.limits().requests_per_minute,
+            )),
+            Principal::Session { .. } | Principal::Admin => None,
+            Principal::Anonymous { .. } => Some(anonymous),
+        }
+    };
+    let decision = match &policy {
+        None => None,
+        Some(policy) => match ratelimit::check(&state.db, policy).await {
+            Ok(d) => {
+                let result = if d.allowed { "allowed" } else { "refused" };
+                metrics::counter!("intake_ratelimit_decisions_total", "policy" => policy.kind, "result" => result)
+                    .increment(1);
+                Some(d)
+            }
+            Err(e) => {
+                metrics::counter!("intake_ratelimit_store_errors_total", "policy" => policy.kind)
+                    .increment(1);
+                if state.config.rate_limit_fail_open {
+                    tracing::error!(error = %e, "rate limiter store failed; letting the request through");
+                    None
+                } else {
+                    tracing::error!(error = %e, "rate limiter store failed; refusing the request");
+                    return ApiError::ServiceUnavailable(
+                        "the rate limiter is unavailable; retry shortly".into(),
+                    )
+                    .into_response();
+                }
+            }
+        },
+    };
+    if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
+        let mut response = ApiError::RateLimited {
+            limit: u64::from(d.limit),
+            retry_after: d.retry_after.unwrap_or(1),
+        }
+        .into_response();
+        d.apply(response.headers_mut());
+        return response;
+    }
+    req.extensions_mut().insert(principal);
+    let mut response = next.run(req).await;
+    if let Some(d) = &decision {
+        d.apply(response.headers_mut());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_from_untrusted_peers() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(client_ip(Some(peer), &xff("1.2.3.4"), &trusted), peer);
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // The client forged the first entry; the proxy appended the real one.
+        let h = xff("6.6.6.6, 198.51.100.7, 10.0.0.1");
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &http::HeaderMap::new(), &trusted),
+            proxy
+        );
+    }
+}

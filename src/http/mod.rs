@@ -1,0 +1,110 @@
+//! The HTTP surface: the router, its middleware stack and the OpenAPI
+//! document generated from the same route list.
+
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+pub mod ops;
+
+use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{admin, auth, quota, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "intake", description = "Self-hostable upload API: streaming and presigned uploads within tier limits."),
+    modifiers(&SecuritySchemes),
+    security(("api_key" = []), ("session" = []))
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ik_<id>_<secret>")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::session::COOKIE_NAME))),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route with its documentation.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::routes::signup))
+        .routes(routes!(auth::routes::login))
+        .routes(routes!(auth::routes::logout))
+        .routes(routes!(auth::routes::me))
+        .routes(routes!(auth::routes::create_key, auth::routes::list_keys))
+        .routes(routes!(auth::routes::revoke_key))
+        .routes(routes!(quota::limits))
+        .routes(routes!(quota::usage))
+        .routes(routes!(admin::http_create_account))
+        .routes(routes!(admin::http_patch_account))
+        .routes(routes!(admin::http_create_key))
+        .routes(routes!(admin::http_usage))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// Builds the application: routes, fallbacks and the middleware stack
+/// (outermost first: request id, tracing, metrics, authentication and rate
+/// limit, body limit).
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api_routes().split_for_parts();
+    ops::set_openapi(&doc);
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
+        .route_layer(axum::middleware::from_fn(metrics::record_route))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }))
+                .layer(axum::middleware::from_fn(metrics::track))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
+                .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT)),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,114 @@
+//! intake: a self-hostable upload API server. Accounts on tiers stream files
+//! or upload them through presigned URLs to S3-compatible storage or a local
+//! folder, and every limit of their tier holds on every instance at once,
+//! because every limit lives in Postgres.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod quota;
+pub mod ratelimit;
+pub mod state;
+pub mod storage;
+pub mod tiers;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// A built server: bound to its port, connected, migrated, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Connects to the database (migrating it) and storage, and binds the
+    /// listener (port 0 picks a free port; see [`App::port`]).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind_addr).await?;
+        let state = AppState::connect(config).await?;
+        Ok(Self { listener, state })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (tests use its pool and store to check what is left).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// requests in flight finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            storage = state.store.kind(),
+            "intake listening"
+        );
+        let router = http::router(state);
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        housekeeping.abort();
+        result.map_err(Into::into)
+    }
+}
+
+/// Periodic cleanup that any instance may run: expired rate-limit rows.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match ratelimit::prune(&state.db).await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing requests in flight");
+}

@@ -1,0 +1,109 @@
+//! The `intake` binary: `serve` (default), `migrate`, `admin …`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use intake::{App, AppState, Config, config::LogFormat, tiers::Tier};
+use tracing_subscriber::{EnvFilter, fmt};
+
+#[derive(Parser)]
+#[command(name = "intake", version, about = "Self-hostable upload API server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Bring the database schema up to date and exit.
+    Migrate,
+    /// Administration from the command line.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account; prints it as JSON.
+    CreateAccount {
+        /// E-mail address.
+        #[arg(long)]
+        email: String,
+        /// Tier: free, starter, professional or enterprise.
+        #[arg(long, value_parser = parse_tier)]
+        tier: Tier,
+        /// Password (omit for an API-key-only account).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Create an API key for an account; prints it (shown once) as JSON.
+    CreateApiKey {
+        /// Account id.
+        #[arg(long)]
+        account: uuid::Uuid,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase()))
+        .map_err(|_| format!("unknown tier {s:?} (free, starter, professional, enterprise)"))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Migrate) = cli.command {
+        init_tracing(LogFormat::Text);
+        let url = std::env::var("DATABASE_URL")
+            .context("environment variable DATABASE_URL is required but not set")?;
+        let pool = intake::db::connect(&url, 2).await?;
+        intake::db::migrate(&pool).await?;
+        tracing::info!("database schema is up to date");
+        return Ok(());
+    }
+    let config = Config::from_env()?;
+    init_tracing(config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve | Command::Migrate => App::build(config).await?.run().await,
+        Command::Admin(cmd) => {
+            let state = AppState::connect(config).await?;
+            let out = match cmd {
+                AdminCommand::CreateAccount {
+                    email,
+                    tier,
+                    password,
+                } => {
+                    let account = intake::admin::create_account(&state, &email, password, tier)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    serde_json::to_value(intake::admin::AdminAccountView::from(account))?
+                }
+                AdminCommand::CreateApiKey { account, name } => {
+                    let account = intake::auth::Account::find(&state.db, account)
+                        .await?
+                        .context("no account with that id")?;
+                    let key = intake::auth::api_keys::create(&state.db, &account, &name)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    serde_json::to_value(key)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+    }
+}

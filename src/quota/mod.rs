@@ -1,0 +1,190 @@
+//! What an account may use and what it uses: the public tier table
+//! (`GET /limits`) and the caller's usage (`GET /usage`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::{
+    auth::{Account, CurrentAccount},
+    error::ApiError,
+    http::extract::Json,
+    ratelimit::{self, Policy},
+    state::AppState,
+    tiers::{Limits, Tier},
+};
+
+/// `GET /limits`: every tier's row in exact figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsTable {
+    /// `free`, `starter`, `professional`, `enterprise`.
+    pub tiers: BTreeMap<&'static str, Limits>,
+    /// Largest file the streaming routes accept, whatever the tier.
+    pub stream_max_file_bytes: u64,
+}
+
+/// The tier table.
+#[utoipa::path(get, path = "/limits", tag = "limits", responses((status = 200, body = LimitsTable)))]
+pub async fn limits(State(state): State<AppState>) -> Json<LimitsTable> {
+    Json(LimitsTable {
+        tiers: Tier::ALL.iter().map(|t| (t.as_str(), t.limits())).collect(),
+        stream_max_file_bytes: state.config.stream_max_file_bytes,
+    })
+}
+
+/// Requests left in the current window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestsUsage {
+    /// Requests allowed right now.
+    pub remaining: u32,
+    /// Unix second at which `remaining` is back to the limit.
+    pub reset: i64,
+}
+
+/// Uploads in flight.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConcurrentUsage {
+    /// Slots held (streaming and presigned uploads).
+    pub active: i64,
+}
+
+/// Storage use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageUsage {
+    /// Bytes of recorded files.
+    pub used: i64,
+    /// Bytes held by uploads in flight.
+    pub reserved: i64,
+}
+
+/// A monthly counter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MonthlyUsage {
+    /// Used this calendar month (UTC).
+    pub used: i64,
+    /// When the counter starts again (the first instant of next month, UTC).
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Every counted use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageCounters {
+    /// Per-minute requests (API-key policy).
+    pub requests: RequestsUsage,
+    /// Concurrent uploads.
+    pub concurrent_uploads: ConcurrentUsage,
+    /// Storage.
+    pub storage_bytes: StorageUsage,
+    /// AI descriptions this month.
+    pub ai_descriptions: MonthlyUsage,
+    /// Chat messages this month.
+    pub chat_messages: MonthlyUsage,
+}
+
+/// `GET /usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// The account's tier.
+    pub tier: Tier,
+    /// Effective limits (tier row with custom overrides).
+    pub limits: Limits,
+    /// What is used.
+    pub usage: UsageCounters,
+}
+
+/// The first instant of the month after `now` (UTC).
+pub fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now)
+}
+
+/// Reads an account's usage.
+pub async fn usage_of(db: &PgPool, account: &Account) -> Result<Usage, ApiError> {
+    let limits = account.limits();
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        used: i64,
+        reserved: i64,
+        active: i64,
+        ai: i64,
+        chat: i64,
+        now: DateTime<Utc>,
+    }
+    let row: Row = sqlx::query_as(
+        "SELECT a.storage_used_bytes AS used, a.storage_reserved_bytes AS reserved,
+                (SELECT count(*) FROM upload_leases l
+                  WHERE l.account_id = a.id AND l.expires_at > now()) AS active,
+                coalesce(m.ai_descriptions, 0)::int8 AS ai,
+                coalesce(m.chat_messages, 0)::int8 AS chat,
+                now() AS now
+         FROM accounts a
+         LEFT JOIN monthly_usage m
+           ON m.account_id = a.id AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+         WHERE a.id = $1",
+    )
+    .bind(account.id)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("account"))?;
+    let (remaining, reset) =
+        ratelimit::peek(db, &Policy::account(account.id, limits.requests_per_minute)).await?;
+    let resets_at = next_month_start(row.now);
+    Ok(Usage {
+        tier: account.tier,
+        limits,
+        usage: UsageCounters {
+            requests: RequestsUsage { remaining, reset },
+            concurrent_uploads: ConcurrentUsage { active: row.active },
+            storage_bytes: StorageUsage {
+                used: row.used,
+                reserved: row.reserved,
+            },
+            ai_descriptions: MonthlyUsage {
+                used: row.ai,
+                resets_at,
+            },
+            chat_messages: MonthlyUsage {
+                used: row.chat,
+                resets_at,
+            },
+        },
+    })
+}
+
+/// The caller's limits and use.
+#[utoipa::path(get, path = "/usage", tag = "limits", responses((status = 200, body = Usage), (status = 401)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+) -> Result<Json<Usage>, ApiError> {
+    Ok(Json(usage_of(&state.db, &auth.account).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_roll_over_at_year_end() {
+        let dec = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
+        assert_eq!(
+            next_month_start(dec),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
+        let nov = Utc.with_ymd_and_hms(2026, 11, 28, 1, 0, 0).unwrap();
+        assert_eq!(
+            next_month_start(nov),
+            Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()
+        );
+    }
+}

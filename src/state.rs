@@ -1,0 +1,54 @@
+//! The state every handler shares: configuration, database pool, object
+//! store, signing keys, metrics.
+
+use std::{ops::Deref, sync::Arc};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::{auth::session::JwtKeys, config::Config, db, storage, storage::ObjectStore};
+
+/// What the state holds.
+pub struct Inner {
+    /// Configuration.
+    pub config: Config,
+    /// Postgres pool.
+    pub db: PgPool,
+    /// Object storage.
+    pub store: Arc<dyn ObjectStore>,
+    /// Session JWT and CSRF keys.
+    pub jwt: JwtKeys,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Cheap to clone; derefs to [`Inner`].
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Connects to the database (migrating it) and the object store.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let db = db::connect(
+            config.database_url.expose(),
+            config.database_max_connections,
+        )
+        .await?;
+        db::migrate(&db).await?;
+        let store = storage::from_config(&config).await?;
+        Ok(Self(Arc::new(Inner {
+            jwt: JwtKeys::new(config.jwt_secret.expose()),
+            metrics: crate::http::metrics::handle(),
+            config,
+            db,
+            store,
+        })))
+    }
+}

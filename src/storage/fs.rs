@@ -1,0 +1,338 @@
+//! The local-folder backend: objects are files below a root folder.
+//!
+//! Writes go to a temporary file in `<root>/.tmp` and are renamed into place
+//! once complete and synced, so a reader never sees half an object. Presigned
+//! URLs point back to intake itself and carry an HMAC-signed, expiring token.
+
+use std::{
+    io::SeekFrom,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderValue};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio_util::io::ReaderStream;
+
+use super::{ObjectBody, ObjectStore, ObjectWriter, PresignedRequest, PutConditions, StorageError};
+
+/// Objects as files below a root folder.
+#[derive(Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    public_base_url: String,
+    signing_key: Vec<u8>,
+}
+
+const TMP_DIR: &str = ".tmp";
+
+impl FsStore {
+    /// Opens (and creates) the root folder.
+    pub async fn new(root: PathBuf, public_base_url: &str, secret: &str) -> anyhow::Result<Self> {
+        tokio::fs::create_dir_all(root.join(TMP_DIR)).await?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"intake fs presign v1")?;
+        mac.update(secret.as_bytes());
+        Ok(Self {
+            root,
+            public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+            signing_key: mac.finalize().into_bytes().to_vec(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg != TMP_DIR)
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !valid {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "invalid object key {key:?}"
+            )));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn signature(&self, method: &str, key: &str, expires: u64, extra: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.signing_key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(format!("{method}\n{key}\n{expires}\n{extra}").as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    fn url(&self, method: &str, key: &str, expires_in: Duration, extra: &str) -> String {
+        let expires = unix_now().saturating_add(expires_in.as_secs());
+        let sig = self.signature(method, key, expires, extra);
+        format!(
+            "{}/storage/{key}?expires={expires}&signature={sig}",
+            self.public_base_url
+        )
+    }
+
+    /// Checks a presigned URL's token: right method, key, unexpired, and (for
+    /// PUT) the same bound conditions. Compared in constant time.
+    pub fn verify(
+        &self,
+        method: &str,
+        key: &str,
+        expires: u64,
+        extra: &str,
+        signature: &str,
+    ) -> bool {
+        if expires < unix_now() {
+            return false;
+        }
+        let expected = self.signature(method, key, expires, extra);
+        subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), signature.as_bytes()).into()
+    }
+
+    /// The string that binds a presigned PUT's conditions into its signature.
+    pub fn put_binding(c: &PutConditions) -> String {
+        format!(
+            "{}\n{}\n{}",
+            c.content_length,
+            c.content_type,
+            c.sha256.map(hex::encode).unwrap_or_default()
+        )
+    }
+
+    async fn temp_file(&self) -> Result<(PathBuf, tokio::fs::File), StorageError> {
+        let path = self
+            .root
+            .join(TMP_DIR)
+            .join(uuid::Uuid::new_v4().to_string());
+        let file = tokio::fs::File::create(&path).await?;
+        Ok((path, file))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn place(tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    tokio::fs::rename(tmp, dest).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        // Writable, not just present: create and remove a probe file.
+        let (path, _file) = self.temp_file().await?;
+        tokio::fs::remove_file(path).await?;
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let (tmp, mut file) = self.temp_file().await?;
+        let result = async {
+            file.write_all(&body).await?;
+            file.sync_all().await?;
+            place(&tmp, &dest).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectBody, StorageError> {
+        let mut file = tokio::fs::File::open(self.path(key)?).await?;
+        let total_len = file.metadata().await?.len();
+        let (start, end) = match range {
+            None => (0, total_len),
+            Some(r) if r.start < r.end && r.start < total_len => (r.start, r.end.min(total_len)),
+            Some(_) => return Err(StorageError::InvalidRange),
+        };
+        file.seek(SeekFrom::Start(start)).await?;
+        let len = end - start;
+        Ok(ObjectBody {
+            len,
+            total_len,
+            stream: Box::pin(ReaderStream::new(file.take(len))),
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn writer(
+        &self,
+        key: &str,
+        _content_type: &str,
+        _part_size: usize,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let dest = self.path(key)?;
+        let (tmp, file) = self.temp_file().await?;
+        let upload_id = tmp
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Box::new(FsWriter {
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            dest,
+            upload_id,
+            written: 0,
+        }))
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StorageError> {
+        if upload_id.is_empty()
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "invalid upload id {upload_id:?}"
+            )));
+        }
+        match tokio::fs::remove_file(self.root.join(TMP_DIR).join(upload_id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        _filename: &str,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        self.path(key)?;
+        Ok(PresignedRequest {
+            method: http::Method::GET,
+            url: self.url("GET", key, expires_in, ""),
+            headers: HeaderMap::new(),
+        })
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        conditions: &PutConditions,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        self.path(key)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(&conditions.content_type).map_err(StorageError::backend)?,
+        );
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(conditions.content_length),
+        );
+        Ok(PresignedRequest {
+            method: http::Method::PUT,
+            url: self.url("PUT", key, expires_in, &Self::put_binding(conditions)),
+            headers,
+        })
+    }
+}
+
+/// Appends to a temporary file; `finish` syncs and renames it into place.
+struct FsWriter {
+    file: Option<BufWriter<tokio::fs::File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    upload_id: String,
+    written: u64,
+}
+
+impl FsWriter {
+    fn file(&mut self) -> Result<&mut BufWriter<tokio::fs::File>, StorageError> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("writer already ended")))
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for FsWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        self.file()?.write_all(&chunk).await?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("writer already ended")))?;
+        let result = async {
+            file.flush().await?;
+            file.get_ref().sync_all().await?;
+            drop(file);
+            place(&self.tmp, &self.dest).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                // Renamed: nothing left for Drop to remove.
+                self.tmp = PathBuf::new();
+                Ok(self.written)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.file.take();
+        let tmp = std::mem::take(&mut self.tmp);
+        match tokio::fs::remove_file(&tmp).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn multipart_upload_id(&self) -> Option<&str> {
+        Some(&self.upload_id)
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            // Never finished nor aborted: remove the partial file.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Object storage behind one trait, with an S3 backend and a local-folder one.
+//!
+//! The rest of the server speaks only [`ObjectStore`]: keys are internal
+//! (`u/<account id>/<file id>`), never client input, and bytes move as
+//! streams or as single parts, never as whole files.
+
+mod fs;
+mod s3;
+
+use std::{ops::Range, pin::Pin, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use http::HeaderMap;
+
+pub use fs::FsStore;
+pub use s3::S3Store;
+
+use crate::config::{Config, StorageConfig};
+
+/// A failure of the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No object under that key.
+    #[error("object not found")]
+    NotFound,
+    /// The range asked for lies outside the object.
+    #[error("range not satisfiable")]
+    InvalidRange,
+    /// Anything else: network, permissions, the server's own errors.
+    #[error("object store error: {0}")]
+    Backend(#[source] anyhow::Error),
+}
+
+impl StorageError {
+    pub(crate) fn backend(e: impl Into<anyhow::Error>) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Self::NotFound
+        } else {
+            Self::Backend(e.into())
+        }
+    }
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// An object (or a range of it) being read.
+pub struct ObjectBody {
+    /// Bytes this body will yield.
+    pub len: u64,
+    /// Size of the whole object.
+    pub total_len: u64,
+    /// The bytes.
+    pub stream: ByteStream,
+}
+
+/// A request a client can make directly, without credentials, until it expires.
+#[derive(Debug, Clone)]
+pub struct PresignedRequest {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Full URL.
+    pub url: String,
+    /// Headers the client must send exactly as given (they are signed).
+    pub headers: HeaderMap,
+}
+
+/// What a presigned PUT binds: the client can send nothing else.
+#[derive(Debug, Clone)]
+pub struct PutConditions {
+    /// Exact body length.
+    pub content_length: u64,
+    /// Exact `Content-Type`.
+    pub content_type: String,
+    /// SHA-256 of the body, when the client declared it.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Writes one object from a sequence of chunks, holding at most one storage
+/// part in memory. Either [`ObjectWriter::finish`] or [`ObjectWriter::abort`]
+/// must end it; a writer dropped without either cleans up in the background.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Appends bytes (any size; the writer cuts them into parts).
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+    /// Makes the object visible under its key; returns its size.
+    async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+    /// Discards everything written so far.
+    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+    /// The backend's id of the multipart upload in progress, once there is
+    /// one, so that it can be recorded and reaped if this process dies.
+    fn multipart_upload_id(&self) -> Option<&str>;
+}
+
+/// Object storage as the server uses it.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Which backend this is (`fs` or `s3`), for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+    /// Checks that the store is reachable and usable.
+    async fn check(&self) -> Result<(), StorageError>;
+    /// Stores a small object in one request.
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StorageError>;
+    /// Reads an object, or the given byte range of it.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectBody, StorageError>;
+    /// The size of an object, `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Starts writing an object in parts of `part_size` bytes.
+    async fn writer(
+        &self,
+        key: &str,
+        content_type: &str,
+        part_size: usize,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Aborts a multipart upload left behind by a writer that never ended.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
+    /// A URL that downloads the object as an attachment named `filename`.
+    async fn presign_get(
+        &self,
+        key: &str,
+        filename: &str,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError>;
+    /// A URL that uploads exactly the described body to `key`.
+    async fn presign_put(
+        &self,
+        key: &str,
+        conditions: &PutConditions,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError>;
+}
+
+/// Builds the store the configuration names.
+pub async fn from_config(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match &config.storage {
+        StorageConfig::Fs { root } => Arc::new(
+            FsStore::new(
+                root.clone(),
+                &config.public_base_url,
+                config.jwt_secret.expose(),
+            )
+            .await?,
+        ),
+        StorageConfig::S3(s3) => Arc::new(S3Store::new(s3).await),
+    })
+}
+
+/// `Content-Disposition: attachment` with the filename in both the plain
+/// (ASCII, quotes escaped) and the RFC 8187 (UTF-8) forms.
+pub fn attachment_disposition(filename: &str) -> String {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .map(|c| if c == '"' || c == '\\' { '_' } else { c })
+        .collect();
+    let mut encoded = String::new();
+    for b in filename.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disposition_is_always_an_attachment_with_a_safe_name() {
+        assert_eq!(
+            attachment_disposition("a \"b\".png"),
+            "attachment; filename=\"a _b_.png\"; filename*=UTF-8''a%20%22b%22.png"
+        );
+        let d = attachment_disposition("été\r\n.txt");
+        assert!(d.starts_with("attachment; filename=\"_t___.txt\""), "{d}");
+        assert!(!d.contains('\r') && !d.contains('\n'));
+    }
+}

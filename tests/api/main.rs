@@ -1,0 +1,12 @@
+//! The API test suite: every test boots intake against real Postgres and the
+//! real S3 test server (see helpers.rs), through `scripts/test.sh`.
+
+// Tests fail loudly: unwrapping is how they assert.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod auth;
+mod helpers;
+mod limits;
+mod ops;
+mod storage;

@@ -1,0 +1,153 @@
+//! Operations routes, request ids, and problem+json on every kind of error.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, assert_problem, spawn, spawn_app};
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn().backend(backend).start().await;
+        let health: Value = app
+            .get("/healthz")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["status"], "ok");
+        let resp = app.get("/readyz").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_fails_when_storage_is_unreachable() {
+    // A port nothing listens on.
+    let app = spawn()
+        .var("S3_ENDPOINT", "http://127.0.0.1:9")
+        .start()
+        .await;
+    let resp = app.get("/readyz").send().await.unwrap();
+    let body = assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+    assert!(body["detail"].as_str().unwrap().contains("s3"));
+}
+
+#[tokio::test]
+async fn request_ids_are_generated_or_echoed() {
+    let app = spawn_app().await;
+    let resp = app.get("/healthz").send().await.unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let resp = app
+        .get("/nope")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let app = spawn_app().await;
+    app.get("/limits").send().await.unwrap();
+    let resp = app.get("/metrics").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("intake_http_requests_total{"), "{text}");
+    assert!(text.contains("route=\"/limits\""), "{text}");
+    assert!(text.contains("intake_ratelimit_decisions_total{"), "{text}");
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut listed = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            listed.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "POST /auth/signup",
+        "POST /auth/login",
+        "POST /auth/logout",
+        "GET /me",
+        "POST /api-keys",
+        "GET /api-keys",
+        "DELETE /api-keys/{id}",
+        "GET /limits",
+        "GET /usage",
+        "POST /admin/accounts",
+        "PATCH /admin/accounts/{id}",
+        "POST /admin/accounts/{id}/api-keys",
+        "GET /admin/accounts/{id}/usage",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(listed, expected);
+    assert!(doc["components"]["schemas"]["AccountView"].is_object());
+}
+
+#[tokio::test]
+async fn every_error_is_problem_json() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.get("/no/such/route").send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let resp = app.request(Method::PUT, "/limits").send().await.unwrap();
+    assert_problem(resp, StatusCode::METHOD_NOT_ALLOWED, "invalid_request").await;
+    let resp = app.post("/auth/signup").body("{}").send().await.unwrap();
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let resp = app
+        .post("/auth/signup")
+        .header("content-type", "application/json")
+        .body("{\"email\": \"a@")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let huge = json!({"email": "a@example.com", "password": "x".repeat(70 * 1024)});
+    let resp = app.post("/auth/signup").json(&huge).send().await.unwrap();
+    let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert_eq!(body["limit"], 65536);
+    let resp = app
+        .admin(Method::GET, "/admin/accounts/not-a-uuid/usage")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -1,0 +1,286 @@
+//! Both storage backends: put, get, ranged get, head, delete, streamed
+//! writes, presigned URLs, against the real S3 test server and a folder.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use intake::storage::{ObjectStore, PutConditions, StorageError};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Backend, TestApp, s3_keys, spawn};
+
+async fn read_all(
+    store: &dyn ObjectStore,
+    key: &str,
+    range: Option<std::ops::Range<u64>>,
+) -> Vec<u8> {
+    let body = store.get(key, range).await.unwrap();
+    let chunks: Vec<Bytes> = body.stream.try_collect().await.unwrap();
+    chunks.concat()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn both_backends() -> Vec<TestApp> {
+    vec![
+        spawn().backend(Backend::S3).start().await,
+        spawn().backend(Backend::Fs).start().await,
+    ]
+}
+
+#[tokio::test]
+async fn put_get_range_head_and_delete() {
+    for app in both_backends().await {
+        let store = app.state.store.as_ref();
+        let data = pattern(10_000);
+        store
+            .put(
+                "u/a/one",
+                Bytes::from(data.clone()),
+                "application/octet-stream",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.head("u/a/one").await.unwrap(),
+            Some(10_000),
+            "{}",
+            store.kind()
+        );
+        assert_eq!(read_all(store, "u/a/one", None).await, data);
+
+        let ranged = store.get("u/a/one", Some(100..200)).await.unwrap();
+        assert_eq!(
+            (ranged.len, ranged.total_len),
+            (100, 10_000),
+            "{}",
+            store.kind()
+        );
+        assert_eq!(
+            read_all(store, "u/a/one", Some(100..200)).await,
+            &data[100..200]
+        );
+        assert!(matches!(
+            store.get("u/a/one", Some(20_000..20_001)).await,
+            Err(StorageError::InvalidRange)
+        ));
+
+        store.delete("u/a/one").await.unwrap();
+        assert_eq!(store.head("u/a/one").await.unwrap(), None);
+        assert!(matches!(
+            store.get("u/a/one", None).await,
+            Err(StorageError::NotFound)
+        ));
+        store
+            .delete("u/a/one")
+            .await
+            .expect("deleting a missing object succeeds");
+    }
+}
+
+#[tokio::test]
+async fn writers_stream_in_parts_and_abort_cleanly() {
+    for app in both_backends().await {
+        let store = app.state.store.as_ref();
+        let part = 5 * 1024 * 1024;
+        let data = pattern(2 * part + 12_345);
+
+        let mut writer = store.writer("u/w/big", "video/mp4", part).await.unwrap();
+        for chunk in data.chunks(64 * 1024) {
+            writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert!(
+            writer.multipart_upload_id().is_some(),
+            "{}: a multipart upload is under way",
+            store.kind()
+        );
+        assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
+        let back = read_all(store, "u/w/big", None).await;
+        assert_eq!(
+            Sha256::digest(&back),
+            Sha256::digest(&data),
+            "{}",
+            store.kind()
+        );
+
+        // A small object is one PUT.
+        let mut writer = store.writer("u/w/small", "text/plain", part).await.unwrap();
+        writer.write(Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(writer.finish().await.unwrap(), 5);
+        assert_eq!(read_all(store, "u/w/small", None).await, b"hello");
+
+        // Aborted after a part went out: nothing is visible.
+        let mut writer = store
+            .writer("u/w/aborted", "video/mp4", part)
+            .await
+            .unwrap();
+        writer.write(Bytes::from(pattern(part + 10))).await.unwrap();
+        writer.abort().await.unwrap();
+        assert_eq!(store.head("u/w/aborted").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn s3_objects_live_under_the_configured_prefix() {
+    let app = spawn().backend(Backend::S3).start().await;
+    app.state
+        .store
+        .put("u/p/x", Bytes::from_static(b"x"), "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(
+        s3_keys(&app.prefix).await,
+        vec![format!("{}u/p/x", app.prefix)]
+    );
+}
+
+#[tokio::test]
+async fn s3_presigned_get_downloads_as_attachment() {
+    let app = spawn().backend(Backend::S3).start().await;
+    let store = app.state.store.as_ref();
+    store
+        .put(
+            "u/g/file",
+            Bytes::from_static(b"presigned bytes"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    let req = store
+        .presign_get("u/g/file", "report \"final\".txt", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let resp = reqwest::get(&req.url).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let disposition = resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert_eq!(resp.bytes().await.unwrap(), "presigned bytes");
+}
+
+#[tokio::test]
+async fn s3_presigned_put_binds_length_type_and_checksum() {
+    let app = spawn().backend(Backend::S3).start().await;
+    let store = app.state.store.as_ref();
+    let body = b"exactly these bytes".to_vec();
+    let sha: [u8; 32] = Sha256::digest(&body).into();
+    let conditions = PutConditions {
+        content_length: body.len() as u64,
+        content_type: "text/plain".into(),
+        sha256: Some(sha),
+    };
+    let put = |url: String, headers: http::HeaderMap, data: Vec<u8>| async move {
+        let client = reqwest::Client::new();
+        let mut req = client.put(url).body(data);
+        for (name, value) in headers.iter() {
+            if name != http::header::CONTENT_LENGTH {
+                req = req.header(name.as_str(), value.to_str().unwrap());
+            }
+        }
+        req.send().await.unwrap().status()
+    };
+
+    // Same length, other content: storage refuses it (checksum bound).
+    let req = store
+        .presign_put("u/s/one", &conditions, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut tampered = body.clone();
+    tampered[0] ^= 1;
+    let status = put(req.url.clone(), req.headers.clone(), tampered).await;
+    assert!(
+        status.is_client_error(),
+        "tampered bytes refused, got {status}"
+    );
+    // Another length: refused.
+    let status = put(req.url.clone(), req.headers.clone(), b"short".to_vec()).await;
+    assert!(
+        status.is_client_error(),
+        "other length refused, got {status}"
+    );
+    // The S3 test server writes a body before it checks the checksum and
+    // leaves it in place when it answers BadDigest (AWS S3 keeps nothing);
+    // intake's completion step re-checks size and content for this reason.
+    store.delete("u/s/one").await.unwrap();
+
+    // The right bytes go through.
+    let status = put(req.url.clone(), req.headers.clone(), body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read_all(store, "u/s/one", None).await, body);
+
+    // An expired URL is refused.
+    let req = store
+        .presign_put("u/s/two", &conditions, Duration::from_secs(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let status = put(req.url, req.headers, body).await;
+    assert!(
+        status.is_client_error(),
+        "expired URL refused, got {status}"
+    );
+    assert_eq!(store.head("u/s/two").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
+    let dir = crate::helpers::tempfile_dir::TempDir::new();
+    let store = intake::storage::FsStore::new(
+        dir.path().to_owned(),
+        "http://intake.test",
+        "0123456789abcdef0123456789abcdef",
+    )
+    .await
+    .unwrap();
+    let conditions = PutConditions {
+        content_length: 5,
+        content_type: "text/plain".into(),
+        sha256: None,
+    };
+    let req = store
+        .presign_put("u/f/x", &conditions, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let url = url::Url::parse(&req.url).unwrap();
+    assert_eq!(url.path(), "/storage/u/f/x");
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    let expires: u64 = q["expires"].parse().unwrap();
+    let binding = intake::storage::FsStore::put_binding(&conditions);
+    assert!(store.verify("PUT", "u/f/x", expires, &binding, &q["signature"]));
+    assert!(
+        !store.verify("GET", "u/f/x", expires, &binding, &q["signature"]),
+        "bound to the method"
+    );
+    assert!(
+        !store.verify("PUT", "u/f/y", expires, &binding, &q["signature"]),
+        "bound to the key"
+    );
+    let other = PutConditions {
+        content_length: 6,
+        ..conditions
+    };
+    assert!(
+        !store.verify(
+            "PUT",
+            "u/f/x",
+            expires,
+            &intake::storage::FsStore::put_binding(&other),
+            &q["signature"]
+        ),
+        "bound to the length"
+    );
+    assert!(
+        !store.verify("PUT", "u/f/x", expires + 10, &binding, &q["signature"]),
+        "bound to the expiry"
+    );
+    assert!(
+        !store.verify("PUT", "u/f/x", 1, &binding, &q["signature"]),
+        "expired"
+    );
+}
