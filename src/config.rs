@@ -116,6 +116,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Let requests through when the rate limiter's store fails.
     pub rate_limit_fail_open: bool,
+    /// Whether per-minute limits apply at all (off: no limit, no headers).
+    pub rate_limit_enabled: bool,
     /// Largest file accepted by the streaming routes.
     pub stream_max_file_bytes: u64,
     /// Size of one storage part while streaming.
@@ -215,6 +217,7 @@ impl Config {
             anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
             trusted_proxies,
             rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
+            rate_limit_enabled: env.parse_or("RATE_LIMIT_ENABLED", true)?,
             stream_max_file_bytes: env.parse_or("STREAM_MAX_FILE_BYTES", 100 * MB)?,
             upload_part_bytes,
             presign_expiry: Duration::from_secs(env.parse_or("PRESIGN_EXPIRY_SECS", 3600)?),

@@ -77,7 +77,9 @@ pub async fn authenticate_and_limit(
         Err(e) => return e.into_response(),
     };
     let anonymous = Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
-    let policy = if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
+    let policy = if !state.config.rate_limit_enabled {
+        None
+    } else if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
         Some(anonymous)
     } else {
         match &principal {

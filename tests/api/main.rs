@@ -9,4 +9,5 @@ mod auth;
 mod helpers;
 mod limits;
 mod ops;
+mod ratelimit;
 mod storage;

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmark of the per-minute rate limiter: requests/s and p50/p99 latency of
+# a light authenticated GET (/me) with the limiter on and off, for one hot
+# account and for many accounts, from wrk on loopback. Prints a table and the
+# on/off ratios measured in this run.
+#
+#   scripts/bench/ratelimit.sh            # 15 s per case
+#   DURATION=30s CONNECTIONS=64 scripts/bench/ratelimit.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib/services.sh
+
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-32}
+ACCOUNTS=${ACCOUNTS:-200}
+ensure_rust
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
+command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
+
+DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
+SCHEMA=bench_$(date +%s)
+"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
+export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
+export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz
+export ADMIN_TOKEN=bench-admin-token
+export STORAGE_BACKEND=fs FS_ROOT=$(mktemp -d) LOG_FORMAT=json RUST_LOG=warn
+PORT=$(free_port)
+export BIND_ADDR=127.0.0.1:$PORT
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    rm -rf "$WORK" "$FS_ROOT"
+}
+trap cleanup EXIT
+
+cargo build --release --locked --bin intake >/dev/null 2>&1
+BIN=$CARGO_TARGET_DIR/release/intake
+
+start_server() {
+    RATE_LIMIT_ENABLED=$1 "$BIN" serve >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$WORK/server.log" >&2; return 1
+}
+stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
+
+start_server true
+# Accounts with a limit far above what the machine can send, so every request
+# takes the allowed path and the limiter's cost is what is measured.
+python3 - "$PORT" "$ACCOUNTS" "$WORK/keys.txt" <<'PY'
+import json, sys, urllib.request
+port, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def call(method, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+        data=json.dumps(body).encode(), headers={"Authorization": "Bearer bench-admin-token",
+        "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))
+keys = []
+for i in range(n):
+    acct = call("POST", "/admin/accounts", {"email": f"bench{i}@example.com", "tier": "enterprise"})
+    call("PATCH", f"/admin/accounts/{acct['id']}", {"custom_limits": {"requests_per_minute": 100000000}})
+    keys.append(call("POST", f"/admin/accounts/{acct['id']}/api-keys", {"name": "bench"})["key"])
+open(out, "w").write("\n".join(keys) + "\n")
+PY
+stop_server
+
+cat > "$WORK/many.lua" <<LUA
+local keys = {}
+for line in io.lines("$WORK/keys.txt") do keys[#keys + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/me", { ["Authorization"] = "Bearer " .. keys[(i % #keys) + 1] })
+end
+LUA
+HOT_KEY=$(head -n 1 "$WORK/keys.txt")
+
+# run_case NAME LIMITER SCENARIO -> "rps p50_ms p99_ms non2xx"
+run_case() {
+    local limiter=$1 scenario=$2 out
+    if [ "$scenario" = hot ]; then
+        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me")
+    else
+        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/many.lua" "http://127.0.0.1:$PORT/me")
+    fi
+    printf '%s\n' "$out" >"$WORK/wrk-$limiter-$scenario.txt"
+    python3 - "$WORK/wrk-$limiter-$scenario.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0}")
+PY
+}
+
+declare -A R
+for limiter in false true; do
+    start_server "$limiter"
+    # Warm the pool and caches.
+    wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me" >/dev/null
+    for scenario in hot many; do
+        R[$limiter-$scenario]=$(run_case "$limiter" "$scenario")
+    done
+    stop_server
+done
+
+printf '\n%-8s %-8s %10s %9s %9s %8s\n' limiter accounts 'req/s' 'p50 ms' 'p99 ms' 'non-2xx'
+for scenario in hot many; do
+    for limiter in false true; do
+        read -r rps p50 p99 bad <<<"${R[$limiter-$scenario]}"
+        label=$([ "$limiter" = true ] && echo on || echo off)
+        who=$([ "$scenario" = hot ] && echo 1 || echo "$ACCOUNTS")
+        printf '%-8s %-8s %10s %9s %9s %8s\n' "$label" "$who" "$rps" "$p50" "$p99" "$bad"
+    done
+done
+echo
+for scenario in hot many; do
+    read -r off_rps _ off_p99 _ <<<"${R[false-$scenario]}"
+    read -r on_rps _ on_p99 _ <<<"${R[true-$scenario]}"
+    python3 -c "print(f'$scenario: throughput on/off = {$on_rps/$off_rps:.2f}  (goal >= 0.80);  p99 added = {$on_p99-$off_p99:+.3f} ms  (goal < 1 ms)')"
+done
+echo "(wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"

@@ -1,0 +1,403 @@
+//! Per-minute limits: GCRA in Postgres, its headers on every route and
+//! status, shared by every instance.
+
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_problem, spawn, spawn_app};
+
+fn header(resp: &Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+fn num(resp: &Response, name: &str) -> i64 {
+    header(resp, name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
+}
+
+/// Asserts the full set of rate-limit headers and their mutual consistency;
+/// returns Remaining.
+fn assert_rate_headers(resp: &Response, limit: i64) -> i64 {
+    assert_eq!(
+        num(resp, "x-ratelimit-limit"),
+        limit,
+        "X-RateLimit-Limit on {}",
+        resp.status()
+    );
+    let remaining = num(resp, "x-ratelimit-remaining");
+    let reset = num(resp, "x-ratelimit-reset");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((0..=limit).contains(&remaining));
+    assert!(
+        reset >= now - 1 && reset <= now + 61,
+        "reset {reset} vs now {now}"
+    );
+    assert_eq!(
+        header(resp, "ratelimit-policy").unwrap(),
+        format!("\"minute\";q={limit};w=60")
+    );
+    let rl = header(resp, "ratelimit").unwrap();
+    let (r, t) = rl
+        .strip_prefix("\"minute\";r=")
+        .and_then(|s| s.split_once(";t="))
+        .unwrap();
+    assert_eq!(r.parse::<i64>().unwrap(), remaining, "{rl}");
+    let t: i64 = t.parse().unwrap();
+    assert!(
+        (reset - now - t).abs() <= 1,
+        "t={t} reset={reset} now={now}"
+    );
+    remaining
+}
+
+#[tokio::test]
+async fn a_starter_key_gets_exactly_its_burst_then_429() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    for expected in (0..30).rev() {
+        let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(assert_rate_headers(&resp, 30), expected);
+        assert!(resp.headers().get("retry-after").is_none());
+    }
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(assert_rate_headers(&resp, 30), 0);
+    let retry = num(&resp, "retry-after");
+    assert!(
+        (1..=2).contains(&retry),
+        "one request comes back every 2 s: {retry}"
+    );
+    let body = assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["limit"], 30);
+    assert_eq!(body["retry_after"], retry);
+}
+
+#[tokio::test]
+async fn after_retry_after_the_next_request_passes() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"requests_per_minute": 60}}),
+    )
+    .await;
+    for _ in 0..60 {
+        assert_eq!(
+            app.get("/me")
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let refused = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry = num(&refused, "retry-after");
+    assert_eq!(retry, 1, "one request per second comes back");
+    tokio::time::sleep(Duration::from_secs(retry as u64)).await;
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        assert_rate_headers(&resp, 60),
+        0,
+        "Remaining never promises a refused request"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_one_limit_exactly() {
+    let first = spawn_app().await;
+    let second = first.second_instance().await;
+    let (_, key) = first.account_with_key("starter").await;
+    let mut allowed = 0;
+    for i in 0..60 {
+        let app: &TestApp = if i % 2 == 0 { &first } else { &second };
+        if app
+            .get("/me")
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::OK
+        {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 30);
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_exceed_the_limit() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("professional").await;
+    let requests = (0..150).map(|_| app.get("/me").bearer_auth(&key).send());
+    let results = futures_util::future::join_all(requests).await;
+    let ok = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::OK)
+        .count();
+    // Over the second or so this takes, at most one more request is earned.
+    assert!((100..=102).contains(&ok), "allowed {ok} of 150");
+}
+
+#[tokio::test]
+async fn headers_are_on_every_status() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("professional").await;
+
+    let ok = app.get("/usage").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_rate_headers(&ok, 100);
+    let unknown = app
+        .get("/no/such/path")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_rate_headers(&unknown, 100);
+    let missing_key = app
+        .request(Method::DELETE, "/api-keys/zzzzzzzz")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing_key.status(), StatusCode::FORBIDDEN);
+    assert_rate_headers(&missing_key, 100);
+    let wrong_type = app.post("/auth/signup").body("{}").send().await.unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_rate_headers(&wrong_type, 60);
+    let too_big = app
+        .post("/auth/signup")
+        .json(&json!({"email": "x".repeat(70_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_rate_headers(&too_big, 60);
+
+    // A bad key is an anonymous request: the per-IP policy answers.
+    let bad = app.get("/me").bearer_auth("ik_nope").send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    assert_rate_headers(&bad, 60);
+
+    // A server error still carries them.
+    sqlx::query("ALTER TABLE monthly_usage RENAME TO monthly_usage_gone")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let failed = app.get("/usage").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_rate_headers(&failed, 100);
+    sqlx::query("ALTER TABLE monthly_usage_gone RENAME TO monthly_usage")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+
+    // Exempt routes carry none.
+    let health = app.get("/healthz").bearer_auth(&key).send().await.unwrap();
+    assert!(health.headers().get("x-ratelimit-limit").is_none());
+}
+
+#[tokio::test]
+async fn session_requests_are_unlimited_and_unlabelled() {
+    let app = spawn_app().await;
+    let account = app.account("free").await;
+    let session = app.login(&account.email).await;
+    for _ in 0..25 {
+        let resp = app
+            .get("/me")
+            .header("cookie", &session.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("x-ratelimit-limit").is_none());
+        assert!(resp.headers().get("ratelimit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn login_attempts_are_throttled_per_ip() {
+    let app = spawn().var("ANON_RATE_LIMIT_PER_MINUTE", "5").start().await;
+    let account = app.account("free").await;
+    let attempt = || {
+        app.post("/auth/login")
+            .json(&json!({"email": account.email, "password": "guess guess"}))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = attempt().await.unwrap();
+    assert_rate_headers(&resp, 5);
+    assert!(num(&resp, "retry-after") >= 1);
+    assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // A session cookie does not lift the login limit.
+    let other = app.account("free").await;
+    let resp = app
+        .post("/auth/login")
+        .header("cookie", "intake_session=whatever")
+        .json(&json!({"email": other.email, "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Key guessing is throttled the same way.
+    let resp = app
+        .get("/me")
+        .bearer_auth(format!("ik_aaaaaaaa_{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let untrusted = spawn().var("ANON_RATE_LIMIT_PER_MINUTE", "3").start().await;
+    for i in 0..3 {
+        let resp = untrusted
+            .get("/limits")
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = untrusted
+        .get("/limits")
+        .header("x-forwarded-for", "198.51.100.99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a spoofed X-Forwarded-For changes nothing"
+    );
+
+    let proxied = spawn()
+        .var("ANON_RATE_LIMIT_PER_MINUTE", "3")
+        .var("TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    for _ in 0..3 {
+        let resp = proxied
+            .get("/limits")
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = proxied
+        .get("/limits")
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy has its own allowance; a forged
+    // leftmost entry does not change who the proxy says the client is.
+    let resp = proxied
+        .get("/limits")
+        .header("x-forwarded-for", "203.0.113.5, 203.0.113.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(num(&resp, "x-ratelimit-remaining"), 2);
+}
+
+#[tokio::test]
+async fn a_custom_limit_applies_without_a_restart() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("enterprise").await;
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(assert_rate_headers(&resp, 500), 499);
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"requests_per_minute": 1000}}),
+    )
+    .await;
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    // The earlier request is still counted (0.12 s of the new 0.06 s interval each).
+    let remaining = assert_rate_headers(&resp, 1000);
+    assert!((996..=998).contains(&remaining), "{remaining}");
+    let usage: serde_json::Value = app
+        .get("/usage")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["limits"]["requests_per_minute"], 1000);
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_open_by_default() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    sqlx::query("ALTER TABLE rate_limits RENAME TO rate_limits_gone")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers().get("x-ratelimit-limit").is_none(),
+        "no numbers to report"
+    );
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("intake_ratelimit_store_errors_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_closed_when_asked() {
+    let app = spawn().var("RATE_LIMIT_FAIL_OPEN", "false").start().await;
+    let (_, key) = app.account_with_key("starter").await;
+    sqlx::query("ALTER TABLE rate_limits RENAME TO rate_limits_gone")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+}
+
+#[tokio::test]
+async fn limits_can_be_switched_off() {
+    let app = spawn().var("RATE_LIMIT_ENABLED", "false").start().await;
+    let (_, key) = app.account_with_key("starter").await;
+    for _ in 0..40 {
+        let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("x-ratelimit-limit").is_none());
+    }
+}
