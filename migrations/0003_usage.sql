@@ -8,6 +8,10 @@ CREATE TABLE upload_leases (
     kind           text NOT NULL CHECK (kind IN ('stream', 'presigned')),
     -- Bytes of quota this lease holds (also counted in accounts.storage_reserved_bytes).
     reserved_bytes bigint NOT NULL DEFAULT 0 CHECK (reserved_bytes >= 0),
+    -- The object being written under this lease and its multipart upload,
+    -- if any, so that the reaper can remove them when the lease dies.
+    object_key     text,
+    multipart_upload_id text,
     created_at     timestamptz NOT NULL DEFAULT now(),
     -- Renewed while the upload runs; past it, the lease is dead and reclaimable.
     expires_at     timestamptz NOT NULL

@@ -122,6 +122,10 @@ pub struct Config {
     pub stream_max_file_bytes: u64,
     /// Size of one storage part while streaming.
     pub upload_part_bytes: u64,
+    /// Lifetime of an upload lease between renewals.
+    pub upload_lease_ttl: Duration,
+    /// How long a streaming upload may send nothing before it is ended.
+    pub upload_idle_timeout: Duration,
     /// Lifetime of presigned URLs.
     pub presign_expiry: Duration,
     /// Object storage.
@@ -221,6 +225,10 @@ impl Config {
             stream_max_file_bytes: env.parse_or("STREAM_MAX_FILE_BYTES", 100 * MB)?,
             upload_part_bytes,
             presign_expiry: Duration::from_secs(env.parse_or("PRESIGN_EXPIRY_SECS", 3600)?),
+            upload_lease_ttl: Duration::from_secs(
+                env.parse_or::<u64>("UPLOAD_LEASE_TTL_SECS", 30)?.max(2),
+            ),
+            upload_idle_timeout: Duration::from_secs(env.parse_or("UPLOAD_IDLE_TIMEOUT_SECS", 30)?),
             storage,
             log_format: match env.opt("LOG_FORMAT").as_deref() {
                 None | Some("text") => LogFormat::Text,

@@ -8,12 +8,14 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod quota;
 pub mod ratelimit;
 pub mod state;
 pub mod storage;
 pub mod tiers;
+pub mod upload;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -77,17 +79,38 @@ impl App {
     }
 }
 
-/// Periodic cleanup that any instance may run: expired rate-limit rows.
+/// Periodic cleanup that every instance runs; each step is safe to run on
+/// several instances at once (rows are taken with SKIP LOCKED).
 async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut round: u64 = 0;
     loop {
         tick.tick().await;
-        match ratelimit::prune(&state.db).await {
-            Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
+        round += 1;
+        if let Err(e) = reap(&state).await {
+            tracing::warn!(error = %e, "reaping failed; will retry");
+        }
+        if round.is_multiple_of(6) {
+            match ratelimit::prune(&state.db).await {
+                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
+            }
         }
     }
+}
+
+/// One pass of the reaper: expired leases (their objects, reservations and
+/// slots), then object deletions that failed before. Returns what it did.
+pub async fn reap(state: &AppState) -> Result<(u64, u64), sqlx::Error> {
+    let leases = quota::lease::reap_expired(&state.db, state.store.as_ref()).await?;
+    let objects = files::retry_deletions(&state.db, state.store.as_ref()).await?;
+    if leases > 0 || objects > 0 {
+        tracing::info!(leases, objects, "reaped");
+        metrics::counter!("intake_reaped_leases_total").increment(leases);
+        metrics::counter!("intake_reaped_objects_total").increment(objects);
+    }
+    Ok((leases, objects))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -5,6 +5,7 @@ use std::{ops::Deref, sync::Arc};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::{auth::session::JwtKeys, config::Config, db, storage, storage::ObjectStore};
 
@@ -20,6 +21,9 @@ pub struct Inner {
     pub jwt: JwtKeys,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Cancelled when graceful shutdown's grace period is over: uploads
+    /// still running end cleanly then.
+    pub shutdown: CancellationToken,
 }
 
 /// Cheap to clone; derefs to [`Inner`].
@@ -46,6 +50,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             metrics: crate::http::metrics::handle(),
+            shutdown: CancellationToken::new(),
             config,
             db,
             store,

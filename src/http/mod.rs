@@ -18,7 +18,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{admin, auth, quota, state::AppState};
+use crate::{admin, auth, files, quota, state::AppState, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -62,6 +62,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::routes::create_key, auth::routes::list_keys))
         .routes(routes!(auth::routes::revoke_key))
+        .routes(routes!(upload::stream_single))
+        .routes(routes!(upload::stream_batch))
+        .routes(routes!(files::list))
+        .routes(routes!(files::get, files::remove))
+        .routes(routes!(files::content))
         .routes(routes!(quota::limits))
         .routes(routes!(quota::usage))
         .routes(routes!(admin::http_create_account))

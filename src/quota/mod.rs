@@ -1,6 +1,8 @@
 //! What an account may use and what it uses: the public tier table
 //! (`GET /limits`) and the caller's usage (`GET /usage`).
 
+pub mod lease;
+
 use std::collections::BTreeMap;
 
 use axum::extract::State;

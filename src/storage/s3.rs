@@ -1,6 +1,13 @@
 //! The S3 backend (AWS S3, MinIO, R2 and other S3-compatible servers).
 
-use std::{ops::Range, time::Duration};
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use aws_sdk_s3::{
@@ -15,8 +22,12 @@ use aws_sdk_s3::{
     types::{CompletedMultipartUpload, CompletedPart},
 };
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use http_body_util::StreamBody;
+use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::io::ReaderStream;
 
 use super::{
@@ -222,17 +233,12 @@ impl ObjectStore for S3Store {
         content_type: &str,
         part_size: usize,
     ) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        Ok(Box::new(S3Writer {
-            store: self.clone(),
-            key: self.full_key(key),
-            content_type: content_type.to_owned(),
+        Ok(Box::new(S3Writer::new(
+            self.clone(),
+            self.full_key(key),
+            content_type,
             part_size,
-            buf: BytesMut::new(),
-            upload_id: None,
-            parts: Vec::new(),
-            written: 0,
-            ended: false,
-        }))
+        )))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -316,62 +322,149 @@ async fn abort(
     }
 }
 
+/// A body made of chunks that are released as they are sent, and that
+/// counts down the writer's buffered bytes as it goes.
+fn chunk_body(chunks: Vec<Bytes>, buffered: Option<Arc<Buffered>>) -> SdkByteStream {
+    let stream = futures_util::stream::iter(chunks).map(move |chunk| {
+        if let Some(b) = &buffered {
+            b.sent(chunk.len());
+        }
+        Ok::<_, std::convert::Infallible>(Frame::data(chunk))
+    });
+    SdkByteStream::from_body_1_x(StreamBody::new(stream))
+}
+
+/// Bytes a writer holds (waiting plus not yet sent), so that reading the
+/// next part can overlap sending the last one without holding two parts.
+#[derive(Default)]
+struct Buffered {
+    in_flight: AtomicUsize,
+    progress: Notify,
+}
+
+impl Buffered {
+    fn sent(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        self.progress.notify_waiters();
+    }
+}
+
 /// Writes one object: a single PUT when it fits in one part, a multipart
-/// upload otherwise.
+/// upload otherwise. One part is sent while the next one fills; the bytes
+/// held stay within a part and a quarter.
 struct S3Writer {
     store: S3Store,
     key: String,
     content_type: String,
     part_size: usize,
-    buf: BytesMut,
+    pending: Vec<Bytes>,
+    pending_len: usize,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
+    in_flight: Option<JoinHandle<Result<CompletedPart, StorageError>>>,
+    buffered: Arc<Buffered>,
     written: u64,
     ended: bool,
 }
 
 impl S3Writer {
-    async fn upload_part(&mut self, body: Bytes) -> Result<(), StorageError> {
-        let client = &self.store.client;
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let out = client
-                    .create_multipart_upload()
-                    .bucket(&self.store.bucket)
-                    .key(&self.key)
-                    .content_type(&self.content_type)
-                    .send()
-                    .await
-                    .map_err(map_err)?;
-                let id = out
-                    .upload_id()
-                    .ok_or_else(|| StorageError::backend(anyhow::anyhow!("no upload id returned")))?
-                    .to_owned();
-                self.upload_id = Some(id.clone());
-                id
+    fn new(store: S3Store, key: String, content_type: &str, part_size: usize) -> Self {
+        Self {
+            store,
+            key,
+            content_type: content_type.to_owned(),
+            part_size,
+            pending: Vec::new(),
+            pending_len: 0,
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: None,
+            buffered: Arc::default(),
+            written: 0,
+            ended: false,
+        }
+    }
+
+    /// Takes exactly `n` bytes off the front of the pending chunks (without
+    /// copying: a chunk that straddles the cut is split).
+    fn take(&mut self, n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let Some(first) = self.pending.first_mut() else {
+                break;
+            };
+            if first.len() <= need {
+                need -= first.len();
+                out.push(self.pending.remove(0));
+            } else {
+                out.push(first.split_to(need));
+                need = 0;
             }
-        };
+        }
+        self.pending_len -= n - need;
+        out
+    }
+
+    async fn upload_id(&mut self) -> Result<String, StorageError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let out = self
+            .store
+            .client
+            .create_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .content_type(&self.content_type)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let id = out
+            .upload_id()
+            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("no upload id returned")))?
+            .to_owned();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    async fn wait_in_flight(&mut self) -> Result<(), StorageError> {
+        if let Some(task) = self.in_flight.take() {
+            let part = task.await.map_err(StorageError::backend)??;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Waits for the part before, then starts sending this one.
+    async fn send_part(&mut self, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        let upload_id = self.upload_id().await?;
+        self.wait_in_flight().await?;
+        let len: usize = chunks.iter().map(Bytes::len).sum();
         let part_number = i32::try_from(self.parts.len() + 1).map_err(StorageError::backend)?;
-        let out = client
+        self.buffered.in_flight.fetch_add(len, Ordering::AcqRel);
+        let request = self
+            .store
+            .client
             .upload_part()
             .bucket(&self.store.bucket)
             .key(&self.key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .content_length(body.len() as i64)
-            .body(SdkByteStream::from(body))
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(map_err)?;
-        self.parts.push(
-            CompletedPart::builder()
+            .content_length(len as i64)
+            .body(chunk_body(chunks, Some(self.buffered.clone())));
+        self.in_flight = Some(tokio::spawn(async move {
+            let out = request
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(map_err)?;
+            Ok(CompletedPart::builder()
                 .part_number(part_number)
                 .set_e_tag(out.e_tag().map(str::to_owned))
-                .build(),
-        );
+                .build())
+        }));
         Ok(())
     }
 }
@@ -380,68 +473,78 @@ impl S3Writer {
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         self.written += chunk.len() as u64;
-        self.buf.extend_from_slice(&chunk);
-        while self.buf.len() >= self.part_size {
-            let part = self.buf.split_to(self.part_size).freeze();
-            self.upload_part(part).await?;
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        while self.pending_len >= self.part_size {
+            let part = self.take(self.part_size);
+            self.send_part(part).await?;
+        }
+        // Hold at most a part and a quarter: wait for the part in flight to
+        // drain before reading further.
+        let budget = self.part_size + self.part_size / 4;
+        loop {
+            let notified = self.buffered.progress.notified();
+            let in_flight = self.buffered.in_flight.load(Ordering::Acquire);
+            if self.pending_len + in_flight <= budget
+                || self.in_flight.as_ref().is_none_or(|t| t.is_finished())
+            {
+                break;
+            }
+            notified.await;
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
-        let rest = std::mem::take(&mut self.buf).freeze();
-        let result = async {
-            match self.upload_id.clone() {
-                None => {
-                    self.store
-                        .client
-                        .put_object()
-                        .bucket(&self.store.bucket)
-                        .key(&self.key)
-                        .content_type(&self.content_type)
-                        .content_length(rest.len() as i64)
-                        .body(SdkByteStream::from(rest))
-                        .customize()
-                        .disable_payload_signing()
-                        .send()
-                        .await
-                        .map_err(map_err)?;
-                }
-                Some(upload_id) => {
-                    if !rest.is_empty() {
-                        self.upload_part(rest).await?;
-                    }
-                    self.store
-                        .client
-                        .complete_multipart_upload()
-                        .bucket(&self.store.bucket)
-                        .key(&self.key)
-                        .upload_id(upload_id)
-                        .multipart_upload(
-                            CompletedMultipartUpload::builder()
-                                .set_parts(Some(std::mem::take(&mut self.parts)))
-                                .build(),
-                        )
-                        .send()
-                        .await
-                        .map_err(map_err)?;
-                }
+        let rest = self.take(self.pending_len);
+        let rest_len: usize = rest.iter().map(Bytes::len).sum();
+        match self.upload_id.clone() {
+            None => {
+                self.store
+                    .client
+                    .put_object()
+                    .bucket(&self.store.bucket)
+                    .key(&self.key)
+                    .content_type(&self.content_type)
+                    .content_length(rest_len as i64)
+                    .body(chunk_body(rest, None))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(map_err)?;
             }
-            Ok::<_, StorageError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                self.ended = true;
-                Ok(self.written)
+            Some(upload_id) => {
+                if rest_len > 0 {
+                    self.send_part(rest).await?;
+                }
+                self.wait_in_flight().await?;
+                self.store
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.store.bucket)
+                    .key(&self.key)
+                    .upload_id(upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(std::mem::take(&mut self.parts)))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(map_err)?;
             }
-            // Drop aborts the multipart upload, if any.
-            Err(e) => Err(e),
         }
+        // On an error above, Drop aborts the multipart upload.
+        self.ended = true;
+        Ok(self.written)
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
         self.ended = true;
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
         match self.upload_id.take() {
             Some(id) => abort(&self.store.client, &self.store.bucket, &self.key, &id).await,
             None => Ok(()),
@@ -455,6 +558,9 @@ impl ObjectWriter for S3Writer {
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
         if self.ended {
             return;
         }

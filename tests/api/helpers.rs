@@ -453,3 +453,267 @@ impl Drop for TestApp {
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+/// File contents of each kind, `len` bytes long (at least the magic).
+pub mod fixtures {
+    pub fn pad(magic: &[u8], len: usize) -> Vec<u8> {
+        let mut v = magic.to_vec();
+        let mut i = 0u32;
+        while v.len() < len {
+            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            v.push((i >> 16) as u8);
+        }
+        v.truncate(len.max(magic.len()));
+        v
+    }
+    pub fn png(len: usize) -> Vec<u8> {
+        pad(
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89",
+            len,
+        )
+    }
+    pub fn jpeg(len: usize) -> Vec<u8> {
+        pad(
+            b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0",
+            len,
+        )
+    }
+    pub fn pdf(len: usize) -> Vec<u8> {
+        pad(
+            b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< >>\nendobj\n",
+            len,
+        )
+    }
+    pub fn mp4(len: usize) -> Vec<u8> {
+        pad(b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\0\x08free", len)
+    }
+    pub fn elf(len: usize) -> Vec<u8> {
+        pad(
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0",
+            len,
+        )
+    }
+    pub fn csv(rows: usize) -> Vec<u8> {
+        let mut s = String::from("id,name,city\n");
+        for i in 0..rows {
+            s.push_str(&format!("{i},name {i},Zürich\n"));
+        }
+        s.into_bytes()
+    }
+}
+
+/// A multipart/form-data body built by hand, so tests can also build broken ones.
+pub struct Form {
+    pub boundary: String,
+    pub body: Vec<u8>,
+}
+
+impl Default for Form {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Form {
+    pub fn new() -> Self {
+        Self {
+            boundary: format!("b{}", Uuid::new_v4().simple()),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn part(mut self, name: &str, filename: &str, content_type: &str, data: &[u8]) -> Self {
+        self.body
+            .extend_from_slice(format!("--{}\r\n", self.boundary).as_bytes());
+        self.body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n")
+                .as_bytes(),
+        );
+        if !content_type.is_empty() {
+            self.body
+                .extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        self.body.extend_from_slice(b"\r\n");
+        self.body.extend_from_slice(data);
+        self.body.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn finish(mut self) -> Self {
+        self.body
+            .extend_from_slice(format!("--{}--\r\n", self.boundary).as_bytes());
+        self
+    }
+
+    pub fn content_type(&self) -> String {
+        format!("multipart/form-data; boundary={}", self.boundary)
+    }
+}
+
+impl TestApp {
+    /// Sends a finished form to an upload route with the key.
+    pub async fn upload_form(&self, path: &str, key: &str, form: Form) -> Response {
+        let form = form.finish();
+        self.post(path)
+            .bearer_auth(key)
+            .header("content-type", form.content_type())
+            .body(form.body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads one file through `/upload/stream`.
+    pub async fn upload(
+        &self,
+        key: &str,
+        filename: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Response {
+        self.upload_form(
+            "/upload/stream",
+            key,
+            Form::new().part("file", filename, content_type, data),
+        )
+        .await
+    }
+
+    /// What the account holds: (used, reserved, live leases, file rows, sum of file sizes).
+    pub async fn holdings(&self, account: Uuid) -> (i64, i64, i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT a.storage_used_bytes, a.storage_reserved_bytes,
+                    (SELECT count(*) FROM upload_leases l WHERE l.account_id = a.id),
+                    (SELECT count(*) FROM files f WHERE f.account_id = a.id),
+                    (SELECT coalesce(sum(size), 0)::int8 FROM files f WHERE f.account_id = a.id)
+             FROM accounts a WHERE a.id = $1",
+        )
+        .bind(account)
+        .fetch_one(&self.state.db)
+        .await
+        .unwrap()
+    }
+
+    /// Waits (up to 10 s) until the account holds no lease and no reservation.
+    pub async fn settled(&self, account: Uuid) -> (i64, i64, i64, i64, i64) {
+        for _ in 0..100 {
+            let h = self.holdings(account).await;
+            if h.1 == 0 && h.2 == 0 {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.holdings(account).await
+    }
+
+    /// Object keys stored for the account, whatever the backend.
+    pub async fn objects(&self, account: Uuid) -> Vec<String> {
+        match self.backend {
+            Backend::S3 => s3_keys(&format!("{}u/{account}/", self.prefix)).await,
+            Backend::Fs => {
+                let dir = self
+                    .fs_root
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .join("u")
+                    .join(account.to_string());
+                let mut keys = Vec::new();
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for e in entries.flatten() {
+                        keys.push(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                keys
+            }
+        }
+    }
+
+    /// Files in the local backend's temporary folder (partial writes).
+    pub fn fs_partials(&self) -> usize {
+        std::fs::read_dir(self.fs_root.as_ref().unwrap().path().join(".tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A TCP proxy in front of a server, that a test can cut to make the server
+/// unreachable mid-request.
+pub struct Proxy {
+    pub addr: String,
+    cut: Arc<tokio::sync::Notify>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+use std::sync::Arc;
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, d, f) = (cut.clone(), down.clone(), forwarded.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let (upstream, cut, forwarded) = (upstream.clone(), c.clone(), f.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = tokio::io::AsyncReadExt::read(&mut cr, &mut buf)
+                                .await
+                                .unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            forwarded.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                            if tokio::io::AsyncWriteExt::write_all(&mut sw, &buf[..n])
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    tokio::select! {
+                        _ = async { tokio::join!(up, down) } => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            down,
+            forwarded,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -11,3 +11,4 @@ mod limits;
 mod ops;
 mod ratelimit;
 mod storage;
+mod upload;

@@ -1,0 +1,504 @@
+//! Stored files: recording an upload (turning its reservation into usage),
+//! listing, reading, downloading and deleting.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    auth::CurrentAccount,
+    error::ApiError,
+    http::extract::{Path, Query},
+    quota::lease::Lease,
+    state::AppState,
+    storage::{ObjectStore, attachment_disposition},
+    upload::sniff::Category,
+};
+
+/// A file as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct FileView {
+    /// File id.
+    pub id: Uuid,
+    /// Display name (no path components, no control characters).
+    pub filename: String,
+    /// MIME type decided from the content.
+    pub content_type: String,
+    /// image, document or video.
+    pub category: Category,
+    /// Size in bytes.
+    pub size: i64,
+    /// SHA-256 (hex); `null` for presigned uploads issued without one.
+    #[serde(serialize_with = "hex_opt")]
+    #[schema(value_type = Option<String>)]
+    pub sha256: Option<Vec<u8>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(bytes) => s.serialize_str(&hex::encode(bytes)),
+        None => s.serialize_none(),
+    }
+}
+
+const FILE_COLUMNS: &str = "id, filename, content_type, category, size, sha256, created_at";
+
+/// The object key of a file: never derived from anything the client chose.
+pub fn object_key(account_id: Uuid, file_id: Uuid) -> String {
+    format!("u/{account_id}/{file_id}")
+}
+
+/// A file whose bytes are in storage, ready to be recorded.
+#[derive(Debug)]
+pub struct NewFile {
+    /// File id (also in the object key).
+    pub id: Uuid,
+    /// Display name.
+    pub filename: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Category.
+    pub category: Category,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, when known.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Records a file and turns `size` bytes of the lease's reservation into
+/// usage, in one transaction (lease row locked first, then the account).
+pub async fn record(db: &PgPool, lease: &Lease, file: &NewFile) -> Result<FileView, ApiError> {
+    let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut tx = db.begin().await?;
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT reserved_bytes FROM upload_leases WHERE id = $1 FOR UPDATE")
+            .bind(lease.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match held {
+        Some(held) if held >= size => {}
+        Some(held) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "lease {} holds {held} bytes, file needs {size}",
+                lease.id
+            )));
+        }
+        None => {
+            return Err(ApiError::ServiceUnavailable(
+                "the upload's lease expired; retry".into(),
+            ));
+        }
+    }
+    sqlx::query(
+        "UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2, object_key = NULL,
+                multipart_upload_id = NULL WHERE id = $1",
+    )
+    .bind(lease.id)
+    .bind(size)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
+                storage_used_bytes = storage_used_bytes + $2 WHERE id = $1",
+    )
+    .bind(lease.account_id)
+    .bind(size)
+    .execute(&mut *tx)
+    .await?;
+    let view: FileView = sqlx::query_as(&format!(
+        "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {FILE_COLUMNS}"
+    ))
+    .bind(file.id)
+    .bind(lease.account_id)
+    .bind(&file.filename)
+    .bind(&file.content_type)
+    .bind(file.category)
+    .bind(size)
+    .bind(file.sha256.map(|h| h.to_vec()))
+    .bind(object_key(lease.account_id, file.id))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("intake_upload_files_total", "category" => file.category.as_str())
+        .increment(1);
+    Ok(view)
+}
+
+/// Deletes a file: the row and its usage in one transaction, the object
+/// right after (or later, by the retry queue, if storage fails now).
+pub async fn delete(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    account_id: Uuid,
+    file_id: Uuid,
+) -> Result<(), ApiError> {
+    let mut tx = db.begin().await?;
+    let gone: Option<(i64, String)> = sqlx::query_as(
+        "DELETE FROM files WHERE id = $1 AND account_id = $2 RETURNING size, object_key",
+    )
+    .bind(file_id)
+    .bind(account_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((size, key)) = gone else {
+        return Err(ApiError::not_found("file"));
+    };
+    sqlx::query("UPDATE accounts SET storage_used_bytes = storage_used_bytes - $2 WHERE id = $1")
+        .bind(account_id)
+        .bind(size)
+        .execute(&mut *tx)
+        .await?;
+    queue_deletion(&mut *tx, &key, None).await?;
+    tx.commit().await?;
+    delete_object_now(db, store, &key).await;
+    Ok(())
+}
+
+/// Deletes an object queued in `object_deletions`; on failure it stays
+/// queued for [`retry_deletions`].
+async fn delete_object_now(db: &PgPool, store: &dyn ObjectStore, key: &str) {
+    match store.delete(key).await {
+        Ok(()) => {
+            if let Err(e) = sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
+                .bind(key)
+                .execute(db)
+                .await
+            {
+                tracing::warn!(error = %e, key, "object deleted, but its queue entry remains");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, key, "object delete failed; will retry"),
+    }
+}
+
+/// Queues an object (and the multipart upload that was writing it, if any)
+/// for deletion by [`retry_deletions`], when storage would not do it now.
+pub async fn queue_deletion<'e, E>(
+    db: E,
+    key: &str,
+    multipart_upload_id: Option<&str>,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query(
+        "INSERT INTO object_deletions (object_key, multipart_upload_id) VALUES ($1, $2)
+         ON CONFLICT (object_key) DO UPDATE
+           SET multipart_upload_id = coalesce(EXCLUDED.multipart_upload_id, object_deletions.multipart_upload_id)",
+    )
+    .bind(key)
+    .bind(multipart_upload_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Retries queued object deletions that are due (one instance at a time per
+/// row), with a growing delay between attempts. Returns how many were done.
+pub async fn retry_deletions(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let due: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT object_key, multipart_upload_id FROM object_deletions WHERE next_attempt_at <= now()
+         ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut done = 0;
+    for (key, upload_id) in due {
+        let aborted = match &upload_id {
+            Some(id) => store.abort_multipart(&key, id).await,
+            None => Ok(()),
+        };
+        match aborted.and(store.delete(&key).await) {
+            Ok(()) => {
+                sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                done += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key, "queued object delete failed again");
+                sqlx::query(
+                    "UPDATE object_deletions SET attempts = attempts + 1,
+                       next_attempt_at = now() + make_interval(secs => least(3600, 10 * 2 ^ least(attempts, 12)))
+                     WHERE object_key = $1",
+                )
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// `GET /files` query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only this category.
+    pub category: Option<Category>,
+    /// Case-insensitive substring of the filename.
+    pub q: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of files.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileList {
+    /// Newest first.
+    pub files: Vec<FileView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(f: &FileView) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{}", f.created_at.timestamp_micros(), f.id))
+}
+
+fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+    let (micros, id) = raw.split_once('.')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern.
+fn like_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// A JSON answer with a strong ETag of its body, or 304 when the client has it.
+fn with_etag<T: Serialize>(headers: &HeaderMap, value: &T) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
+    let etag = format!(
+        "\"{}\"",
+        URL_SAFE_NO_PAD.encode(&Sha256::digest(&body)[..16])
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',').any(|t| {
+                t.trim() == etag || t.trim() == "*" || t.trim().trim_start_matches("W/") == etag
+            })
+        });
+    let etag = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.into()))?;
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok((
+        [
+            (header::ETAG, etag),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Lists the caller's files, newest first.
+#[utoipa::path(get, path = "/files", tag = "files", params(ListQuery),
+    responses((status = 200, body = FileList), (status = 304, description = "not modified (If-None-Match)")))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let limit = i64::from(query.limit.unwrap_or(50));
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be from 1 to 200"));
+    }
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?,
+        ),
+    };
+    let pattern = query
+        .q
+        .as_deref()
+        .filter(|q| !q.is_empty())
+        .map(|q| format!("%{}%", like_escape(&q.to_lowercase())));
+    let mut files: Vec<FileView> = sqlx::query_as(&format!(
+        "SELECT {FILE_COLUMNS} FROM files
+         WHERE account_id = $1
+           AND ($2::text IS NULL OR category = $2)
+           AND ($3::text IS NULL OR lower(filename) LIKE $3)
+           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $6"
+    ))
+    .bind(auth.account.id)
+    .bind(query.category.map(Category::as_str))
+    .bind(pattern)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let next_cursor = if files.len() as i64 > limit {
+        files.truncate(limit as usize);
+        files.last().map(encode_cursor)
+    } else {
+        None
+    };
+    with_etag(&headers, &FileList { files, next_cursor })
+}
+
+async fn find(db: &PgPool, account_id: Uuid, id: Uuid) -> Result<(FileView, String), ApiError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        view: FileView,
+        object_key: String,
+    }
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {FILE_COLUMNS}, object_key FROM files WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await?;
+    // Another account's file is not found, never forbidden.
+    row.map(|r| (r.view, r.object_key))
+        .ok_or_else(|| ApiError::not_found("file"))
+}
+
+/// One file.
+#[utoipa::path(get, path = "/files/{id}", tag = "files", params(("id" = Uuid, Path)),
+    responses((status = 200, body = FileView), (status = 304), (status = 404)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (view, _) = find(&state.db, auth.account.id, id).await?;
+    with_etag(&headers, &view)
+}
+
+/// How long a download redirect stays valid.
+const DOWNLOAD_URL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The file's bytes: a 302 to a short-lived presigned URL on S3, the bytes
+/// themselves with the local backend; always as an attachment.
+#[utoipa::path(get, path = "/files/{id}/content", tag = "files", params(("id" = Uuid, Path)),
+    responses((status = 302, description = "redirect to a short-lived URL (S3)"),
+              (status = 200, description = "the bytes (local backend)", content_type = "application/octet-stream"),
+              (status = 404)))]
+pub async fn content(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let (view, key) = find(&state.db, auth.account.id, id).await?;
+    let disposition = HeaderValue::from_str(&attachment_disposition(&view.filename))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if state.store.kind() == "s3" {
+        let signed = state
+            .store
+            .presign_get(&key, &view.filename, DOWNLOAD_URL_TTL)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let location =
+            HeaderValue::from_str(&signed.url).map_err(|e| ApiError::Internal(e.into()))?;
+        return Ok((
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, location),
+                (header::CONTENT_DISPOSITION, disposition),
+            ],
+        )
+            .into_response());
+    }
+    let body = state
+        .store
+        .get(&key, None)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let content_type = HeaderValue::from_str(&view.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_LENGTH, HeaderValue::from(body.len)),
+            (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        Body::from_stream(body.stream),
+    )
+        .into_response())
+}
+
+/// Deletes a file; its bytes leave the usage at once.
+#[utoipa::path(delete, path = "/files/{id}", tag = "files", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    delete(&state.db, state.store.as_ref(), auth.account.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let id = Uuid::now_v7();
+        let at = DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap();
+        let view = FileView {
+            id,
+            filename: "a".into(),
+            content_type: "text/plain".into(),
+            category: Category::Document,
+            size: 1,
+            sha256: None,
+            created_at: at,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&view)), Some((at, id)));
+        assert_eq!(decode_cursor("not a cursor"), None);
+    }
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        assert_eq!(like_escape("50%_a\\b"), "50\\%\\_a\\\\b");
+    }
+}

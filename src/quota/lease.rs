@@ -1,0 +1,331 @@
+//! Concurrent-upload slots and storage reservations, as leases in Postgres.
+//!
+//! An upload holds one lease (one slot) while it runs. Storage is reserved
+//! under the lease in increments, each one conditional update of the
+//! account's counters, so many uploads on many instances can never reserve
+//! past the quota together. A lease expires unless renewed; the reaper gives
+//! back what a dead instance's leases held.
+//!
+//! Lock order, everywhere: the lease row first, then the account row.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{error::ApiError, storage::ObjectStore};
+
+/// Why a reservation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The quota would be exceeded.
+    #[error("storage quota exceeded")]
+    Quota {
+        /// The quota.
+        limit: u64,
+        /// Used plus reserved at the time.
+        used: u64,
+    },
+    /// The lease expired (and may have been reaped) while the upload ran.
+    #[error("the upload's lease expired")]
+    LeaseLost,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Quota { limit, used } => ApiError::StorageQuotaExceeded { limit, used },
+            ReserveError::LeaseLost => {
+                ApiError::ServiceUnavailable("the upload's lease expired; retry".into())
+            }
+            ReserveError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// A held slot. Not `Clone`: one lease, one owner, released once.
+#[derive(Debug)]
+pub struct Lease {
+    /// Lease id.
+    pub id: Uuid,
+    /// Its account.
+    pub account_id: Uuid,
+    ttl: Duration,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Takes a slot if the account has one free: `None` when all are taken.
+///
+/// The account row is locked first, so the count of live leases that the
+/// insert checks is exact even with many instances racing.
+pub async fn acquire(
+    db: &PgPool,
+    account_id: Uuid,
+    kind: &str,
+    limit: u32,
+    ttl: Duration,
+) -> Result<Option<Lease>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO upload_leases (id, account_id, kind, expires_at)
+         SELECT $1, $2, $3, now() + make_interval(secs => $5)
+         WHERE (SELECT count(*) FROM upload_leases
+                 WHERE account_id = $2 AND expires_at > now()) < $4",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(kind)
+    .bind(i64::from(limit))
+    .bind(secs(ttl))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((inserted.rows_affected() == 1).then_some(Lease {
+        id,
+        account_id,
+        ttl,
+    }))
+}
+
+impl Lease {
+    /// Extends the lease; `false` when it is gone.
+    pub async fn renew(&self, db: &PgPool) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE upload_leases SET expires_at = now() + make_interval(secs => $2) WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(secs(self.ttl))
+        .execute(db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Reserves exactly `bytes` more of the account's quota under this lease
+    /// (and renews it), or nothing.
+    pub async fn reserve(
+        &self,
+        db: &PgPool,
+        bytes: u64,
+        quota: Option<u64>,
+    ) -> Result<(), ReserveError> {
+        let n = i64::try_from(bytes).map_err(|_| ReserveError::Quota {
+            limit: quota.unwrap_or(0),
+            used: 0,
+        })?;
+        let quota = quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX));
+        let mut tx = db.begin().await?;
+        let alive = sqlx::query(
+            "SELECT 1 FROM upload_leases WHERE id = $1 AND expires_at > now() FOR UPDATE",
+        )
+        .bind(self.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if alive.is_none() {
+            return Err(ReserveError::LeaseLost);
+        }
+        let granted: Option<(i64,)> = sqlx::query_as(
+            "WITH a AS (
+               UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes + $3
+               WHERE id = $2 AND ($4::int8 IS NULL OR storage_used_bytes + storage_reserved_bytes + $3 <= $4)
+               RETURNING id
+             )
+             UPDATE upload_leases SET reserved_bytes = reserved_bytes + $3,
+                                      expires_at = now() + make_interval(secs => $5)
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM a)
+             RETURNING reserved_bytes",
+        )
+        .bind(self.id)
+        .bind(self.account_id)
+        .bind(n)
+        .bind(quota)
+        .bind(secs(self.ttl))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if granted.is_some() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        tx.rollback().await?;
+        let used: i64 = sqlx::query_scalar(
+            "SELECT storage_used_bytes + storage_reserved_bytes FROM accounts WHERE id = $1",
+        )
+        .bind(self.account_id)
+        .fetch_one(db)
+        .await?;
+        Err(ReserveError::Quota {
+            limit: quota.unwrap_or(0) as u64,
+            used: used.max(0) as u64,
+        })
+    }
+
+    /// Gives back `bytes` of this lease's reservation (a file that failed).
+    pub async fn unreserve(&self, db: &PgPool, bytes: u64) -> Result<(), sqlx::Error> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut tx = db.begin().await?;
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT reserved_bytes FROM upload_leases WHERE id = $1 FOR UPDATE")
+                .bind(self.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        // A reaped lease has already given everything back.
+        let Some(held) = held else { return Ok(()) };
+        let n = (bytes as i64).min(held);
+        sqlx::query("UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2 WHERE id = $1")
+            .bind(self.id)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2 WHERE id = $1")
+            .bind(self.account_id)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Records the object being written, so the reaper can remove it if this
+    /// instance dies before the file is recorded.
+    pub async fn track_object(
+        &self,
+        db: &PgPool,
+        object_key: Option<&str>,
+        multipart_upload_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = $3 WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(object_key)
+        .bind(multipart_upload_id)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the lease, giving back whatever it still reserves.
+    pub async fn release(self, db: &PgPool) -> Result<(), sqlx::Error> {
+        release(db, self.id).await
+    }
+}
+
+/// Ends a lease by id, giving back its reservation (idempotent).
+pub async fn release(db: &PgPool, lease_id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    release_in(&mut tx, lease_id).await?;
+    tx.commit().await
+}
+
+async fn release_in(tx: &mut sqlx::PgConnection, lease_id: Uuid) -> Result<(), sqlx::Error> {
+    let gone: Option<(Uuid, i64)> = sqlx::query_as(
+        "DELETE FROM upload_leases WHERE id = $1 RETURNING account_id, reserved_bytes",
+    )
+    .bind(lease_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((account_id, reserved)) = gone {
+        sqlx::query("UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2 WHERE id = $1")
+            .bind(account_id)
+            .bind(reserved)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Which leases [`reclaim`] may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// The owner ends its own lease (waits for the row if needed).
+    Own,
+    /// The reaper ends a lease only if it has expired and no one else holds
+    /// it right now (another reaper, or its renewal).
+    Expired,
+}
+
+/// Ends a lease whose upload did not finish normally (a dropped request, a
+/// dead instance): removes the object it was writing, then gives back its
+/// reservation and slot, all while holding the lease row. An object that
+/// storage will not delete now is queued for the retry of deletions, never
+/// forgotten. Returns whether this call ended the lease.
+pub async fn reclaim(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    lease_id: Uuid,
+    mode: Reclaim,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let sql = match mode {
+        Reclaim::Own => {
+            "SELECT object_key, multipart_upload_id FROM upload_leases WHERE id = $1 FOR UPDATE"
+        }
+        Reclaim::Expired => {
+            "SELECT object_key, multipart_upload_id FROM upload_leases
+             WHERE id = $1 AND expires_at < now() FOR UPDATE SKIP LOCKED"
+        }
+    };
+    let tracked: Option<(Option<String>, Option<String>)> = sqlx::query_as(sql)
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((key, upload_id)) = tracked else {
+        return Ok(false);
+    };
+    if let Some(key) = key {
+        // The key is cleared in the transaction that records a file, so a
+        // key still here names an object no file row owns.
+        remove_object(&mut tx, store, &key, upload_id.as_deref()).await?;
+    }
+    release_in(&mut tx, lease_id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Ends every expired lease (dead instances' uploads, abandoned presigned
+/// uploads) that no one else is ending. Safe to run on several instances at
+/// once: each lease is ended exactly once. Returns how many were ended.
+pub async fn reap_expired(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Error> {
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM upload_leases WHERE expires_at < now() ORDER BY expires_at LIMIT 500",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut ended = 0;
+    for id in expired {
+        if reclaim(db, store, id, Reclaim::Expired).await? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Aborts the multipart upload (if any) and deletes the object; what storage
+/// refuses now is queued for the retry of deletions.
+pub async fn remove_object(
+    db: &mut sqlx::PgConnection,
+    store: &dyn ObjectStore,
+    key: &str,
+    multipart_upload_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let aborted = match multipart_upload_id {
+        Some(id) => store.abort_multipart(key, id).await,
+        None => Ok(()),
+    };
+    if let Err(e) = aborted.and(store.delete(key).await) {
+        tracing::warn!(error = %e, key, "could not remove an unfinished upload's object; queued");
+        crate::files::queue_deletion(&mut *db, key, multipart_upload_id).await?;
+    }
+    Ok(())
+}

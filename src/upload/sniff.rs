@@ -1,0 +1,441 @@
+//! What a file is, decided from its first bytes (magic numbers), reconciled
+//! with the type the client declared and the file's extension.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The categories the tier table caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum Category {
+    /// Photos and pictures.
+    Image,
+    /// PDF, office documents and text documents.
+    Document,
+    /// Videos.
+    Video,
+}
+
+impl Category {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Document => "document",
+            Self::Video => "video",
+        }
+    }
+}
+
+/// Types accepted by their magic numbers, with their category.
+const BINARY_TYPES: &[(&str, Category)] = &[
+    ("image/jpeg", Category::Image),
+    ("image/png", Category::Image),
+    ("image/gif", Category::Image),
+    ("image/webp", Category::Image),
+    ("image/tiff", Category::Image),
+    ("image/bmp", Category::Image),
+    ("image/heif", Category::Image),
+    ("image/avif", Category::Image),
+    ("image/jxl", Category::Image),
+    ("image/vnd.microsoft.icon", Category::Image),
+    ("video/mp4", Category::Video),
+    ("video/x-m4v", Category::Video),
+    ("video/x-matroska", Category::Video),
+    ("video/webm", Category::Video),
+    ("video/quicktime", Category::Video),
+    ("video/x-msvideo", Category::Video),
+    ("video/x-ms-wmv", Category::Video),
+    ("video/mpeg", Category::Video),
+    ("video/x-flv", Category::Video),
+    ("application/pdf", Category::Document),
+    ("application/rtf", Category::Document),
+    ("application/msword", Category::Document),
+    (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        Category::Document,
+    ),
+    ("application/vnd.ms-excel", Category::Document),
+    (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        Category::Document,
+    ),
+    ("application/vnd.ms-powerpoint", Category::Document),
+    (
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        Category::Document,
+    ),
+    (
+        "application/vnd.oasis.opendocument.text",
+        Category::Document,
+    ),
+    (
+        "application/vnd.oasis.opendocument.spreadsheet",
+        Category::Document,
+    ),
+    (
+        "application/vnd.oasis.opendocument.presentation",
+        Category::Document,
+    ),
+    ("application/epub+zip", Category::Document),
+];
+
+/// Text documents: no magic number, so they are known by extension or
+/// declared type, and must be valid UTF-8 throughout.
+const TEXT_TYPES: &[(&str, &[&str])] = &[
+    ("text/plain", &["txt", "text"]),
+    ("text/csv", &["csv"]),
+    ("text/markdown", &["md", "markdown"]),
+    ("application/json", &["json"]),
+];
+
+/// Extensions whose category is known, to catch a file named for one kind
+/// of content that holds another.
+const EXTENSIONS: &[(&str, Category)] = &[
+    ("jpg", Category::Image),
+    ("jpeg", Category::Image),
+    ("jpe", Category::Image),
+    ("png", Category::Image),
+    ("gif", Category::Image),
+    ("webp", Category::Image),
+    ("tif", Category::Image),
+    ("tiff", Category::Image),
+    ("bmp", Category::Image),
+    ("heic", Category::Image),
+    ("heif", Category::Image),
+    ("avif", Category::Image),
+    ("jxl", Category::Image),
+    ("ico", Category::Image),
+    ("mp4", Category::Video),
+    ("m4v", Category::Video),
+    ("mkv", Category::Video),
+    ("webm", Category::Video),
+    ("mov", Category::Video),
+    ("avi", Category::Video),
+    ("wmv", Category::Video),
+    ("mpg", Category::Video),
+    ("mpeg", Category::Video),
+    ("flv", Category::Video),
+    ("pdf", Category::Document),
+    ("rtf", Category::Document),
+    ("doc", Category::Document),
+    ("docx", Category::Document),
+    ("xls", Category::Document),
+    ("xlsx", Category::Document),
+    ("ppt", Category::Document),
+    ("pptx", Category::Document),
+    ("odt", Category::Document),
+    ("ods", Category::Document),
+    ("odp", Category::Document),
+    ("epub", Category::Document),
+    ("txt", Category::Document),
+    ("text", Category::Document),
+    ("csv", Category::Document),
+    ("md", Category::Document),
+    ("markdown", Category::Document),
+    ("json", Category::Document),
+];
+
+/// How many leading bytes the decision may look at.
+pub const SNIFF_BYTES: usize = 64 * 1024;
+
+/// The accepted type of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kind {
+    /// Canonical MIME type, as stored and served.
+    pub mime: &'static str,
+    /// Its category.
+    pub category: Category,
+    /// Text documents must be valid UTF-8 to the last byte.
+    pub text: bool,
+}
+
+/// Why a file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SniffError {
+    /// A type intake does not accept, or content it cannot recognise.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The declared type or extension disagrees with the bytes.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn normalize(declared: &str) -> String {
+    let base = declared
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match base.as_str() {
+        "image/jpg" | "image/pjpeg" => "image/jpeg".into(),
+        "image/x-icon" => "image/vnd.microsoft.icon".into(),
+        "image/heic" => "image/heif".into(),
+        "video/x-mp4" | "video/m4v" => "video/mp4".into(),
+        "application/x-pdf" => "application/pdf".into(),
+        "text/rtf" => "application/rtf".into(),
+        "text/x-markdown" => "text/markdown".into(),
+        "text/json" => "application/json".into(),
+        _ => base,
+    }
+}
+
+/// Types that say nothing about the content.
+fn is_generic(declared: &str) -> bool {
+    declared.is_empty()
+        || declared == "application/octet-stream"
+        || declared == "binary/octet-stream"
+}
+
+/// MP4 and M4V are the same container; either name fits either.
+fn same_type(a: &str, b: &str) -> bool {
+    a == b || (matches!(a, "video/mp4" | "video/x-m4v") && matches!(b, "video/mp4" | "video/x-m4v"))
+}
+
+fn extension(filename: &str) -> Option<String> {
+    let (stem, ext) = filename.rsplit_once('.')?;
+    (!stem.is_empty()).then(|| ext.to_ascii_lowercase())
+}
+
+fn extension_category(ext: &str) -> Option<Category> {
+    EXTENSIONS.iter().find(|(e, _)| *e == ext).map(|(_, c)| *c)
+}
+
+/// Decides a file's type from its first bytes (`head`, up to
+/// [`SNIFF_BYTES`]; `complete` when the file is shorter), its declared
+/// content type and its filename.
+pub fn sniff(
+    head: &[u8],
+    complete: bool,
+    declared: &str,
+    filename: &str,
+) -> Result<Kind, SniffError> {
+    let declared = normalize(declared);
+    let ext = extension(filename);
+    let ext_category = ext.as_deref().and_then(extension_category);
+    if let Some(found) = infer::get(head) {
+        let mime = found.mime_type();
+        let Some(&(mime, category)) = BINARY_TYPES.iter().find(|(m, _)| *m == mime) else {
+            return Err(SniffError::Unsupported(format!(
+                "files of type {mime} are not accepted"
+            )));
+        };
+        if !is_generic(&declared) && !same_type(&declared, mime) {
+            return Err(SniffError::Mismatch(format!(
+                "declared as {declared}, but the content is {mime}"
+            )));
+        }
+        if let Some(ext_category) = ext_category.filter(|c| *c != category) {
+            return Err(SniffError::Mismatch(format!(
+                "named as {} (.{}), but the content is {mime}",
+                ext_category.as_str(),
+                ext.unwrap_or_default()
+            )));
+        }
+        return Ok(Kind {
+            mime,
+            category,
+            text: false,
+        });
+    }
+    // No magic number: only text documents remain.
+    let by_ext = ext
+        .as_deref()
+        .and_then(|e| TEXT_TYPES.iter().find(|(_, exts)| exts.contains(&e)));
+    let by_declared = TEXT_TYPES.iter().find(|(m, _)| *m == declared);
+    let text = match (by_ext, by_declared) {
+        (Some(e), Some(d)) if e.0 != d.0 && d.0 != "text/plain" => {
+            return Err(SniffError::Mismatch(format!(
+                "declared as {declared}, but named .{}",
+                ext.unwrap_or_default()
+            )));
+        }
+        (Some(t), _) if is_generic(&declared) || by_declared.is_some() => Some(t.0),
+        (None, Some(t)) if ext_category.is_none() => Some(t.0),
+        _ => None,
+    };
+    let Some(mime) = text else {
+        if BINARY_TYPES.iter().any(|(m, _)| *m == declared) || ext_category.is_some() {
+            return Err(SniffError::Mismatch(format!(
+                "declared as {}, but the content is not",
+                if is_generic(&declared) {
+                    format!(".{}", ext.unwrap_or_default())
+                } else {
+                    declared
+                }
+            )));
+        }
+        return Err(SniffError::Unsupported(
+            "unrecognised content: images, videos, PDF and office documents are known by their bytes, \
+             text documents (txt, csv, md, json) by their name or type"
+                .into(),
+        ));
+    };
+    if !utf8_prefix_valid(head, complete) {
+        return Err(SniffError::Unsupported(
+            "text documents must be valid UTF-8".into(),
+        ));
+    }
+    Ok(Kind {
+        mime,
+        category: Category::Document,
+        text: true,
+    })
+}
+
+/// Whether `bytes` is valid UTF-8, allowing a sequence cut at the end when
+/// more bytes follow.
+fn utf8_prefix_valid(bytes: &[u8], complete: bool) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(e) => !complete && e.error_len().is_none(),
+    }
+}
+
+/// Checks UTF-8 across chunk boundaries while a text document streams.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Feeds the next bytes; `false` as soon as they cannot be UTF-8.
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let joined;
+        let bytes = if self.carry.is_empty() {
+            chunk
+        } else {
+            joined = [self.carry.as_slice(), chunk].concat();
+            joined.as_slice()
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(_) => {
+                self.carry.clear();
+                true
+            }
+            Err(e) if e.error_len().is_none() => {
+                self.carry = bytes[e.valid_up_to()..].to_vec();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the stream ended on a whole character.
+    pub fn finish(&self) -> bool {
+        self.carry.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
+    const PDF: &[u8] = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n";
+    /// An ELF header (infer needs 52 bytes or more).
+    const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0\
+        \0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+    #[test]
+    fn magic_numbers_decide_the_category() {
+        let k = sniff(PNG, true, "image/png", "a.png").unwrap();
+        assert_eq!((k.mime, k.category), ("image/png", Category::Image));
+        let k = sniff(PDF, true, "application/octet-stream", "report.pdf").unwrap();
+        assert_eq!(k.category, Category::Document);
+        assert_eq!(
+            sniff(PNG, true, "", "no-extension").unwrap().mime,
+            "image/png"
+        );
+        assert_eq!(
+            sniff(PNG, true, "image/png; charset=binary", "a.PNG")
+                .unwrap()
+                .mime,
+            "image/png"
+        );
+    }
+
+    #[test]
+    fn a_declared_type_that_disagrees_is_a_mismatch() {
+        assert!(matches!(
+            sniff(PDF, true, "image/png", "x.png"),
+            Err(SniffError::Mismatch(_))
+        ));
+        assert!(matches!(
+            sniff(PDF, true, "application/pdf", "x.png"),
+            Err(SniffError::Mismatch(_))
+        ));
+        assert!(matches!(
+            sniff(b"just text", true, "image/jpeg", "x.jpg"),
+            Err(SniffError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn executables_and_unknown_bytes_are_unsupported() {
+        assert!(matches!(
+            sniff(ELF, true, "image/jpeg", "cat.jpg"),
+            Err(SniffError::Unsupported(_))
+        ));
+        assert!(matches!(
+            sniff(b"PK\x03\x04\x14\0\0\0", true, "", "a.zip"),
+            Err(SniffError::Unsupported(_))
+        ));
+        assert!(matches!(
+            sniff(&[0xff, 0xfe, 0x00, 0x13], true, "", "blob"),
+            Err(SniffError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn text_documents_need_a_text_name_or_type_and_utf8() {
+        assert_eq!(
+            sniff(b"a,b\n1,2\n", true, "text/csv", "t.csv")
+                .unwrap()
+                .mime,
+            "text/csv"
+        );
+        assert_eq!(
+            sniff(b"# Title\n", true, "", "README.md").unwrap().mime,
+            "text/markdown"
+        );
+        assert_eq!(
+            sniff("héllo".as_bytes(), true, "text/plain", "notes")
+                .unwrap()
+                .mime,
+            "text/plain"
+        );
+        assert_eq!(
+            sniff(b"{\"a\":1}", true, "text/plain", "d.json")
+                .unwrap()
+                .mime,
+            "application/json"
+        );
+        assert!(matches!(
+            sniff(b"\xff\xfe bad", true, "text/plain", "t.txt"),
+            Err(SniffError::Unsupported(_))
+        ));
+        assert!(matches!(
+            sniff(b"hello", true, "", "noext"),
+            Err(SniffError::Unsupported(_))
+        ));
+        // A cut multi-byte character at the end of the head is fine when more follows.
+        assert!(sniff(&"é".as_bytes()[..1], false, "text/plain", "t.txt").is_ok());
+        assert!(sniff(&"é".as_bytes()[..1], true, "text/plain", "t.txt").is_err());
+    }
+
+    #[test]
+    fn utf8_is_checked_across_chunks() {
+        let text = "añb€c".as_bytes();
+        let mut s = Utf8Stream::default();
+        for b in text {
+            assert!(s.feed(&[*b]));
+        }
+        assert!(s.finish());
+        let mut s = Utf8Stream::default();
+        assert!(s.feed(&text[..2]));
+        assert!(!s.feed(b"\xff"));
+    }
+}

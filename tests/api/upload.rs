@@ -1,0 +1,769 @@
+//! Streaming uploads: every category, batches, caps, quota, slots, faults
+//! and bad input, with the state left behind checked after each.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Backend, Form, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn every_category_uploads_with_its_sha256_on_both_backends() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn().backend(backend).start().await;
+        let (account, key) = app.account_with_key("starter").await;
+        let cases: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
+            (
+                "photo.png",
+                "image/png",
+                fixtures::png(300_000),
+                "image",
+                "image/png",
+            ),
+            (
+                "photo.jpg",
+                "image/jpeg",
+                fixtures::jpeg(10_000),
+                "image",
+                "image/jpeg",
+            ),
+            (
+                "report.pdf",
+                "application/pdf",
+                fixtures::pdf(50_000),
+                "document",
+                "application/pdf",
+            ),
+            (
+                "clip.mp4",
+                "video/mp4",
+                fixtures::mp4(9 * MIB + 7),
+                "video",
+                "video/mp4",
+            ),
+            (
+                "table.csv",
+                "text/csv",
+                fixtures::csv(5_000),
+                "document",
+                "text/csv",
+            ),
+        ];
+        let mut total = 0i64;
+        for (name, ct, data, category, mime) in &cases {
+            let resp = app.upload(&key, name, ct, data).await;
+            assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?} {name}");
+            let file: Value = resp.json().await.unwrap();
+            assert_eq!(file["filename"], *name);
+            assert_eq!(file["category"], *category);
+            assert_eq!(file["content_type"], *mime);
+            assert_eq!(file["size"], data.len());
+            assert_eq!(file["sha256"], hex::encode(Sha256::digest(data)));
+            total += data.len() as i64;
+        }
+        let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
+        assert_eq!(
+            (used, reserved, leases, rows, sum),
+            (total, 0, 0, 5, total),
+            "{backend:?}"
+        );
+        assert_eq!(app.objects(account.id).await.len(), 5);
+        if backend == Backend::Fs {
+            assert_eq!(app.fs_partials(), 0, "no partial files left");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_stores_each_file_and_reports_each_failure() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let form = Form::new()
+        .part("files", "a.png", "image/png", &fixtures::png(1000))
+        .part("files", "evil.jpg", "image/jpeg", &fixtures::elf(1000))
+        .part("files", "b.pdf", "application/pdf", &fixtures::pdf(2000))
+        .part("files", "lie.png", "image/png", &fixtures::pdf(500))
+        .part("files", "c.mp4", "", &fixtures::mp4(6 * MIB));
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["uploaded"].as_u64(), body["failed"].as_u64()),
+        (Some(3), Some(2)),
+        "{body}"
+    );
+    let results = body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 415, 201, 415, 201]);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i);
+    }
+    assert_eq!(results[1]["error"]["code"], "unsupported_media_type");
+    assert_eq!(results[3]["error"]["code"], "type_mismatch");
+    assert_eq!(results[4]["file"]["category"], "video");
+    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
+    assert_eq!((reserved, leases, rows), (0, 0, 3));
+    assert_eq!(used, sum);
+    assert_eq!(app.objects(account.id).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_batch_over_the_tier_size_keeps_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(account.id, json!({"custom_limits": {"batch_size": 2}}))
+        .await;
+    let mut form = Form::new();
+    for i in 0..3 {
+        form = form.part(
+            "files",
+            &format!("{i}.png"),
+            "image/png",
+            &fixtures::png(20_000),
+        );
+    }
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
+    assert_eq!(body["limit"], 2);
+    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert!(app.objects(account.id).await.is_empty());
+
+    // Thousands of tiny parts end the same way, quickly.
+    let mut form = Form::new();
+    for i in 0..5000 {
+        form = form.part("files", &format!("{i}.txt"), "text/plain", b"x");
+    }
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
+    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_batch_is_one_request_for_the_rate_limit() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    let mut form = Form::new();
+    for i in 0..5 {
+        form = form.part(
+            "files",
+            &format!("{i}.png"),
+            "image/png",
+            &fixtures::png(1000),
+        );
+    }
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-ratelimit-remaining"], "29");
+}
+
+#[tokio::test]
+async fn a_file_at_its_cap_is_accepted_and_one_byte_over_is_refused() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"max_image_bytes": MIB}}),
+    )
+    .await;
+    let at_cap = fixtures::png(MIB);
+    assert_eq!(
+        app.upload(&key, "at.png", "image/png", &at_cap)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let over = fixtures::png(MIB + 1);
+    let resp = app.upload(&key, "over.png", "image/png", &over).await;
+    let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    assert_eq!(body["limit"], MIB);
+    assert_eq!(
+        app.settled(account.id).await,
+        (MIB as i64, 0, 0, 1, MIB as i64)
+    );
+    assert_eq!(app.objects(account.id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn files_past_the_streaming_cap_are_sent_to_presigned_uploads() {
+    let app = spawn()
+        .var("STREAM_MAX_FILE_BYTES", "2097152")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let resp = app
+        .upload(&key, "long.mp4", "video/mp4", &fixtures::mp4(2 * MIB + 1))
+        .await;
+    let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "use_presigned_upload").await;
+    assert_eq!(body["limit"], 2 * MIB);
+    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    let limits: Value = app
+        .get("/limits")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["stream_max_file_bytes"], 2 * MIB);
+}
+
+/// A body that the test feeds by hand, to see what the server does before
+/// the client has finished.
+fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
+
+fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
+    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"max_image_bytes": 256 * 1024}}),
+    )
+    .await;
+    let (tx, body) = channel_body();
+    let boundary = "capboundary";
+    let request = app
+        .post("/upload/stream")
+        .bearer_auth(&key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send();
+    let feeder = async {
+        tx.send(Ok(part_head(boundary, "file", "big.png", "image/png")))
+            .await
+            .unwrap();
+        let data = fixtures::png(300 * 1024);
+        for chunk in data.chunks(16 * 1024) {
+            tx.send(Ok(chunk.to_vec())).await.unwrap();
+        }
+        // The client would send 10 MiB more; the answer must not wait for it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    };
+    let resp = tokio::select! {
+        resp = request => resp.unwrap(),
+        () = feeder => panic!("the server waited for the whole body"),
+    };
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert!(app.objects(account.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_uploads_never_exceed_the_quota() {
+    let app = spawn().var("UPLOAD_PART_BYTES", "5242880").start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let quota = 10 * MIB as u64 + 12345;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"storage_bytes": quota}}),
+    )
+    .await;
+    let data = fixtures::png(3 * MIB);
+    let uploads = (0..8).map(|i| {
+        let (app, key, data) = (&app, &key, &data);
+        async move {
+            app.upload(key, &format!("{i}.png"), "image/png", data)
+                .await
+        }
+    });
+    let responses = futures_util::future::join_all(uploads).await;
+    let mut created = 0;
+    for resp in responses {
+        match resp.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::INSUFFICIENT_STORAGE => {
+                let body = assert_problem(
+                    resp,
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_quota_exceeded",
+                )
+                .await;
+                assert_eq!(body["limit"], quota);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 3, "three 3 MiB files fit in 10 MiB");
+    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
+    assert_eq!((used, reserved, leases, rows), (sum, 0, 0, 3));
+    assert!(used as u64 <= quota);
+    let mut in_bucket = 0u64;
+    let client = crate::helpers::s3_client().await;
+    for k in crate::helpers::s3_keys(&format!("{}u/{}/", app.prefix, account.id)).await {
+        let head = client
+            .head_object()
+            .bucket(crate::helpers::S3_BUCKET)
+            .key(k)
+            .send()
+            .await
+            .unwrap();
+        in_bucket += head.content_length().unwrap() as u64;
+    }
+    assert_eq!(
+        in_bucket, used as u64,
+        "usage equals the bytes in the bucket"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_fits_exactly_in_the_quota_is_accepted() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"storage_bytes": 300_000}}),
+    )
+    .await;
+    assert_eq!(
+        app.upload(&key, "a.png", "image/png", &fixtures::png(300_000))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let resp = app
+        .upload(&key, "b.png", "image/png", &fixtures::png(10))
+        .await;
+    let body = assert_problem(
+        resp,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "storage_quota_exceeded",
+    )
+    .await;
+    assert_eq!(body["used"], 300_000);
+    assert_eq!(app.settled(account.id).await, (300_000, 0, 0, 1, 300_000));
+}
+
+/// Starts an upload whose body stays open until the returned sender drops.
+async fn open_upload(
+    app: &crate::helpers::TestApp,
+    key: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, body) = channel_body();
+    let request = app
+        .post("/upload/stream")
+        .bearer_auth(key)
+        .header("content-type", "multipart/form-data; boundary=slow")
+        .body(body)
+        .send();
+    let handle = tokio::spawn(request);
+    tx.send(Ok(part_head("slow", "file", "slow.png", "image/png")))
+        .await
+        .unwrap();
+    tx.send(Ok(fixtures::png(100_000))).await.unwrap();
+    (tx, handle)
+}
+
+async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
+    let usage: Value = app
+        .get("/usage")
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    usage["usage"]["concurrent_uploads"]["active"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn wait_active(app: &crate::helpers::TestApp, key: &str, n: i64) {
+    for _ in 0..100 {
+        if active(app, key).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("active uploads never reached {n}");
+}
+
+#[tokio::test]
+async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("enterprise").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"concurrent_uploads": 2}}),
+    )
+    .await;
+    let (first_tx, first) = open_upload(&app, &key).await;
+    let (second_tx, second) = open_upload(&app, &key).await;
+    wait_active(&app, &key, 2).await;
+
+    let resp = app
+        .upload(&key, "third.png", "image/png", &fixtures::png(100))
+        .await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_upload_limit",
+    )
+    .await;
+    assert_eq!(body["limit"], 2);
+
+    // A finished upload gives its slot back.
+    first_tx
+        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
+        .await
+        .unwrap();
+    drop(first_tx);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::CREATED);
+    wait_active(&app, &key, 1).await;
+
+    // So does a client that disconnects mid-file: nothing of it stays.
+    second.abort();
+    drop(second_tx);
+    wait_active(&app, &key, 0).await;
+    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
+    assert_eq!((reserved, leases, rows), (0, 0, 1));
+    assert_eq!(used, sum);
+    assert_eq!(app.objects(account.id).await.len(), 1);
+    assert_eq!(
+        app.upload(&key, "again.png", "image/png", &fixtures::png(100))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn a_dead_instances_slots_expire_and_its_reservations_are_reaped() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"concurrent_uploads": 1}}),
+    )
+    .await;
+    // A lease a crashed instance left behind, holding a slot and 5 MB.
+    sqlx::query(
+        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, expires_at)
+         VALUES ($1, $2, 'stream', 5000000, $3, now() + interval '2 seconds')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(account.id)
+    .bind(format!("u/{}/orphan", account.id))
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 5000000 WHERE id = $1")
+        .bind(account.id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    app.state
+        .store
+        .put(
+            &format!("u/{}/orphan", account.id),
+            bytes::Bytes::from_static(b"partial"),
+            "image/png",
+        )
+        .await
+        .unwrap();
+
+    let resp = app
+        .upload(&key, "a.png", "image/png", &fixtures::png(100))
+        .await;
+    assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_upload_limit",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Expired: the slot counts no more, even before the reaper runs.
+    assert_eq!(
+        app.upload(&key, "a.png", "image/png", &fixtures::png(100))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // Two reapers at once give everything back exactly once.
+    let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
+    assert_eq!(a.unwrap().0 + b.unwrap().0, 1);
+    assert_eq!(app.holdings(account.id).await, (100, 0, 0, 1, 100));
+    assert_eq!(
+        app.objects(account.id).await.len(),
+        1,
+        "the orphan object is gone"
+    );
+}
+
+#[tokio::test]
+async fn storage_failing_mid_upload_leaves_nothing_behind() {
+    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .var("S3_ENDPOINT", &proxy.addr)
+        .var("UPLOAD_PART_BYTES", "5242880")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let (tx, body) = channel_body();
+    let request = tokio::spawn(
+        app.post("/upload/stream")
+            .bearer_auth(&key)
+            .header("content-type", "multipart/form-data; boundary=cut")
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(part_head("cut", "file", "movie.mp4", "video/mp4")))
+        .await
+        .unwrap();
+    let data = fixtures::mp4(20 * MIB);
+    let mut sent = 0;
+    for chunk in data.chunks(256 * 1024) {
+        if sent == 12 * MIB {
+            // Two parts reached storage; now it goes away.
+            proxy.cut();
+        }
+        if tx.send(Ok(chunk.to_vec())).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = tx.send(Ok(b"\r\n--cut--\r\n".to_vec())).await;
+    drop(tx);
+    let resp = request.await.unwrap().unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let (used, reserved, leases, rows, _) = app.settled(account.id).await;
+    assert_eq!((used, reserved, leases, rows), (0, 0, 0, 0));
+    // Storage comes back: the queued cleanup finishes, nothing is left.
+    proxy.restore();
+    intake::reap(&app.state).await.unwrap();
+    assert!(app.objects(account.id).await.is_empty());
+    let queued: i64 = app
+        .scalar_i64("SELECT count(*) FROM object_deletions")
+        .await;
+    assert_eq!(queued, 0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_problem_and_keeps_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let send = |ct: String, body: Vec<u8>| {
+        app.post("/upload/stream")
+            .bearer_auth(&key)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+
+    let resp = send("multipart/form-data".into(), b"--x\r\n".to_vec())
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let resp = send("application/json".into(), b"{}".to_vec())
+        .await
+        .unwrap();
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let full = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(50_000))
+        .finish();
+    let truncated = full.body[..full.body.len() / 2].to_vec();
+    let resp = send(full.content_type(), truncated).await.unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+
+    let wrong = Form::new()
+        .part("upload", "a.png", "image/png", &fixtures::png(100))
+        .finish();
+    assert_problem(
+        send(wrong.content_type(), wrong.body).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    let empty = Form::new()
+        .part("file", "a.txt", "text/plain", b"")
+        .finish();
+    assert_problem(
+        send(empty.content_type(), empty.body).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    )
+    .await;
+    let none = Form::new().finish();
+    assert_problem(
+        send(none.content_type(), none.body).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    let two = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(100))
+        .part("file", "b.png", "image/png", &fixtures::png(100))
+        .finish();
+    assert_problem(
+        send(two.content_type(), two.body).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+
+    let mut huge =
+        b"--h\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: "
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 3 * MIB));
+    huge.extend_from_slice(b"\r\n\r\nxx\r\n--h--\r\n");
+    let resp = send("multipart/form-data; boundary=h".into(), huge)
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+
+    let resp = app
+        .upload(&key, "cat.jpg", "image/jpeg", &fixtures::elf(4096))
+        .await;
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let resp = app
+        .upload(&key, "cv.png", "image/png", &fixtures::pdf(4096))
+        .await;
+    assert_problem(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "type_mismatch").await;
+    let resp = app
+        .upload(
+            &key,
+            "notes.txt",
+            "text/plain",
+            b"ok so far \xff\xfe broken",
+        )
+        .await;
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert!(app.objects(account.id).await.is_empty());
+
+    // Paths and NUL bytes never reach a path: names are display-only.
+    // A raw NUL is not valid in a part header: refused as malformed.
+    let nul = Form::new()
+        .part("file", "a\u{0}b.png", "image/png", &fixtures::png(100))
+        .finish();
+    assert_problem(
+        send(nul.content_type(), nul.body).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    // Path components and control characters that headers may carry are dropped.
+    let tabbed = Form::new()
+        .part(
+            "file",
+            "../../etc/pass\twd.png",
+            "image/png",
+            &fixtures::png(100),
+        )
+        .finish();
+    let resp = send(tabbed.content_type(), tabbed.body).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["filename"], "passwd.png");
+    assert_eq!(
+        app.objects(account.id).await,
+        vec![format!(
+            "{}u/{}/{}",
+            app.prefix,
+            account.id,
+            file["id"].as_str().unwrap()
+        )]
+    );
+
+    assert_eq!(
+        app.get("/healthz").send().await.unwrap().status(),
+        StatusCode::OK,
+        "the server keeps serving"
+    );
+}
+
+#[tokio::test]
+async fn uploads_need_an_account() {
+    let app = spawn_app().await;
+    let resp = app
+        .upload("ik_nope", "a.png", "image/png", &fixtures::png(100))
+        .await;
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let account = app.account("free").await;
+    let session = app.login(&account.email).await;
+    let form = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(100))
+        .finish();
+    let resp = app
+        .with_session(Method::POST, "/upload/stream", &session)
+        .header("content-type", form.content_type())
+        .body(form.body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "the dashboard uploads with a session"
+    );
+}
+
+#[tokio::test]
+async fn upload_metrics_are_exported() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    app.upload(&key, "a.png", "image/png", &fixtures::png(1000))
+        .await;
+    app.upload(&key, "a.png", "image/png", &fixtures::elf(1000))
+        .await;
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "intake_upload_bytes_total",
+        "intake_upload_files_total",
+        "intake_upload_rejections_total",
+        "intake_uploads_in_flight",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+}
