@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod files;
 mod helpers;
 mod limits;
 mod ops;
