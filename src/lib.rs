@@ -67,12 +67,27 @@ impl App {
             storage = state.store.kind(),
             "intake listening"
         );
-        let router = http::router(state);
+        let router = http::router(state.clone());
+        // Stop accepting at the signal; uploads still running after the
+        // grace period are ended cleanly (released, nothing leaked).
+        let (token, grace) = (state.shutdown.clone(), state.config.shutdown_grace);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: finishing requests in flight"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::warn!("grace period over: ending uploads still running");
+                token.cancel();
+            });
+        };
         let result = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(signal)
         .await;
         housekeeping.abort();
         result.map_err(Into::into)
@@ -133,5 +148,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutdown signal received; finishing requests in flight");
 }

@@ -6,7 +6,13 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
 
-async fn upload_named(app: &crate::helpers::TestApp, key: &str, name: &str, ct: &str, data: &[u8]) -> Value {
+async fn upload_named(
+    app: &crate::helpers::TestApp,
+    key: &str,
+    name: &str,
+    ct: &str,
+    data: &[u8],
+) -> Value {
     let resp = app.upload(key, name, ct, data).await;
     assert_eq!(resp.status(), StatusCode::CREATED, "{name}");
     resp.json().await.unwrap()
@@ -24,31 +30,66 @@ async fn listing_is_newest_first_filtered_searched_and_paged() {
         ("50%_off.pdf", "application/pdf", fixtures::pdf(500)),
         ("notes.md", "text/markdown", b"# notes".to_vec()),
     ] {
-        ids.push(upload_named(&app, &key, name, ct, &data).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            upload_named(&app, &key, name, ct, &data).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let list = |q: &str| app.get(&format!("/files{q}")).bearer_auth(&key).send();
 
     let all: Value = list("").await.unwrap().json().await.unwrap();
-    let got: Vec<&str> = all["files"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = all["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(got, newest_first);
     assert!(all["next_cursor"].is_null());
 
-    let docs: Value = list("?category=document").await.unwrap().json().await.unwrap();
+    let docs: Value = list("?category=document")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(docs["files"].as_array().unwrap().len(), 3);
     let beach: Value = list("?q=BEACH").await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = beach["files"].as_array().unwrap().iter().map(|f| f["filename"].as_str().unwrap()).collect();
+    let names: Vec<&str> = beach["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["filename"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["beach-video.mp4", "Holiday_Beach.png"]);
     let percent: Value = list("?q=50%25_").await.unwrap().json().await.unwrap();
-    assert_eq!(percent["files"].as_array().unwrap().len(), 1, "% and _ match literally");
+    assert_eq!(
+        percent["files"].as_array().unwrap().len(),
+        1,
+        "% and _ match literally"
+    );
 
     // Pages of two, following the cursor, cover every file once.
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = list(&format!("?limit=2&cursor={cursor}")).await.unwrap().json().await.unwrap();
-        seen.extend(page["files"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_owned()));
+        let page: Value = list(&format!("?limit=2&cursor={cursor}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = c.to_owned(),
             None => break,
@@ -56,7 +97,12 @@ async fn listing_is_newest_first_filtered_searched_and_paged() {
     }
     assert_eq!(seen, newest_first);
 
-    for bad in ["?limit=0", "?limit=500", "?cursor=garbage", "?category=audio"] {
+    for bad in [
+        "?limit=0",
+        "?limit=500",
+        "?cursor=garbage",
+        "?category=audio",
+    ] {
         let resp = list(bad).await.unwrap();
         assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
@@ -67,20 +113,41 @@ async fn etags_answer_304_until_something_changes() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
     let file = upload_named(&app, &key, "a.png", "image/png", &fixtures::png(100)).await;
-    for path in ["/files".to_owned(), format!("/files/{}", file["id"].as_str().unwrap())] {
+    for path in [
+        "/files".to_owned(),
+        format!("/files/{}", file["id"].as_str().unwrap()),
+    ] {
         let first = app.get(&path).bearer_auth(&key).send().await.unwrap();
         let etag = first.headers()["etag"].to_str().unwrap().to_owned();
-        let again = app.get(&path).bearer_auth(&key).header("if-none-match", &etag).send().await.unwrap();
+        let again = app
+            .get(&path)
+            .bearer_auth(&key)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
         assert_eq!(again.headers()["etag"], etag.as_str());
         assert!(again.headers().get("x-ratelimit-limit").is_some());
-        let other = app.get(&path).bearer_auth(&key).header("if-none-match", "\"other\"").send().await.unwrap();
+        let other = app
+            .get(&path)
+            .bearer_auth(&key)
+            .header("if-none-match", "\"other\"")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(other.status(), StatusCode::OK);
     }
     let list = app.get("/files").bearer_auth(&key).send().await.unwrap();
     let etag = list.headers()["etag"].to_str().unwrap().to_owned();
     upload_named(&app, &key, "b.png", "image/png", &fixtures::png(100)).await;
-    let changed = app.get("/files").bearer_auth(&key).header("if-none-match", &etag).send().await.unwrap();
+    let changed = app
+        .get("/files")
+        .bearer_auth(&key)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
 }
 
@@ -90,24 +157,48 @@ async fn content_round_trips_as_an_attachment_on_both_backends() {
         let app = spawn().backend(backend).start().await;
         let (_, key) = app.account_with_key("starter").await;
         let data = fixtures::pdf(200_000);
-        let file = upload_named(&app, &key, "Quarterly report é.pdf", "application/pdf", &data).await;
-        let resp = app.get(&format!("/files/{}/content", file["id"].as_str().unwrap())).bearer_auth(&key).send().await.unwrap();
+        let file = upload_named(
+            &app,
+            &key,
+            "Quarterly report é.pdf",
+            "application/pdf",
+            &data,
+        )
+        .await;
+        let resp = app
+            .get(&format!("/files/{}/content", file["id"].as_str().unwrap()))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         let resp = match backend {
             Backend::S3 => {
                 assert_eq!(resp.status(), StatusCode::FOUND);
-                assert!(resp.headers()["content-disposition"].to_str().unwrap().starts_with("attachment;"));
+                assert!(
+                    resp.headers()["content-disposition"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("attachment;")
+                );
                 let location = resp.headers()["location"].to_str().unwrap().to_owned();
                 reqwest::get(location).await.unwrap()
             }
             Backend::Fs => resp,
         };
         assert_eq!(resp.status(), StatusCode::OK);
-        let disposition = resp.headers()["content-disposition"].to_str().unwrap().to_owned();
+        let disposition = resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(
             disposition,
             "attachment; filename=\"Quarterly report _.pdf\"; filename*=UTF-8''Quarterly%20report%20%C3%A9.pdf"
         );
-        assert_eq!(resp.bytes().await.unwrap().as_ref(), data.as_slice(), "{backend:?}");
+        assert_eq!(
+            resp.bytes().await.unwrap().as_ref(),
+            data.as_slice(),
+            "{backend:?}"
+        );
     }
 }
 
@@ -118,12 +209,27 @@ async fn delete_drops_usage_and_the_object() {
         let (account, key) = app.account_with_key("starter").await;
         let file = upload_named(&app, &key, "a.png", "image/png", &fixtures::png(4096)).await;
         let path = format!("/files/{}", file["id"].as_str().unwrap());
-        let resp = app.request(Method::DELETE, &path).bearer_auth(&key).send().await.unwrap();
+        let resp = app
+            .request(Method::DELETE, &path)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
         assert!(app.objects(account.id).await.is_empty(), "{backend:?}");
-        assert_problem(app.get(&path).bearer_auth(&key).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
-        let again = app.request(Method::DELETE, &path).bearer_auth(&key).send().await.unwrap();
+        assert_problem(
+            app.get(&path).bearer_auth(&key).send().await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        let again = app
+            .request(Method::DELETE, &path)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         assert_problem(again, StatusCode::NOT_FOUND, "not_found").await;
     }
 }
@@ -135,17 +241,40 @@ async fn a_delete_that_storage_refuses_is_retried_and_usage_is_right_at_once() {
     let (account, key) = app.account_with_key("starter").await;
     let file = upload_named(&app, &key, "a.png", "image/png", &fixtures::png(4096)).await;
     proxy.cut();
-    let resp = app.request(Method::DELETE, &format!("/files/{}", file["id"].as_str().unwrap())).bearer_auth(&key).send().await.unwrap();
+    let resp = app
+        .request(
+            Method::DELETE,
+            &format!("/files/{}", file["id"].as_str().unwrap()),
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
-    assert_eq!(app.objects(account.id).await.len(), 1, "storage was unreachable");
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM object_deletions").await, 1);
+    assert_eq!(
+        app.objects(account.id).await.len(),
+        1,
+        "storage was unreachable"
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM object_deletions")
+            .await,
+        1
+    );
     proxy.restore();
-    sqlx::query("UPDATE object_deletions SET next_attempt_at = now()").execute(&app.state.db).await.unwrap();
+    sqlx::query("UPDATE object_deletions SET next_attempt_at = now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
     let (_, objects) = intake::reap(&app.state).await.unwrap();
     assert_eq!(objects, 1);
     assert!(app.objects(account.id).await.is_empty());
-    assert_eq!(app.scalar_i64("SELECT count(*) FROM object_deletions").await, 0);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM object_deletions")
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -160,12 +289,33 @@ async fn another_accounts_files_are_not_found() {
         (Method::GET, format!("/files/{id}/content")),
         (Method::DELETE, format!("/files/{id}")),
     ] {
-        let resp = app.request(method, &path).bearer_auth(&intruder).send().await.unwrap();
+        let resp = app
+            .request(method, &path)
+            .bearer_auth(&intruder)
+            .send()
+            .await
+            .unwrap();
         assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
     }
-    let list: Value = app.get("/files").bearer_auth(&intruder).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .get("/files")
+        .bearer_auth(&intruder)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(list["files"].as_array().unwrap().is_empty());
-    assert_eq!(app.get(&format!("/files/{id}")).bearer_auth(&owner).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.get(&format!("/files/{id}"))
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -173,7 +323,15 @@ async fn usage_reports_stored_bytes() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
     upload_named(&app, &key, "a.png", "image/png", &fixtures::png(12_345)).await;
-    let usage: Value = app.get("/usage").bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let usage: Value = app
+        .get("/usage")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(usage["usage"]["storage_bytes"]["used"], 12_345);
     assert_eq!(usage["usage"]["storage_bytes"]["reserved"], 0);
     assert_eq!(usage["usage"]["concurrent_uploads"]["active"], 0);

@@ -378,6 +378,20 @@ impl TestApp {
         other
     }
 
+    /// Sends the shutdown signal, as SIGTERM would.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server to stop after [`TestApp::signal_shutdown`].
+    pub async fn stopped(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+    }
+
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.state.db)

@@ -767,3 +767,28 @@ async fn upload_metrics_are_exported() {
         assert!(text.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test]
+async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
+    let mut app = spawn().var("SHUTDOWN_GRACE_SECS", "1").start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    // One upload finishes within the grace period, one never would.
+    let (quick_tx, quick) = open_upload(&app, &key).await;
+    let (_stuck_tx, stuck) = open_upload(&app, &key).await;
+    wait_active(&app, &key, 2).await;
+    app.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    quick_tx
+        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
+        .await
+        .unwrap();
+    drop(quick_tx);
+    assert_eq!(quick.await.unwrap().unwrap().status(), StatusCode::CREATED);
+    let resp = stuck.await.unwrap().unwrap();
+    assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+    app.stopped().await;
+    let (used, reserved, leases, rows, sum) = app.holdings(account.id).await;
+    assert_eq!((reserved, leases, rows), (0, 0, 1));
+    assert_eq!(used, sum);
+    assert_eq!(app.objects(account.id).await.len(), 1);
+}
