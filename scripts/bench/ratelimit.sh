@@ -18,6 +18,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
 command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
 
 DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
+PG_BIN=$(pg_bindir)
 SCHEMA=bench_$(date +%s)
 "$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
 export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
@@ -34,6 +35,7 @@ cleanup() {
     rm -rf "$WORK" "$FS_ROOT"
 }
 trap cleanup EXIT
+[ -n "${KEEP_WORK:-}" ] && trap - EXIT
 
 cargo build --release --locked --bin intake >/dev/null 2>&1
 BIN=$CARGO_TARGET_DIR/release/intake

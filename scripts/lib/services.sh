@@ -84,8 +84,6 @@ pg_start() {
     if ! "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'intake'" | grep -q 1; then
         "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE intake" >/dev/null
     fi
-    PG_DATA_DIR=$dir
-    PG_BIN=$bin
     printf 'postgres://postgres@127.0.0.1:%s/intake\n' "$port"
 }
 

@@ -6,9 +6,11 @@ pub mod metrics;
 pub mod middleware;
 pub mod ops;
 
+use axum::response::IntoResponse;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
 use tower::ServiceBuilder;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -18,7 +20,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{admin, auth, files, quota, state::AppState, upload};
+use crate::{admin, auth, error::ApiError, files, quota, state::AppState, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -108,6 +110,15 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
                 .layer(axum::middleware::from_fn(metrics::track))
+                // A bug answers 500 problem+json (and is logged), not a dropped connection.
+                .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("panic");
+                    ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
+                }))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
                 .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT)),
         )

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sqlx::PgPool;
 
-/// One minute in microseconds: the window of every policy.
-const WINDOW_MICROS: i64 = 60_000_000;
+/// One minute in nanoseconds: the window of every policy.
+const WINDOW_NANOS: i64 = 60_000_000_000;
 
 /// What a request is counted against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +44,11 @@ impl Policy {
         }
     }
 
-    fn interval_micros(&self) -> i64 {
-        WINDOW_MICROS / i64::from(self.limit.max(1))
+    /// The emission interval; at least 1 ns even for absurd limits (the
+    /// database clock counts microseconds, so past a million a second the
+    /// limit no longer binds).
+    fn interval_nanos(&self) -> i64 {
+        (WINDOW_NANOS / i64::from(self.limit.max(1))).max(1)
     }
 }
 
@@ -66,29 +69,31 @@ pub struct Decision {
     pub retry_after: Option<u64>,
 }
 
+const NANOS_PER_SEC: i64 = 1_000_000_000;
+
 fn ceil_div(n: i64, d: i64) -> i64 {
     if n <= 0 { 0 } else { (n + d - 1) / d }
 }
 
 impl Decision {
     fn compute(policy: &Policy, allowed: bool, tat: DateTime<Utc>, now: DateTime<Utc>) -> Self {
-        let t = policy.interval_micros();
+        let t = policy.interval_nanos();
         let limit = i64::from(policy.limit.max(1));
         // How far the subject is ahead of its allowance.
-        let backlog = (tat - now).num_microseconds().unwrap_or(i64::MAX).max(0);
+        let backlog = (tat - now).num_nanoseconds().unwrap_or(i64::MAX / 4).max(0);
         // A further request is allowed while backlog + T <= limit·T.
         let remaining = ((limit * t - backlog) / t).clamp(0, limit);
         let retry_after = (!allowed).then(|| {
             // The refused request would be allowed once backlog + T <= limit·T.
-            ceil_div(backlog + t - limit * t, 1_000_000).max(1) as u64
+            ceil_div(backlog + t - limit * t, NANOS_PER_SEC).max(1) as u64
         });
-        let reset_micros = now.timestamp_micros() + backlog;
+        let reset_nanos = now.timestamp_micros() * 1_000 + backlog;
         Self {
             allowed,
             limit: policy.limit,
             remaining: remaining as u32,
-            reset_at: ceil_div(reset_micros, 1_000_000),
-            reset_after: ceil_div(backlog, 1_000_000) as u64,
+            reset_at: ceil_div(reset_nanos, NANOS_PER_SEC),
+            reset_after: ceil_div(backlog, NANOS_PER_SEC) as u64,
             retry_after,
         }
     }
@@ -120,20 +125,20 @@ impl Decision {
 
 /// Counts one request against the policy, atomically, on the database clock.
 pub async fn check(db: &PgPool, policy: &Policy) -> Result<Decision, sqlx::Error> {
-    let t = policy.interval_micros();
+    let t = policy.interval_nanos();
     let burst = t * i64::from(policy.limit.max(1));
     // The SET expressions all read the old row, so `allowed` and `tat` are
     // decided on the same state; the row lock serialises concurrent callers.
     let (allowed, tat, now): (bool, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "INSERT INTO rate_limits AS r (key, tat, allowed)
-         VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6), true)
+         VALUES ($1, now() + make_interval(secs => $2::float8 / 1e9), true)
          ON CONFLICT (key) DO UPDATE SET
-           allowed = greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e6)
-                     <= now() + make_interval(secs => $3::float8 / 1e6),
+           allowed = greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
+                     <= now() + make_interval(secs => $3::float8 / 1e9),
            tat = CASE
-                   WHEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e6)
-                        <= now() + make_interval(secs => $3::float8 / 1e6)
-                   THEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e6)
+                   WHEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
+                        <= now() + make_interval(secs => $3::float8 / 1e9)
+                   THEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
                    ELSE r.tat
                  END
          RETURNING allowed, tat, now()",
@@ -175,6 +180,13 @@ pub async fn peek(db: &PgPool, policy: &Policy) -> Result<(u32, i64), sqlx::Erro
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn absurd_limits_do_not_divide_by_zero() {
+        let p = Policy::anonymous("127.0.0.1".parse().unwrap(), u32::MAX);
+        let d = Decision::compute(&p, true, at(0), at(0));
+        assert_eq!(d.remaining, u32::MAX);
+    }
 
     fn at(micros: i64) -> DateTime<Utc> {
         Utc.timestamp_micros(1_700_000_000_000_000 + micros)
