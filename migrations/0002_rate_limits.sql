@@ -5,8 +5,10 @@
 -- every limited request, and losing it in a database crash only forgives a
 -- minute of requests.
 CREATE UNLOGGED TABLE rate_limits (
-    key     text PRIMARY KEY,
-    tat     timestamptz NOT NULL,
-    -- Whether the last decision let the request through (read back by RETURNING).
-    allowed boolean NOT NULL
+    key         text PRIMARY KEY,
+    tat         timestamptz NOT NULL,
+    -- How many of the requests of the last decision were let through, and
+    -- the emission interval it used (read back by RETURNING).
+    granted     bigint NOT NULL,
+    interval_ns bigint NOT NULL
 );

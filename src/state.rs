@@ -7,7 +7,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::session::JwtKeys, config::Config, db, storage, storage::ObjectStore};
+use crate::{
+    auth::session::JwtKeys, config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
+};
 
 /// What the state holds.
 pub struct Inner {
@@ -21,6 +23,8 @@ pub struct Inner {
     pub jwt: JwtKeys,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Per-minute rate limits (decided in the database, in batches).
+    pub limiter: Limiter,
     /// Cancelled when graceful shutdown's grace period is over: uploads
     /// still running end cleanly then.
     pub shutdown: CancellationToken,
@@ -51,6 +55,7 @@ impl AppState {
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             metrics: crate::http::metrics::handle(),
             shutdown: CancellationToken::new(),
+            limiter: Limiter::spawn(db.clone()),
             config,
             db,
             store,

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::{
     auth::{self, Principal},
     error::ApiError,
-    ratelimit::{self, Policy},
+    ratelimit::Policy,
     state::AppState,
 };
 
@@ -93,7 +93,7 @@ pub async fn authenticate_and_limit(
     };
     let decision = match &policy {
         None => None,
-        Some(policy) => match ratelimit::check(&state.db, policy).await {
+        Some(policy) => match state.limiter.check(policy.clone()).await {
             Ok(d) => {
                 let result = if d.allowed { "allowed" } else { "refused" };
                 metrics::counter!("intake_ratelimit_decisions_total", "policy" => policy.kind, "result" => result)

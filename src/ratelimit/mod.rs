@@ -9,7 +9,10 @@
 
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 
 /// One minute in nanoseconds: the window of every policy.
 const WINDOW_NANOS: i64 = 60_000_000_000;
@@ -47,7 +50,7 @@ impl Policy {
     /// The emission interval; at least 1 ns even for absurd limits (the
     /// database clock counts microseconds, so past a million a second the
     /// limit no longer binds).
-    fn interval_nanos(&self) -> i64 {
+    pub fn interval_nanos(&self) -> i64 {
         (WINDOW_NANOS / i64::from(self.limit.max(1))).max(1)
     }
 }
@@ -76,16 +79,21 @@ fn ceil_div(n: i64, d: i64) -> i64 {
 }
 
 impl Decision {
-    fn compute(policy: &Policy, allowed: bool, tat: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+    pub(crate) fn compute(
+        policy: &Policy,
+        allowed: bool,
+        tat: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let t = policy.interval_nanos();
         let limit = i64::from(policy.limit.max(1));
         // How far the subject is ahead of its allowance.
         let backlog = (tat - now).num_nanoseconds().unwrap_or(i64::MAX / 4).max(0);
-        // A further request is allowed while backlog + T <= limit·T.
-        let remaining = ((limit * t - backlog) / t).clamp(0, limit);
+        // A further request is allowed while backlog + T <= the window.
+        let remaining = ((WINDOW_NANOS - backlog) / t).clamp(0, limit);
         let retry_after = (!allowed).then(|| {
-            // The refused request would be allowed once backlog + T <= limit·T.
-            ceil_div(backlog + t - limit * t, NANOS_PER_SEC).max(1) as u64
+            // The refused request would be allowed once backlog + T <= the window.
+            ceil_div(backlog + t - WINDOW_NANOS, NANOS_PER_SEC).max(1) as u64
         });
         let reset_nanos = now.timestamp_micros() * 1_000 + backlog;
         Self {
@@ -123,32 +131,158 @@ impl Decision {
     }
 }
 
-/// Counts one request against the policy, atomically, on the database clock.
-pub async fn check(db: &PgPool, policy: &Policy) -> Result<Decision, sqlx::Error> {
-    let t = policy.interval_nanos();
-    let burst = t * i64::from(policy.limit.max(1));
-    // The SET expressions all read the old row, so `allowed` and `tat` are
-    // decided on the same state; the row lock serialises concurrent callers.
-    let (allowed, tat, now): (bool, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
-        "INSERT INTO rate_limits AS r (key, tat, allowed)
-         VALUES ($1, now() + make_interval(secs => $2::float8 / 1e9), true)
+/// Why the limiter could not decide.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rate limiter store failed: {0}")]
+pub struct LimiterError(String);
+
+/// Decides a batch of requests in one statement, in their order. Requests on
+/// the same subject are grouped: the database lets through as many of them
+/// as the subject's allowance holds and advances its state once.
+///
+/// For `k` requests with interval `T` on a subject whose state is `tat`:
+/// `granted = min(k, (window - max(tat - now, 0)) / T)` and the new state is
+/// `max(tat, now) + granted·T`. The SET expressions all read the old row and
+/// the row lock serialises callers on every instance, so the limit is exact.
+async fn decide_batch(db: &PgPool, policies: &[Policy]) -> Result<Vec<Decision>, sqlx::Error> {
+    // Subjects in first-seen order, with the positions of their requests.
+    let mut subjects: Vec<(&Policy, Vec<usize>)> = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        match subjects.iter_mut().find(|(q, _)| q.key == p.key) {
+            Some((_, positions)) => positions.push(i),
+            None => subjects.push((p, vec![i])),
+        }
+    }
+    let keys: Vec<&str> = subjects.iter().map(|(p, _)| p.key.as_str()).collect();
+    let wanted: Vec<i64> = subjects
+        .iter()
+        .map(|(p, pos)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
+        .collect();
+    let intervals: Vec<i64> = subjects.iter().map(|(p, _)| p.interval_nanos()).collect();
+    let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns)
+         SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t
+         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS x(key, k, t)
          ON CONFLICT (key) DO UPDATE SET
-           allowed = greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
-                     <= now() + make_interval(secs => $3::float8 / 1e9),
-           tat = CASE
-                   WHEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
-                        <= now() + make_interval(secs => $3::float8 / 1e9)
-                   THEN greatest(r.tat, now()) + make_interval(secs => $2::float8 / 1e9)
-                   ELSE r.tat
-                 END
-         RETURNING allowed, tat, now()",
+           granted = least(EXCLUDED.granted, greatest(0,
+                       (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                       / EXCLUDED.interval_ns)),
+           tat = greatest(r.tat, now()) + make_interval(secs =>
+                   (least(EXCLUDED.granted, greatest(0,
+                      (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                      / EXCLUDED.interval_ns)) * EXCLUDED.interval_ns)::float8 / 1e9),
+           interval_ns = EXCLUDED.interval_ns
+         RETURNING key, granted, tat, now()",
     )
-    .bind(&policy.key)
-    .bind(t)
-    .bind(burst)
-    .fetch_one(db)
+    .bind(&keys)
+    .bind(&wanted)
+    .bind(&intervals)
+    .fetch_all(db)
     .await?;
-    Ok(Decision::compute(policy, allowed, tat, now))
+    let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
+    for (key, granted, tat, now) in rows {
+        let Some((policy, positions)) = subjects.iter().find(|(p, _)| p.key == key) else {
+            continue;
+        };
+        let t = chrono::Duration::nanoseconds(policy.interval_nanos());
+        for (j, &i) in positions.iter().enumerate() {
+            let j = j as i64;
+            let allowed = j < granted;
+            // The state as it was right after this request.
+            let tat_j = if allowed {
+                tat - t * i32::try_from(granted - 1 - j).unwrap_or(i32::MAX)
+            } else {
+                tat
+            };
+            decisions[i] = Some(Decision::compute(policy, allowed, tat_j, now));
+        }
+    }
+    decisions
+        .into_iter()
+        .map(|d| d.ok_or(sqlx::Error::RowNotFound))
+        .collect()
+}
+
+/// Requests waiting for a decision.
+struct Pending {
+    policy: Policy,
+    reply: oneshot::Sender<Result<Decision, LimiterError>>,
+}
+
+/// Lanes of one instance's limiter: a subject always goes to the same lane,
+/// each lane has one statement in the database at a time, so two statements
+/// of one instance never wait on each other's row lock.
+const LANES: usize = 2;
+/// Requests decided by one statement at most.
+const MAX_BATCH: usize = 256;
+
+/// The limiter of one instance: requests that arrive while earlier ones are
+/// being decided are decided together, in one statement, so under load the
+/// database does one write per batch instead of one per request. Nothing is
+/// decided in the process: every decision is the database's.
+#[derive(Clone)]
+pub struct Limiter {
+    lanes: Arc<[mpsc::Sender<Pending>]>,
+}
+
+impl Limiter {
+    /// Starts the limiter's lanes on the current runtime.
+    pub fn spawn(db: PgPool) -> Self {
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(4096);
+                tokio::spawn(run(db.clone(), rx));
+                tx
+            })
+            .collect();
+        Self { lanes }
+    }
+
+    /// Counts one request against the policy.
+    pub async fn check(&self, policy: Policy) -> Result<Decision, LimiterError> {
+        let lane = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            policy.key.hash(&mut h);
+            (h.finish() as usize) % self.lanes.len()
+        };
+        let (reply, answer) = oneshot::channel();
+        self.lanes[lane]
+            .send(Pending { policy, reply })
+            .await
+            .map_err(|_| LimiterError("limiter stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LimiterError("limiter dropped the request".into()))?
+    }
+}
+
+async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("intake_ratelimit_batch_size").record(batch.len() as f64);
+        let (policies, replies): (Vec<Policy>, Vec<_>) =
+            batch.into_iter().map(|p| (p.policy, p.reply)).unzip();
+        match decide_batch(&db, &policies).await {
+            Ok(decisions) => {
+                for (reply, d) in replies.into_iter().zip(decisions) {
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                let e = LimiterError(e.to_string());
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Deletes state rows that no longer hold anything (their `tat` has passed).
