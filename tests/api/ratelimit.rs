@@ -150,6 +150,18 @@ async fn concurrent_requests_never_exceed_the_limit() {
         .count();
     // Over the second or so this takes, at most one more request is earned.
     assert!((100..=102).contains(&ok), "allowed {ok} of 150");
+    // Requests decided together still each get their own place in line.
+    let remaining: std::collections::BTreeSet<i64> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap())
+        .filter(|r| r.status() == StatusCode::OK)
+        .map(|r| num(r, "x-ratelimit-remaining"))
+        .collect();
+    assert!(
+        remaining.len() >= 98,
+        "{} distinct Remaining values",
+        remaining.len()
+    );
 }
 
 #[tokio::test]
