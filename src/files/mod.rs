@@ -77,61 +77,51 @@ pub struct NewFile {
     pub sha256: Option<[u8; 32]>,
 }
 
-/// Records a file and turns `size` bytes of the lease's reservation into
-/// usage, in one transaction (lease row locked first, then the account).
-pub async fn record(db: &PgPool, lease: &Lease, file: &NewFile) -> Result<FileView, ApiError> {
+/// Records a file: of the `reserved` bytes the lease holds for it, `size`
+/// become usage and the rest is given back, in the one statement that
+/// inserts the row (lease row locked first, then the account).
+pub async fn record(
+    db: &PgPool,
+    lease: &Lease,
+    file: &NewFile,
+    reserved: u64,
+) -> Result<FileView, ApiError> {
     let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
-    let mut tx = db.begin().await?;
-    let held: Option<i64> =
-        sqlx::query_scalar("SELECT reserved_bytes FROM upload_leases WHERE id = $1 FOR UPDATE")
-            .bind(lease.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match held {
-        Some(held) if held >= size => {}
-        Some(held) => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "lease {} holds {held} bytes, file needs {size}",
-                lease.id
-            )));
-        }
-        None => {
-            return Err(ApiError::ServiceUnavailable(
-                "the upload's lease expired; retry".into(),
-            ));
-        }
-    }
-    sqlx::query(
-        "UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2, object_key = NULL,
-                multipart_upload_id = NULL WHERE id = $1",
-    )
-    .bind(lease.id)
-    .bind(size)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
-                storage_used_bytes = storage_used_bytes + $2 WHERE id = $1",
-    )
-    .bind(lease.account_id)
-    .bind(size)
-    .execute(&mut *tx)
-    .await?;
-    let view: FileView = sqlx::query_as(&format!(
-        "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {FILE_COLUMNS}"
+    let reserved = i64::try_from(reserved).map_err(|e| ApiError::Internal(e.into()))?;
+    let view: Option<FileView> = sqlx::query_as(&format!(
+        "WITH l AS (
+           SELECT id, account_id FROM upload_leases
+           WHERE id = $1 AND reserved_bytes >= $3 AND $3 >= $4 FOR UPDATE
+         ), ul AS (
+           UPDATE upload_leases SET reserved_bytes = reserved_bytes - $3,
+                                    object_key = NULL, multipart_upload_id = NULL
+           WHERE id IN (SELECT id FROM l)
+           RETURNING account_id
+         ), ua AS (
+           UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $3,
+                               storage_used_bytes = storage_used_bytes + $4
+           WHERE id = (SELECT account_id FROM ul)
+         )
+         INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+         SELECT $2, ul.account_id, $5, $6, $7, $4, $8, $9 FROM ul
+         RETURNING {FILE_COLUMNS}"
     ))
+    .bind(lease.id)
     .bind(file.id)
-    .bind(lease.account_id)
+    .bind(reserved)
+    .bind(size)
     .bind(&file.filename)
     .bind(&file.content_type)
     .bind(file.category)
-    .bind(size)
     .bind(file.sha256.map(|h| h.to_vec()))
     .bind(object_key(lease.account_id, file.id))
-    .fetch_one(&mut *tx)
+    .fetch_optional(db)
     .await?;
-    tx.commit().await?;
+    let Some(view) = view else {
+        return Err(ApiError::ServiceUnavailable(
+            "the upload's lease expired before the file was recorded; retry".into(),
+        ));
+    };
     metrics::counter!("intake_upload_files_total", "category" => file.category.as_str())
         .increment(1);
     Ok(view)

@@ -112,36 +112,33 @@ impl Lease {
     }
 
     /// Reserves exactly `bytes` more of the account's quota under this lease
-    /// (and renews it), or nothing.
+    /// (renewing it, and recording `object_key` as the object being written),
+    /// or nothing. One statement: the lease row is locked first, then the
+    /// account's counters move by one conditional update.
     pub async fn reserve(
         &self,
         db: &PgPool,
         bytes: u64,
         quota: Option<u64>,
+        object_key: Option<&str>,
     ) -> Result<(), ReserveError> {
         let n = i64::try_from(bytes).map_err(|_| ReserveError::Quota {
             limit: quota.unwrap_or(0),
             used: 0,
         })?;
         let quota = quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX));
-        let mut tx = db.begin().await?;
-        let alive = sqlx::query(
-            "SELECT 1 FROM upload_leases WHERE id = $1 AND expires_at > now() FOR UPDATE",
-        )
-        .bind(self.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if alive.is_none() {
-            return Err(ReserveError::LeaseLost);
-        }
-        let granted: Option<(i64,)> = sqlx::query_as(
-            "WITH a AS (
+        let granted: Option<i64> = sqlx::query_scalar(
+            "WITH l AS (
+               SELECT id FROM upload_leases WHERE id = $1 AND expires_at > now() FOR UPDATE
+             ), a AS (
                UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes + $3
-               WHERE id = $2 AND ($4::int8 IS NULL OR storage_used_bytes + storage_reserved_bytes + $3 <= $4)
+               WHERE id = $2 AND EXISTS (SELECT 1 FROM l)
+                 AND ($4::int8 IS NULL OR storage_used_bytes + storage_reserved_bytes + $3 <= $4)
                RETURNING id
              )
              UPDATE upload_leases SET reserved_bytes = reserved_bytes + $3,
-                                      expires_at = now() + make_interval(secs => $5)
+                                      expires_at = now() + make_interval(secs => $5),
+                                      object_key = coalesce($6, object_key)
              WHERE id = $1 AND EXISTS (SELECT 1 FROM a)
              RETURNING reserved_bytes",
         )
@@ -150,50 +147,50 @@ impl Lease {
         .bind(n)
         .bind(quota)
         .bind(secs(self.ttl))
-        .fetch_optional(&mut *tx)
+        .bind(object_key)
+        .fetch_optional(db)
         .await?;
         if granted.is_some() {
-            tx.commit().await?;
             return Ok(());
         }
-        tx.rollback().await?;
-        let used: i64 = sqlx::query_scalar(
-            "SELECT storage_used_bytes + storage_reserved_bytes FROM accounts WHERE id = $1",
+        // Refused: say why (only on this path, so it costs nothing otherwise).
+        let (alive, used): (bool, i64) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM upload_leases WHERE id = $1 AND expires_at > now()),
+                    (SELECT storage_used_bytes + storage_reserved_bytes FROM accounts WHERE id = $2)",
         )
+        .bind(self.id)
         .bind(self.account_id)
         .fetch_one(db)
         .await?;
+        if !alive {
+            return Err(ReserveError::LeaseLost);
+        }
         Err(ReserveError::Quota {
             limit: quota.unwrap_or(0) as u64,
             used: used.max(0) as u64,
         })
     }
 
-    /// Gives back `bytes` of this lease's reservation (a file that failed).
+    /// Gives back up to `bytes` of this lease's reservation and forgets the
+    /// object it tracked (a file that failed and was removed).
     pub async fn unreserve(&self, db: &PgPool, bytes: u64) -> Result<(), sqlx::Error> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        let mut tx = db.begin().await?;
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT reserved_bytes FROM upload_leases WHERE id = $1 FOR UPDATE")
-                .bind(self.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        // A reaped lease has already given everything back.
-        let Some(held) = held else { return Ok(()) };
-        let n = (bytes as i64).min(held);
-        sqlx::query("UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2 WHERE id = $1")
-            .bind(self.id)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2 WHERE id = $1")
-            .bind(self.account_id)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        sqlx::query(
+            "WITH l AS (
+               SELECT id, account_id, least($2, reserved_bytes) AS n
+               FROM upload_leases WHERE id = $1 FOR UPDATE
+             ), ul AS (
+               UPDATE upload_leases SET reserved_bytes = reserved_bytes - (SELECT n FROM l),
+                                        object_key = NULL, multipart_upload_id = NULL
+               WHERE id IN (SELECT id FROM l)
+             )
+             UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - (SELECT n FROM l)
+             WHERE id = (SELECT account_id FROM l)",
+        )
+        .bind(self.id)
+        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .execute(db)
+        .await?;
+        Ok(())
     }
 
     /// Records the object being written, so the reaper can remove it if this

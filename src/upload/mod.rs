@@ -455,7 +455,7 @@ impl Ctx<'_> {
                     size: total,
                     sha256: Some(sha),
                 };
-                files::record(&self.state.db, self.lease, &new)
+                files::record(&self.state.db, self.lease, &new, reserved)
                     .await
                     .map_err(FileError::from)
             }
@@ -463,9 +463,6 @@ impl Ctx<'_> {
         };
         match recorded {
             Ok(view) => {
-                self.lease
-                    .unreserve(&self.state.db, reserved - total)
-                    .await?;
                 metrics::counter!("intake_upload_bytes_total").increment(total);
                 Ok(view)
             }
@@ -480,7 +477,6 @@ impl Ctx<'_> {
                 )
                 .await?;
                 drop(conn);
-                self.lease.track_object(&self.state.db, None, None).await?;
                 self.lease.unreserve(&self.state.db, reserved).await?;
                 Err(e)
             }
@@ -563,12 +559,14 @@ impl<'a> Sink<'a> {
             .max(need);
         let db = &self.ctx.state.db;
         let quota = self.ctx.limits.storage_bytes;
-        let granted = match self.ctx.lease.reserve(db, step, quota).await {
+        // The file's first reservation also records its object on the lease.
+        let key = (self.reserved == 0).then_some(self.key);
+        let granted = match self.ctx.lease.reserve(db, step, quota, key).await {
             Ok(()) => step,
             Err(ReserveError::Quota { .. }) if step > need => {
                 self.ctx
                     .lease
-                    .reserve(db, need, quota)
+                    .reserve(db, need, quota, key)
                     .await
                     .map_err(ApiError::from)?;
                 need

@@ -1,0 +1,231 @@
+//! The client side of `scripts/bench/upload.sh`: uploads the same bytes to
+//! intake and straight to the S3 server, with the same operations, and
+//! prints the time each case took.
+//!
+//! `upload_bench CASE COUNT MIB` with CASE one of `direct-multipart`,
+//! `direct-put`, `direct-puts`, `intake`, `intake-concurrent`, `intake-batch`.
+//! Settings come from the environment: INTAKE_URL, INTAKE_KEY, S3_ENDPOINT,
+//! S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, PART_BYTES.
+
+// A benchmark client: any failure ends the run loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use aws_sdk_s3::{
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
+    },
+    primitives::ByteStream,
+    types::{CompletedMultipartUpload, CompletedPart},
+};
+use bytes::Bytes;
+
+const MIB: usize = 1024 * 1024;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// Bytes that look like an MP4 to the type check and do not compress.
+fn payload(len: usize) -> Bytes {
+    let mut v = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+fn s3() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(env("S3_ENDPOINT"))
+        .credentials_provider(Credentials::new(
+            env("S3_ACCESS_KEY_ID"),
+            env("S3_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "bench",
+        ))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn direct_put(client: &aws_sdk_s3::Client, key: &str, data: Bytes) {
+    client
+        .put_object()
+        .bucket(env("S3_BUCKET"))
+        .key(key)
+        .content_length(data.len() as i64)
+        .body(ByteStream::from(data))
+        .customize()
+        .disable_payload_signing()
+        .send()
+        .await
+        .expect("put_object");
+}
+
+/// Multipart upload with parts sent one after another, as intake does.
+async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, data: Bytes, part: usize) {
+    let bucket = env("S3_BUCKET");
+    let created = client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("create");
+    let id = created.upload_id().expect("upload id").to_owned();
+    let mut parts = Vec::new();
+    for (i, start) in (0..data.len()).step_by(part).enumerate() {
+        let chunk = data.slice(start..(start + part).min(data.len()));
+        let n = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket(&bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .content_length(chunk.len() as i64)
+            .body(ByteStream::from(chunk))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .expect("upload_part");
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(&bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete");
+}
+
+/// A multipart/form-data body streamed in 1 MiB chunks, never copied whole.
+fn form(field: &str, files: &[Bytes]) -> (String, u64, reqwest::Body) {
+    let boundary = "benchboundary7d3a";
+    let mut pieces: Vec<Bytes> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        pieces.push(Bytes::from(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"clip{i}.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
+        )));
+        for start in (0..f.len()).step_by(MIB) {
+            pieces.push(f.slice(start..(start + MIB).min(f.len())));
+        }
+        pieces.push(Bytes::from_static(b"\r\n"));
+    }
+    pieces.push(Bytes::from(format!("--{boundary}--\r\n")));
+    let len = pieces.iter().map(|p| p.len() as u64).sum();
+    let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        len,
+        reqwest::Body::wrap_stream(stream),
+    )
+}
+
+async fn intake(
+    client: &reqwest::Client,
+    path: &str,
+    field: &str,
+    files: &[Bytes],
+) -> reqwest::StatusCode {
+    let (ct, len, body) = form(field, files);
+    let resp = client
+        .post(format!("{}{path}", env("INTAKE_URL")))
+        .bearer_auth(env("INTAKE_KEY"))
+        .header("content-type", ct)
+        .header("content-length", len)
+        .body(body)
+        .send()
+        .await
+        .expect("intake request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{status}: {text}");
+    if path.ends_with("batch") {
+        assert!(
+            text.contains(&format!("\"uploaded\":{}", files.len())),
+            "{text}"
+        );
+    }
+    status
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [case, count, mib] = args.as_slice() else {
+        eprintln!("usage: upload_bench CASE COUNT MIB");
+        std::process::exit(2);
+    };
+    let count: usize = count.parse().expect("COUNT");
+    let data = payload(mib.parse::<usize>().expect("MIB") * MIB);
+    let part: usize = std::env::var("PART_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8 * MIB);
+    let s3 = s3();
+    let http = reqwest::Client::new();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let start = Instant::now();
+    match case.as_str() {
+        "direct-multipart" => {
+            direct_multipart(&s3, &format!("bench/{run}"), data.clone(), part).await
+        }
+        "direct-put" => direct_put(&s3, &format!("bench/{run}"), data.clone()).await,
+        "direct-puts" => {
+            for i in 0..count {
+                direct_put(&s3, &format!("bench/{run}/{i}"), data.clone()).await;
+            }
+        }
+        "intake" => {
+            intake(&http, "/upload/stream", "file", std::slice::from_ref(&data)).await;
+        }
+        "intake-concurrent" => {
+            let uploads = (0..count)
+                .map(|_| intake(&http, "/upload/stream", "file", std::slice::from_ref(&data)));
+            futures_util::future::join_all(uploads).await;
+        }
+        "intake-batch" => {
+            intake(
+                &http,
+                "/upload/stream-batch",
+                "files",
+                &vec![data.clone(); count],
+            )
+            .await;
+        }
+        other => panic!("unknown case {other}"),
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total_mib = (data.len() * count) as f64 / MIB as f64;
+    println!(
+        "{case} count={count} seconds={secs:.3} mib_per_s={:.1}",
+        total_mib / secs
+    );
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Benchmarks of streaming uploads, each figure beside its baseline from the
+# same run, on one S3 server (s3s-fs) on loopback:
+#   - 100 MiB through intake vs the same bytes straight to S3 with the same
+#     operations (multipart, same part size, parts one after another), and a
+#     single direct PUT for reference; intake's CPU seconds per GiB;
+#   - peak RSS of intake under 20 concurrent 100 MiB uploads and under 10
+#     concurrent 20 MiB uploads;
+#   - the tus reference server (@tus/server + @tus/s3-store) on the same S3
+#     server with the same 100 MiB file and the same 10 x 20 MiB load;
+#   - a batch of 50 x 1 MiB files vs 50 direct PUTs.
+#
+#   scripts/bench/upload.sh          (REPEAT=3 runs of each timed case; median)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib/services.sh
+
+REPEAT=${REPEAT:-3}
+PART_BYTES=${PART_BYTES:-8388608}
+ensure_rust
+ensure_s3s_fs
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
+cargo build --release --locked --bin intake --example upload_bench >/dev/null 2>&1
+BIN=$CARGO_TARGET_DIR/release/intake
+CLIENT=$CARGO_TARGET_DIR/release/examples/upload_bench
+
+DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
+PG_BIN=$(pg_bindir)
+SCHEMA=bench_upload_$(date +%s)
+"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
+
+WORK=$(mktemp -d)
+S3_PORT=$(free_port)
+S3_PID= SERVER_PID=
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
+    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+s3_start "$WORK/s3" "$S3_PORT" bench-key bench-secret
+python3 - "$S3_PORT" <<'PY'
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
+                  aws_access_key_id="bench-key", aws_secret_access_key="bench-secret",
+                  config=Config(s3={"addressing_style": "path"}))
+s3.create_bucket(Bucket="bench")
+PY
+
+export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
+export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA" STORAGE_BACKEND=s3 S3_REGION=us-east-1
+export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token
+export UPLOAD_PART_BYTES=$PART_BYTES PART_BYTES RUST_LOG=warn
+PORT=$(free_port)
+export BIND_ADDR=127.0.0.1:$PORT INTAKE_URL=http://127.0.0.1:$PORT
+
+start_intake() {
+    "$BIN" serve >"$WORK/intake.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        curl -fs "$INTAKE_URL/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$WORK/intake.log" >&2; return 1
+}
+stop_intake() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+# Deletes what the bucket holds between cases, so the disk does not fill.
+empty_bucket() { rm -rf "${WORK:?}/s3/bench/"*; }
+
+start_intake
+INTAKE_KEY=$(python3 - "$INTAKE_URL" <<'PY'
+import json, sys, urllib.request
+base = sys.argv[1]
+def call(method, path, body):
+    req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer bench-admin-token", "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))
+acct = call("POST", "/admin/accounts", {"email": "bench@example.com", "tier": "enterprise"})
+call("PATCH", f"/admin/accounts/{acct['id']}", {"custom_limits": {
+    "concurrent_uploads": 64, "batch_size": 64, "requests_per_minute": 100000, "storage_bytes": None}})
+print(call("POST", f"/admin/accounts/{acct['id']}/api-keys", {"name": "bench"})["key"])
+PY
+)
+export INTAKE_KEY
+
+# median CASE COUNT MIB -> median seconds over REPEAT runs
+median() {
+    local times=()
+    for _ in $(seq 1 "$REPEAT"); do
+        times+=("$("$CLIENT" "$@" | sed -E 's/.*seconds=([0-9.]+).*/\1/')")
+        empty_bucket
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+rate() { python3 -c "print(f'{$1 / $2:.1f}')"; }
+
+# 1. One 100 MiB file: direct multipart, direct PUT, intake (with its CPU).
+direct_mp=$(median direct-multipart 1 100)
+direct_put=$(median direct-put 1 100)
+t0=$(cpu_ticks)
+intake_one=$(median intake 1 100)
+t1=$(cpu_ticks)
+cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+
+# 2. Batch of 50 x 1 MiB vs 50 direct PUTs.
+direct_puts=$(median direct-puts 50 1)
+intake_batch=$(median intake-batch 50 1)
+stop_intake
+
+# 3. Peak RSS under concurrency, each on a fresh process.
+start_intake
+c20=$("$CLIENT" intake-concurrent 20 100 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+rss20=$(peak_rss_mib)
+stop_intake; empty_bucket
+start_intake
+c10=$("$CLIENT" intake-concurrent 10 20 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+rss10=$(peak_rss_mib)
+stop_intake; empty_bucket
+
+# 4. The tus reference server on the same S3 server.
+tus=$(scripts/bench/tus.sh "$S3_ENDPOINT" bench-key bench-secret bench "$PART_BYTES")
+tus_single=$(printf '%s\n' "$tus" | awk '/^tus single/' | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+tus_single_rss=$(printf '%s\n' "$tus" | awk '/^tus single/' | sed -E 's/.*peak_rss_mib=([0-9.]+).*/\1/')
+tus_c10=$(printf '%s\n' "$tus" | awk '/^tus 10x20/' | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+tus_c10_rss=$(printf '%s\n' "$tus" | awk '/^tus 10x20/' | sed -E 's/.*peak_rss_mib=([0-9.]+).*/\1/')
+start_intake
+"$CLIENT" intake 1 100 >/dev/null
+rss_single=$(peak_rss_mib)
+stop_intake; empty_bucket
+
+part_mib=$((PART_BYTES / 1048576))
+cat <<OUT
+
+case                                   seconds    MiB/s   peak RSS MiB
+direct S3 multipart, 100 MiB           $(printf '%7s %8s' "$direct_mp" "$(rate 100 "$direct_mp")")
+direct S3 single PUT, 100 MiB          $(printf '%7s %8s' "$direct_put" "$(rate 100 "$direct_put")")
+intake /upload/stream, 100 MiB         $(printf '%7s %8s %12s' "$intake_one" "$(rate 100 "$intake_one")" "$rss_single")
+tus, 100 MiB                           $(printf '%7s %8s %12s' "$tus_single" "$(rate 100 "$tus_single")" "$tus_single_rss")
+intake 20 x 100 MiB concurrent         $(printf '%7s %8s %12s' "$c20" "$(rate 2000 "$c20")" "$rss20")
+intake 10 x 20 MiB concurrent          $(printf '%7s %8s %12s' "$c10" "$(rate 200 "$c10")" "$rss10")
+tus 10 x 20 MiB concurrent             $(printf '%7s %8s %12s' "$tus_c10" "$(rate 200 "$tus_c10")" "$tus_c10_rss")
+direct S3 50 x 1 MiB PUTs              $(printf '%7s %8s' "$direct_puts" "$(rate 50 "$direct_puts")")
+intake batch 50 x 1 MiB                $(printf '%7s %8s' "$intake_batch" "$(rate 50 "$intake_batch")")
+
+intake / direct multipart (100 MiB):   $(python3 -c "print(f'{$direct_mp / $intake_one:.2f}')")   goal >= 0.90
+intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+peak RSS, 20 x 100 MiB:                $rss20 MiB   goal <= $((64 + 20 * part_mib)) MiB (64 + 20 x part)
+peak RSS, 10 x 20 MiB:                 $rss10 MiB   goal <= 100 MiB
+intake / tus throughput, 100 MiB:      $(python3 -c "print(f'{$tus_single / $intake_one:.2f}')")   goal >= 2
+intake / tus throughput, 10 x 20 MiB:  $(python3 -c "print(f'{$tus_c10 / $c10:.2f}')")   goal >= 2
+intake / direct, batch 50 x 1 MiB:     $(python3 -c "print(f'{$direct_puts / $intake_batch:.2f}')")   goal >= 0.80
+(median of $REPEAT runs for single cases; part size $part_mib MiB; $(nproc) cores shared by client, intake and s3s-fs)
+OUT
