@@ -30,4 +30,11 @@ export TEST_S3_SECRET_ACCESS_KEY=intake-test-secret
 export TEST_S3_ROOT=$S3_ROOT
 
 log "running the test suite"
-cargo test --locked "$@"
+OUT=$(mktemp)
+status=0
+cargo test --locked "$@" 2>&1 | tee "$OUT" || status=$?
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "suite: %d passed, %d failed\n", p, f }' "$OUT"
+rm -f "$OUT"
+exit "$status"
