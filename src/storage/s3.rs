@@ -351,7 +351,7 @@ impl Buffered {
 
 /// Writes one object: a single PUT when it fits in one part, a multipart
 /// upload otherwise. One part is sent while the next one fills; the bytes
-/// held stay within a part and a quarter.
+/// held (filling plus not yet sent) stay within one part.
 struct S3Writer {
     store: S3Store,
     key: String,
@@ -479,9 +479,9 @@ impl ObjectWriter for S3Writer {
             let part = self.take(self.part_size);
             self.send_part(part).await?;
         }
-        // Hold at most a part and a quarter: wait for the part in flight to
-        // drain before reading further.
-        let budget = self.part_size + self.part_size / 4;
+        // Hold at most one part's worth: reading goes on as the part in
+        // flight drains, so receiving and sending still overlap.
+        let budget = self.part_size;
         loop {
             let notified = self.buffered.progress.notified();
             let in_flight = self.buffered.in_flight.load(Ordering::Acquire);
