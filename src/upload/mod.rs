@@ -373,6 +373,17 @@ impl Ctx<'_> {
         field: &mut multer::Field<'static>,
         filename: &str,
     ) -> Result<FileView, FileError> {
+        let staged = self.receive(field, filename).await?;
+        self.complete(staged).await
+    }
+
+    /// Reads one part to its end into storage, holding every limit on the
+    /// way; the object is not finished yet (see [`Ctx::complete`]).
+    async fn receive(
+        &self,
+        field: &mut multer::Field<'static>,
+        filename: &str,
+    ) -> Result<Staged, FileError> {
         let declared = field
             .content_type()
             .map(ToString::to_string)
@@ -401,10 +412,9 @@ impl Ctx<'_> {
                 SniffError::Mismatch(d) => ApiError::TypeMismatch(d),
             })?;
         let id = Uuid::now_v7();
+        // Recorded on the lease by the file's first reservation, before any
+        // byte reaches storage.
         let key = files::object_key(self.account.id, id);
-        self.lease
-            .track_object(&self.state.db, Some(&key), None)
-            .await?;
         let part_size = usize::try_from(self.state.config.upload_part_bytes).unwrap_or(usize::MAX);
         let writer = self
             .state
@@ -432,24 +442,45 @@ impl Ctx<'_> {
         }
         .await;
         let (writer, reserved, total, sha) = sink.into_parts();
-        let upload_id = writer.multipart_upload_id().map(str::to_owned);
-        let stored = match streamed {
-            Ok(()) => writer
-                .finish()
-                .await
-                .map_err(|e| FileError::from(ApiError::Internal(e.into()))),
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(error = %abort, key, "could not abort a refused upload's object");
-                }
-                Err(e)
-            }
+        let staged = Staged {
+            writer,
+            id,
+            key,
+            filename: filename.to_owned(),
+            kind,
+            reserved,
+            total,
+            sha,
         };
+        match streamed {
+            Ok(()) => Ok(staged),
+            Err(e) => Err(self.discard(staged, e).await),
+        }
+    }
+
+    /// Finishes a received file's object and records the file; on failure
+    /// gives back everything it took.
+    async fn complete(&self, staged: Staged) -> Result<FileView, FileError> {
+        let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
+        let Staged {
+            writer,
+            id,
+            key,
+            filename,
+            kind,
+            reserved,
+            total,
+            sha,
+        } = staged;
+        let stored = writer
+            .finish()
+            .await
+            .map_err(|e| FileError::from(ApiError::Internal(e.into())));
         let recorded = match stored {
             Ok(_) => {
                 let new = NewFile {
                     id,
-                    filename: filename.to_owned(),
+                    filename,
                     content_type: kind.mime.to_owned(),
                     category: kind.category,
                     size: total,
@@ -466,22 +497,58 @@ impl Ctx<'_> {
                 metrics::counter!("intake_upload_bytes_total").increment(total);
                 Ok(view)
             }
+            Err(e) => Err(self
+                .release_file(&key, upload_id.as_deref(), reserved, e)
+                .await),
+        }
+    }
+
+    /// Ends a file refused while it streamed.
+    async fn discard(&self, staged: Staged, error: FileError) -> FileError {
+        let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
+        if let Err(abort) = staged.writer.abort().await {
+            tracing::warn!(error = %abort, key = staged.key, "could not abort a refused upload's object");
+        }
+        self.release_file(&staged.key, upload_id.as_deref(), staged.reserved, error)
+            .await
+    }
+
+    /// Gives back everything a failed file took: object, tracking, quota.
+    async fn release_file(
+        &self,
+        key: &str,
+        upload_id: Option<&str>,
+        reserved: u64,
+        error: FileError,
+    ) -> FileError {
+        let released = async {
+            let mut conn = self.state.db.acquire().await?;
+            lease::remove_object(&mut conn, self.state.store.as_ref(), key, upload_id).await?;
+            drop(conn);
+            self.lease.unreserve(&self.state.db, reserved).await
+        }
+        .await;
+        match released {
+            Ok(()) => error,
+            // The lease still names the object: the reaper finishes the job.
             Err(e) => {
-                // Give back everything this file took: object, tracking, quota.
-                let mut conn = self.state.db.acquire().await?;
-                lease::remove_object(
-                    &mut conn,
-                    self.state.store.as_ref(),
-                    &key,
-                    upload_id.as_deref(),
-                )
-                .await?;
-                drop(conn);
-                self.lease.unreserve(&self.state.db, reserved).await?;
-                Err(e)
+                tracing::error!(error = %e, key, "could not release a failed upload");
+                error
             }
         }
     }
+}
+
+/// A file whose bytes are all in storage's hands, not yet finished.
+struct Staged {
+    writer: Box<dyn ObjectWriter>,
+    id: Uuid,
+    key: String,
+    filename: String,
+    kind: Kind,
+    reserved: u64,
+    total: u64,
+    sha: [u8; 32],
 }
 
 /// The running state of one file on its way to storage.
