@@ -46,6 +46,27 @@ enum AdminCommand {
         #[arg(long, default_value = "default")]
         name: String,
     },
+    /// Change an account's tier and/or custom limits (as PATCH /admin/accounts/{id}).
+    UpdateAccount {
+        /// Account id.
+        #[arg(long)]
+        account: uuid::Uuid,
+        /// New tier.
+        #[arg(long, value_parser = parse_tier)]
+        tier: Option<Tier>,
+        /// Custom limits to merge, as a JSON object (e.g. '{"storage_bytes":null}'),
+        /// or null to clear every override.
+        #[arg(long)]
+        custom_limits: Option<String>,
+    },
+    /// Print an account's limits and use as JSON (as GET /admin/accounts/{id}/usage).
+    Usage {
+        /// Account id.
+        #[arg(long)]
+        account: uuid::Uuid,
+    },
+    /// Run one pass of the reaper: expired upload leases, queued object deletions.
+    Reap,
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -91,6 +112,42 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     serde_json::to_value(intake::admin::AdminAccountView::from(account))?
+                }
+                AdminCommand::UpdateAccount {
+                    account,
+                    tier,
+                    custom_limits,
+                } => {
+                    let custom_limits = match custom_limits {
+                        None => None,
+                        Some(raw) => Some(
+                            serde_json::from_str::<
+                                Option<serde_json::Map<String, serde_json::Value>>,
+                            >(&raw)
+                            .context("--custom-limits must be a JSON object or null")?,
+                        ),
+                    };
+                    let patch = intake::admin::AccountPatch {
+                        tier,
+                        custom_limits,
+                    };
+                    let account = intake::admin::patch_account(&state, account, patch)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    serde_json::to_value(intake::admin::AdminAccountView::from(account))?
+                }
+                AdminCommand::Usage { account } => {
+                    let account = intake::auth::Account::find(&state.db, account)
+                        .await?
+                        .context("no account with that id")?;
+                    let usage = intake::quota::usage_of(&state.db, &account)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    serde_json::to_value(usage)?
+                }
+                AdminCommand::Reap => {
+                    let (leases, objects) = intake::reap(&state).await?;
+                    serde_json::json!({"leases": leases, "objects": objects})
                 }
                 AdminCommand::CreateApiKey { account, name } => {
                     let account = intake::auth::Account::find(&state.db, account)

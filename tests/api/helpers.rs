@@ -263,6 +263,11 @@ pub struct Session {
 }
 
 impl TestApp {
+    /// The connection string of this app's schema.
+    pub fn database_url(&self) -> String {
+        self.vars["DATABASE_URL"].clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.addr)
     }

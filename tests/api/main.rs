@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod cli;
 mod files;
 mod helpers;
 mod limits;
