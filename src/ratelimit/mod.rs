@@ -153,32 +153,56 @@ async fn decide_batch(db: &PgPool, policies: &[Policy]) -> Result<Vec<Decision>,
             None => subjects.push((p, vec![i])),
         }
     }
-    let keys: Vec<&str> = subjects.iter().map(|(p, _)| p.key.as_str()).collect();
-    let wanted: Vec<i64> = subjects
-        .iter()
-        .map(|(p, pos)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
-        .collect();
-    let intervals: Vec<i64> = subjects.iter().map(|(p, _)| p.interval_nanos()).collect();
-    let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns)
-         SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t
-         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS x(key, k, t)
-         ON CONFLICT (key) DO UPDATE SET
-           granted = least(EXCLUDED.granted, greatest(0,
-                       (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
-                       / EXCLUDED.interval_ns)),
-           tat = greatest(r.tat, now()) + make_interval(secs =>
-                   (least(EXCLUDED.granted, greatest(0,
-                      (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
-                      / EXCLUDED.interval_ns)) * EXCLUDED.interval_ns)::float8 / 1e9),
-           interval_ns = EXCLUDED.interval_ns
-         RETURNING key, granted, tat, now()",
-    )
-    .bind(&keys)
-    .bind(&wanted)
-    .bind(&intervals)
-    .fetch_all(db)
-    .await?;
+    // Existing subjects are updated in place (no conflict arbitration per
+    // row); new ones are inserted. A subject another instance inserted after
+    // this statement's snapshot gets no row from either half and is decided
+    // again by the next statement, which sees it.
+    let mut rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+    let mut todo: Vec<&(&Policy, Vec<usize>)> = subjects.iter().collect();
+    for _ in 0..3 {
+        if todo.is_empty() {
+            break;
+        }
+        let keys: Vec<&str> = todo.iter().map(|(p, _)| p.key.as_str()).collect();
+        let wanted: Vec<i64> = todo
+            .iter()
+            .map(|(p, pos)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
+            .collect();
+        let intervals: Vec<i64> = todo.iter().map(|(p, _)| p.interval_nanos()).collect();
+        let decided: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "WITH req AS (
+               SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) AS x(key, k, t)
+             ), upd AS (
+               UPDATE rate_limits r SET
+                 granted = least(req.k, greatest(0,
+                             (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                             / req.t)),
+                 tat = greatest(r.tat, now()) + make_interval(secs =>
+                         (least(req.k, greatest(0,
+                            (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                            / req.t)) * req.t)::float8 / 1e9),
+                 interval_ns = req.t
+               FROM req WHERE r.key = req.key
+               RETURNING r.key, r.granted, r.tat
+             ), ins AS (
+               INSERT INTO rate_limits (key, tat, granted, interval_ns)
+               SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t FROM req
+               WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.key = req.key)
+               ON CONFLICT (key) DO NOTHING
+               RETURNING key, granted, tat
+             )
+             SELECT key, granted, tat, now() FROM upd
+             UNION ALL
+             SELECT key, granted, tat, now() FROM ins",
+        )
+        .bind(&keys)
+        .bind(&wanted)
+        .bind(&intervals)
+        .fetch_all(db)
+        .await?;
+        todo.retain(|(p, _)| !decided.iter().any(|(k, ..)| *k == p.key));
+        rows.extend(decided);
+    }
     let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
     for (key, granted, tat, now) in rows {
         let Some((policy, positions)) = subjects.iter().find(|(p, _)| p.key == key) else {
