@@ -668,25 +668,37 @@ pub async fn stream_single(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
+    let whole = state.config.stream_max_file_bytes + MAX_PART_HEADER_BYTES as u64;
+    upload(&state, &auth, &headers, body, whole, async |ctx, parts| {
+        single(ctx, parts).await
+    })
+    .await
+    .map(|view| (StatusCode::CREATED, Json(view)))
+}
+
+/// Runs one upload request: its multipart reader, its slot for as long as it
+/// runs (released on every path), and the rejection metrics.
+async fn upload<T>(
+    state: &AppState,
+    auth: &CurrentAccount,
+    headers: &HeaderMap,
+    body: Body,
+    whole_stream_limit: u64,
+    run: impl AsyncFnOnce(&Ctx<'_>, &mut Parts) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let limits = auth.account.limits();
-    let mut parts = Parts::new(
-        &headers,
-        body,
-        state.config.stream_max_file_bytes + MAX_PART_HEADER_BYTES as u64,
-    )?;
-    let guard = SlotGuard::acquire(&state, &auth.account, &limits, "stream").await?;
+    let mut parts = Parts::new(headers, body, whole_stream_limit)?;
+    let guard = SlotGuard::acquire(state, &auth.account, &limits, "stream").await?;
     let ctx = Ctx {
-        state: &state,
+        state,
         account: &auth.account,
         limits,
         lease: guard.lease(),
-        body_len: content_length(&headers),
+        body_len: content_length(headers),
     };
-    let result = single(&ctx, &mut parts).await;
+    let result = run(&ctx, &mut parts).await;
     guard.release().await;
-    result
-        .inspect_err(rejected)
-        .map(|view| (StatusCode::CREATED, Json(view)))
+    result.inspect_err(rejected)
 }
 
 async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> {
@@ -763,24 +775,13 @@ pub async fn stream_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let limits = auth.account.limits();
     let per_part = state.config.stream_max_file_bytes + MAX_PART_HEADER_BYTES as u64;
-    let mut parts = Parts::new(
-        &headers,
-        body,
-        per_part.saturating_mul(u64::from(limits.batch_size)),
-    )?;
-    let guard = SlotGuard::acquire(&state, &auth.account, &limits, "stream").await?;
-    let ctx = Ctx {
-        state: &state,
-        account: &auth.account,
-        limits,
-        lease: guard.lease(),
-        body_len: content_length(&headers),
-    };
-    let result = batch(&ctx, &mut parts).await;
-    guard.release().await;
-    result.inspect_err(rejected).map(Json)
+    let whole = per_part.saturating_mul(u64::from(auth.account.limits().batch_size));
+    upload(&state, &auth, &headers, body, whole, async |ctx, parts| {
+        batch(ctx, parts).await
+    })
+    .await
+    .map(Json)
 }
 
 async fn batch(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchResponse, ApiError> {
