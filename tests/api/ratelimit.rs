@@ -90,19 +90,19 @@ async fn after_retry_after_the_next_request_passes() {
         json!({"custom_limits": {"requests_per_minute": 60}}),
     )
     .await;
-    for _ in 0..60 {
-        assert_eq!(
-            app.get("/me")
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            StatusCode::OK
-        );
-    }
-    let refused = app.get("/me").bearer_auth(&key).send().await.unwrap();
-    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The burst of 60, then the first refusal (a slow machine may earn a
+    // request back during the burst; the refusal comes all the same).
+    let mut allowed = 0;
+    let refused = loop {
+        let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            break resp;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        allowed += 1;
+        assert!(allowed <= 70, "never refused");
+    };
+    assert!(allowed >= 60, "the whole burst of 60 first, got {allowed}");
     let retry = num(&refused, "retry-after");
     assert_eq!(retry, 1, "one request per second comes back");
     tokio::time::sleep(Duration::from_secs(retry as u64)).await;
@@ -119,9 +119,18 @@ async fn after_retry_after_the_next_request_passes() {
 async fn two_instances_share_one_limit_exactly() {
     let first = spawn_app().await;
     let second = first.second_instance().await;
-    let (_, key) = first.account_with_key("starter").await;
+    let (account, key) = first.account_with_key("starter").await;
+    // 10 a minute: the next request is earned only 6 s later, far beyond
+    // what this loop takes even on a loaded machine.
+    first
+        .patch_account(
+            account.id,
+            json!({"custom_limits": {"requests_per_minute": 10}}),
+        )
+        .await;
+    let start = std::time::Instant::now();
     let mut allowed = 0;
-    for i in 0..60 {
+    for i in 0..20 {
         let app: &TestApp = if i % 2 == 0 { &first } else { &second };
         if app
             .get("/me")
@@ -135,21 +144,30 @@ async fn two_instances_share_one_limit_exactly() {
             allowed += 1;
         }
     }
-    assert_eq!(allowed, 30);
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "too slow to judge"
+    );
+    assert_eq!(allowed, 10);
 }
 
 #[tokio::test]
 async fn concurrent_requests_never_exceed_the_limit() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("professional").await;
+    let start = std::time::Instant::now();
     let requests = (0..150).map(|_| app.get("/me").bearer_auth(&key).send());
     let results = futures_util::future::join_all(requests).await;
+    // One request is earned every 0.6 s while the burst is decided.
+    let earned = (start.elapsed().as_secs_f64() / 0.6).ceil() as usize;
     let ok = results
         .iter()
         .filter(|r| r.as_ref().unwrap().status() == StatusCode::OK)
         .count();
-    // Over the second or so this takes, at most one more request is earned.
-    assert!((100..=102).contains(&ok), "allowed {ok} of 150");
+    assert!(
+        (100..=100 + earned).contains(&ok),
+        "allowed {ok} of 150 (earned {earned})"
+    );
     // Requests decided together still each get their own place in line.
     let remaining: std::collections::BTreeSet<i64> = results
         .iter()
