@@ -12,6 +12,9 @@ CREATE TABLE upload_leases (
     -- if any, so that the reaper can remove them when the lease dies.
     object_key     text,
     multipart_upload_id text,
+    -- A small object of the same request still being finished (its single
+    -- PUT in flight) while the next file is received.
+    finishing_key  text,
     created_at     timestamptz NOT NULL DEFAULT now(),
     -- Renewed while the upload runs; past it, the lease is dead and reclaimable.
     expires_at     timestamptz NOT NULL

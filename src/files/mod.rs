@@ -94,7 +94,9 @@ pub async fn record(
            WHERE id = $1 AND reserved_bytes >= $3 AND $3 >= $4 FOR UPDATE
          ), ul AS (
            UPDATE upload_leases SET reserved_bytes = reserved_bytes - $3,
-                                    object_key = NULL, multipart_upload_id = NULL
+             multipart_upload_id = CASE WHEN object_key = $9 THEN NULL ELSE multipart_upload_id END,
+             object_key = CASE WHEN object_key = $9 THEN NULL ELSE object_key END,
+             finishing_key = CASE WHEN finishing_key = $9 THEN NULL ELSE finishing_key END
            WHERE id IN (SELECT id FROM l)
            RETURNING account_id
          ), ua AS (

@@ -138,6 +138,10 @@ impl Lease {
              )
              UPDATE upload_leases SET reserved_bytes = reserved_bytes + $3,
                                       expires_at = now() + make_interval(secs => $5),
+                                      -- A new object while the last one is still
+                                      -- unrecorded: the last one is finishing.
+                                      finishing_key = CASE WHEN $6 IS NOT NULL AND object_key IS NOT NULL
+                                                           THEN object_key ELSE finishing_key END,
                                       object_key = coalesce($6, object_key)
              WHERE id = $1 AND EXISTS (SELECT 1 FROM a)
              RETURNING reserved_bytes",
@@ -172,15 +176,17 @@ impl Lease {
     }
 
     /// Gives back up to `bytes` of this lease's reservation and forgets the
-    /// object it tracked (a file that failed and was removed).
-    pub async fn unreserve(&self, db: &PgPool, bytes: u64) -> Result<(), sqlx::Error> {
+    /// object `key` it tracked (a file that failed and was removed).
+    pub async fn unreserve(&self, db: &PgPool, bytes: u64, key: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "WITH l AS (
                SELECT id, account_id, least($2, reserved_bytes) AS n
                FROM upload_leases WHERE id = $1 FOR UPDATE
              ), ul AS (
                UPDATE upload_leases SET reserved_bytes = reserved_bytes - (SELECT n FROM l),
-                                        object_key = NULL, multipart_upload_id = NULL
+                 multipart_upload_id = CASE WHEN object_key = $3 THEN NULL ELSE multipart_upload_id END,
+                 object_key = CASE WHEN object_key = $3 THEN NULL ELSE object_key END,
+                 finishing_key = CASE WHEN finishing_key = $3 THEN NULL ELSE finishing_key END
                WHERE id IN (SELECT id FROM l)
              )
              UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - (SELECT n FROM l)
@@ -188,6 +194,7 @@ impl Lease {
         )
         .bind(self.id)
         .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .bind(key)
         .execute(db)
         .await?;
         Ok(())
@@ -266,23 +273,27 @@ pub async fn reclaim(
     let mut tx = db.begin().await?;
     let sql = match mode {
         Reclaim::Own => {
-            "SELECT object_key, multipart_upload_id FROM upload_leases WHERE id = $1 FOR UPDATE"
+            "SELECT object_key, multipart_upload_id, finishing_key FROM upload_leases
+             WHERE id = $1 FOR UPDATE"
         }
         Reclaim::Expired => {
-            "SELECT object_key, multipart_upload_id FROM upload_leases
+            "SELECT object_key, multipart_upload_id, finishing_key FROM upload_leases
              WHERE id = $1 AND expires_at < now() FOR UPDATE SKIP LOCKED"
         }
     };
-    let tracked: Option<(Option<String>, Option<String>)> = sqlx::query_as(sql)
+    let tracked: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(sql)
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?;
-    let Some((key, upload_id)) = tracked else {
+    let Some((key, upload_id, finishing)) = tracked else {
         return Ok(false);
     };
+    // Keys are cleared in the transaction that records a file, so a key
+    // still here names an object no file row owns.
+    if let Some(finishing) = finishing {
+        remove_object(&mut tx, store, &finishing, None).await?;
+    }
     if let Some(key) = key {
-        // The key is cleared in the transaction that records a file, so a
-        // key still here names an object no file row owns.
         remove_object(&mut tx, store, &key, upload_id.as_deref()).await?;
     }
     release_in(&mut tx, lease_id).await?;

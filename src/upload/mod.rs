@@ -525,7 +525,7 @@ impl Ctx<'_> {
             let mut conn = self.state.db.acquire().await?;
             lease::remove_object(&mut conn, self.state.store.as_ref(), key, upload_id).await?;
             drop(conn);
-            self.lease.unreserve(&self.state.db, reserved).await
+            self.lease.unreserve(&self.state.db, reserved, key).await
         }
         .await;
         match released {
@@ -549,6 +549,14 @@ struct Staged {
     reserved: u64,
     total: u64,
     sha: [u8; 32],
+}
+
+impl Staged {
+    /// Whether finishing it is one small request with no multipart upload,
+    /// so it may run while the next file is read without holding a part.
+    fn is_small(&self) -> bool {
+        self.writer.multipart_upload_id().is_none()
+    }
 }
 
 /// The running state of one file on its way to storage.
@@ -784,63 +792,127 @@ pub async fn stream_batch(
     .map(Json)
 }
 
-async fn batch(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchResponse, ApiError> {
-    let batch_size = ctx.limits.batch_size as usize;
-    let mut results: Vec<BatchResult> = Vec::new();
-    loop {
-        let next = match parts.next(ctx).await {
-            Ok(next) => next,
-            // The body broke before any part: the request failed as a whole.
-            Err(e) if results.is_empty() => return Err(e),
-            Err(e) => {
-                rejected(&e);
-                results.push(failure(results.len(), String::new(), &e));
-                break;
-            }
-        };
-        let Some(mut field) = next else { break };
-        let index = results.len();
-        if index >= batch_size {
-            // Nothing of this request is kept.
-            drop(field);
-            for stored in results.iter().filter_map(|r| r.file.as_ref()) {
-                files::delete(
-                    &ctx.state.db,
-                    ctx.state.store.as_ref(),
-                    ctx.account.id,
-                    stored.id,
-                )
-                .await?;
-            }
-            return Err(ApiError::BatchTooLarge {
-                limit: batch_size as u64,
-            });
-        }
-        let filename = sanitize_filename(field.file_name().unwrap_or_default());
-        if field.name() != Some("files") {
-            let e = ApiError::bad_request(format!(
-                "batch parts are named files, got {:?}",
-                field.name().unwrap_or_default()
-            ));
-            results.push(failure(index, filename, &e));
-            continue;
-        }
-        match ctx.stream_file(&mut field, &filename).await {
-            Ok(view) => results.push(BatchResult {
+/// What reading the next part of a batch came to.
+enum Next {
+    /// The body ended.
+    End,
+    /// The body broke before a part could be read.
+    Broken(ApiError),
+    /// One part more than the batch may hold.
+    TooMany,
+    /// A part that is not a file of the batch.
+    Misnamed(String, ApiError),
+    /// A file, read to its end (or refused).
+    Received(String, Result<Staged, FileError>),
+}
+
+async fn next_file(ctx: &Ctx<'_>, parts: &mut Parts, index: usize) -> Next {
+    let mut field = match parts.next(ctx).await {
+        Ok(Some(field)) => field,
+        Ok(None) => return Next::End,
+        Err(e) => return Next::Broken(e),
+    };
+    if index >= ctx.limits.batch_size as usize {
+        return Next::TooMany;
+    }
+    let filename = sanitize_filename(field.file_name().unwrap_or_default());
+    if field.name() != Some("files") {
+        let e = ApiError::bad_request(format!(
+            "batch parts are named files, got {:?}",
+            field.name().unwrap_or_default()
+        ));
+        return Next::Misnamed(filename, e);
+    }
+    let received = ctx.receive(&mut field, &filename).await;
+    Next::Received(filename, received)
+}
+
+/// A part's result, and whether the request body broke with it.
+fn outcome(
+    index: usize,
+    filename: String,
+    done: Result<FileView, FileError>,
+) -> (BatchResult, bool) {
+    match done {
+        Ok(view) => (
+            BatchResult {
                 index,
                 filename,
                 status: StatusCode::CREATED.as_u16(),
                 file: Some(view),
                 error: None,
-            }),
-            Err(FileError { error, fatal }) => {
-                rejected(&error);
-                results.push(failure(index, filename, &error));
+            },
+            false,
+        ),
+        Err(FileError { error, fatal }) => {
+            rejected(&error);
+            (failure(index, filename, &error), fatal)
+        }
+    }
+}
+
+async fn batch(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchResponse, ApiError> {
+    let mut results: Vec<BatchResult> = Vec::new();
+    // A small file whose single PUT runs while the next part is read, so
+    // that sending one file overlaps receiving the next. The lease tracks it
+    // as its finishing object until it is recorded.
+    let mut finishing: Option<(usize, String, Staged)> = None;
+    loop {
+        let index = results.len() + usize::from(finishing.is_some());
+        let (next, done) = match finishing.take() {
+            Some((i, name, staged)) => {
+                let (next, done) = tokio::join!(next_file(ctx, parts, index), ctx.complete(staged));
+                (next, Some((i, name, done)))
+            }
+            None => (next_file(ctx, parts, index).await, None),
+        };
+        if let Some((i, name, done)) = done {
+            results.push(outcome(i, name, done).0);
+        }
+        match next {
+            Next::End => break,
+            // The body broke before any part: the request failed as a whole.
+            Next::Broken(e) if results.is_empty() => return Err(e),
+            Next::Broken(e) => {
+                rejected(&e);
+                results.push(failure(results.len(), String::new(), &e));
+                break;
+            }
+            Next::TooMany => {
+                // Nothing of this request is kept.
+                for stored in results.iter().filter_map(|r| r.file.as_ref()) {
+                    files::delete(
+                        &ctx.state.db,
+                        ctx.state.store.as_ref(),
+                        ctx.account.id,
+                        stored.id,
+                    )
+                    .await?;
+                }
+                return Err(ApiError::BatchTooLarge {
+                    limit: u64::from(ctx.limits.batch_size),
+                });
+            }
+            Next::Misnamed(name, e) => results.push(failure(index, name, &e)),
+            Next::Received(name, Ok(staged)) if staged.is_small() => {
+                finishing = Some((index, name, staged));
+            }
+            Next::Received(name, received) => {
+                let done = match received {
+                    Ok(staged) => ctx.complete(staged).await,
+                    Err(e) => Err(e),
+                };
+                let (result, fatal) = outcome(index, name, done);
+                results.push(result);
                 if fatal {
                     break;
                 }
             }
         }
+    }
+    if let Some((i, name, staged)) = finishing.take() {
+        let done = ctx.complete(staged).await;
+        results.push(outcome(i, name, done).0);
     }
     if results.is_empty() {
         return Err(ApiError::bad_request(

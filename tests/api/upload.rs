@@ -792,3 +792,38 @@ async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
     assert_eq!(used, sum);
     assert_eq!(app.objects(account.id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_reaper_removes_both_objects_a_batch_lease_tracks() {
+    let app = spawn_app().await;
+    let (account, _) = app.account_with_key("starter").await;
+    let receiving = format!("u/{}/receiving", account.id);
+    let finishing = format!("u/{}/finishing", account.id);
+    for key in [&receiving, &finishing] {
+        app.state
+            .store
+            .put(key, bytes::Bytes::from_static(b"partial"), "image/png")
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, finishing_key, expires_at)
+         VALUES ($1, $2, 'stream', 1000, $3, $4, now() - interval '1 second')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(account.id)
+    .bind(&receiving)
+    .bind(&finishing)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 1000 WHERE id = $1")
+        .bind(account.id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (leases, _) = intake::reap(&app.state).await.unwrap();
+    assert_eq!(leases, 1);
+    assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+    assert!(app.objects(account.id).await.is_empty());
+}
