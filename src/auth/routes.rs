@@ -62,7 +62,7 @@ pub async fn insert_account(
     sqlx::query_as(&format!(
         "INSERT INTO accounts (id, email, password_hash, tier) VALUES ($1, $2, $3, $4)
          RETURNING {}",
-        super::ACCOUNT_COLUMNS.replace("accounts.", "")
+        super::ACCOUNT_COLUMNS
     ))
     .bind(uuid::Uuid::now_v7())
     .bind(email.as_str())

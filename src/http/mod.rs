@@ -81,11 +81,6 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi))
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
-}
-
 /// Builds the application: routes, fallbacks and the middleware stack
 /// (outermost first: request id, tracing, metrics, authentication and rate
 /// limit, body limit).

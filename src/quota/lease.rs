@@ -99,18 +99,6 @@ pub async fn acquire(
 }
 
 impl Lease {
-    /// Extends the lease; `false` when it is gone.
-    pub async fn renew(&self, db: &PgPool) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE upload_leases SET expires_at = now() + make_interval(secs => $2) WHERE id = $1",
-        )
-        .bind(self.id)
-        .bind(secs(self.ttl))
-        .execute(db)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Reserves exactly `bytes` more of the account's quota under this lease
     /// (renewing it, and recording `object_key` as the object being written),
     /// or nothing. One statement: the lease row is locked first, then the
@@ -218,20 +206,24 @@ impl Lease {
         .await?;
         Ok(())
     }
-
-    /// Ends the lease, giving back whatever it still reserves.
-    pub async fn release(self, db: &PgPool) -> Result<(), sqlx::Error> {
-        release(db, self.id).await
-    }
 }
 
-/// Ends a lease by id, giving back its reservation (idempotent).
-pub async fn release(db: &PgPool, lease_id: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    release_in(&mut tx, lease_id).await?;
-    tx.commit().await
+/// Extends a running upload's lease (never shortening it); `false` when
+/// it is gone.
+pub async fn renew(db: &PgPool, lease_id: Uuid, ttl: Duration) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE upload_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => $2))
+         WHERE id = $1",
+    )
+    .bind(lease_id)
+    .bind(secs(ttl))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
+/// Deletes a lease and gives back its reservation, inside the caller's
+/// transaction (which holds the lease row).
 async fn release_in(tx: &mut sqlx::PgConnection, lease_id: Uuid) -> Result<(), sqlx::Error> {
     let gone: Option<(Uuid, i64)> = sqlx::query_as(
         "DELETE FROM upload_leases WHERE id = $1 RETURNING account_id, reserved_bytes",

@@ -320,17 +320,12 @@ pub async fn prune(db: &PgPool) -> Result<u64, sqlx::Error> {
 /// What `/usage` reports of an account's requests: remaining now, and the
 /// Unix second it is back to the limit.
 pub async fn peek(db: &PgPool, policy: &Policy) -> Result<(u32, i64), sqlx::Error> {
-    let row: Option<(DateTime<Utc>, DateTime<Utc>)> =
-        sqlx::query_as("SELECT tat, now() FROM rate_limits WHERE key = $1")
+    let (tat, now): (Option<DateTime<Utc>>, DateTime<Utc>) =
+        sqlx::query_as("SELECT (SELECT tat FROM rate_limits WHERE key = $1), now()")
             .bind(&policy.key)
-            .fetch_optional(db)
+            .fetch_one(db)
             .await?;
-    let now_only: DateTime<Utc> = match &row {
-        Some((_, now)) => *now,
-        None => sqlx::query_scalar("SELECT now()").fetch_one(db).await?,
-    };
-    let tat = row.map(|(tat, _)| tat).unwrap_or(now_only);
-    let d = Decision::compute(policy, true, tat, now_only);
+    let d = Decision::compute(policy, true, tat.unwrap_or(now), now);
     Ok((d.remaining, d.reset_at))
 }
 

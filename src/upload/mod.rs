@@ -103,14 +103,7 @@ impl SlotGuard {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let renewed = sqlx::query(
-                    "UPDATE upload_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => $2))
-                     WHERE id = $1",
-                )
-                .bind(id)
-                .bind(ttl.as_secs_f64())
-                .execute(&db)
-                .await;
+                let renewed = lease::renew(&db, id, ttl).await;
                 if let Err(e) = renewed {
                     tracing::warn!(error = %e, lease = %id, "could not renew an upload lease");
                 }
