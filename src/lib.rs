@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod presign;
 pub mod quota;
 pub mod ratelimit;
 pub mod state;
@@ -33,8 +34,14 @@ pub struct App {
 impl App {
     /// Connects to the database (migrating it) and storage, and binds the
     /// listener (port 0 picks a free port; see [`App::port`]).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.bind_addr).await?;
+        // The default public URL names the bind port; with port 0 it is the
+        // port the system picked.
+        if config.public_base_url.ends_with(":0") {
+            let port = listener.local_addr()?.port();
+            config.public_base_url = format!("http://localhost:{port}");
+        }
         let state = AppState::connect(config).await?;
         Ok(Self { listener, state })
     }

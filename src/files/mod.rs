@@ -368,6 +368,21 @@ pub async fn list(
     with_etag(&headers, &FileList { files, next_cursor })
 }
 
+/// One of the account's files, if it exists.
+pub async fn find_view(
+    db: &PgPool,
+    account_id: Uuid,
+    id: Uuid,
+) -> Result<Option<FileView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await
+}
+
 async fn find(db: &PgPool, account_id: Uuid, id: Uuid) -> Result<(FileView, String), ApiError> {
     #[derive(sqlx::FromRow)]
     struct Row {

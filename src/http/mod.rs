@@ -20,7 +20,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{admin, auth, error::ApiError, files, quota, state::AppState, upload};
+use crate::{admin, auth, error::ApiError, files, presign, quota, state::AppState, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -66,6 +66,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::revoke_key))
         .routes(routes!(upload::stream_single))
         .routes(routes!(upload::stream_batch))
+        .routes(routes!(presign::issue))
+        .routes(routes!(presign::complete))
+        .routes(routes!(presign::abort))
+        .routes(routes!(presign::data))
         .routes(routes!(files::list))
         .routes(routes!(files::get, files::remove))
         .routes(routes!(files::content))

@@ -99,6 +99,16 @@ pub async fn acquire(
 }
 
 impl Lease {
+    /// A lease taken earlier (by another request: a presigned upload's
+    /// completion acts on the lease its issue took).
+    pub fn existing(id: Uuid, account_id: Uuid, ttl: Duration) -> Self {
+        Self {
+            id,
+            account_id,
+            ttl,
+        }
+    }
+
     /// Reserves exactly `bytes` more of the account's quota under this lease
     /// (renewing it, and recording `object_key` as the object being written),
     /// or nothing. One statement: the lease row is locked first, then the

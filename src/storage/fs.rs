@@ -69,11 +69,14 @@ impl FsStore {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
+    /// The URL of intake's own data route for the presigned upload whose
+    /// object is `key` (`u/<account>/<id>`: the upload's id ends the key).
     fn url(&self, method: &str, key: &str, expires_in: Duration, extra: &str) -> String {
         let expires = unix_now().saturating_add(expires_in.as_secs());
         let sig = self.signature(method, key, expires, extra);
+        let id = key.rsplit('/').next().unwrap_or_default();
         format!(
-            "{}/storage/{key}?expires={expires}&signature={sig}",
+            "{}/upload/presigned/{id}/data?expires={expires}&signature={sig}",
             self.public_base_url
         )
     }
@@ -134,6 +137,10 @@ async fn place(tmp: &Path, dest: &Path) -> Result<(), StorageError> {
 impl ObjectStore for FsStore {
     fn kind(&self) -> &'static str {
         "fs"
+    }
+
+    fn as_fs(&self) -> Option<&FsStore> {
+        Some(self)
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -229,18 +236,48 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn create_multipart(
+        &self,
+        _key: &str,
+        _content_type: &str,
+    ) -> Result<String, StorageError> {
+        Err(StorageError::Unsupported(
+            "multipart uploads sent directly by clients",
+        ))
+    }
+
+    async fn presign_upload_part(
+        &self,
+        _key: &str,
+        _upload_id: &str,
+        _part_number: i32,
+        _len: u64,
+        _expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        Err(StorageError::Unsupported(
+            "multipart uploads sent directly by clients",
+        ))
+    }
+
+    async fn complete_multipart(
+        &self,
+        _key: &str,
+        _upload_id: &str,
+        _parts: &[(i32, String)],
+    ) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(
+            "multipart uploads sent directly by clients",
+        ))
+    }
+
     async fn presign_get(
         &self,
-        key: &str,
+        _key: &str,
         _filename: &str,
-        expires_in: Duration,
+        _expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
-        self.path(key)?;
-        Ok(PresignedRequest {
-            method: http::Method::GET,
-            url: self.url("GET", key, expires_in, ""),
-            headers: HeaderMap::new(),
-        })
+        // Downloads from the local folder are streamed by intake itself.
+        Err(StorageError::Unsupported("presigned downloads"))
     }
 
     async fn presign_put(

@@ -28,6 +28,9 @@ pub enum StorageError {
     /// The range asked for lies outside the object.
     #[error("range not satisfiable")]
     InvalidRange,
+    /// The backend cannot do this.
+    #[error("not supported by this storage backend: {0}")]
+    Unsupported(&'static str),
     /// Anything else: network, permissions, the server's own errors.
     #[error("object store error: {0}")]
     Backend(#[source] anyhow::Error),
@@ -105,6 +108,10 @@ pub trait ObjectWriter: Send {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Which backend this is (`fs` or `s3`), for logs and `/readyz`.
     fn kind(&self) -> &'static str;
+    /// The local-folder backend, whose presigned URLs intake serves itself.
+    fn as_fs(&self) -> Option<&FsStore> {
+        None
+    }
     /// Checks that the store is reachable and usable.
     async fn check(&self) -> Result<(), StorageError>;
     /// Stores a small object in one request.
@@ -122,8 +129,28 @@ pub trait ObjectStore: Send + Sync + 'static {
         content_type: &str,
         part_size: usize,
     ) -> Result<Box<dyn ObjectWriter>, StorageError>;
-    /// Aborts a multipart upload left behind by a writer that never ended.
+    /// Aborts a multipart upload (left behind by a writer that never ended,
+    /// or given up by a client).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
+    /// Starts a multipart upload whose parts a client sends directly.
+    async fn create_multipart(&self, key: &str, content_type: &str)
+    -> Result<String, StorageError>;
+    /// A URL that uploads one part (of exactly `len` bytes) of a multipart upload.
+    async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        len: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError>;
+    /// Completes a multipart upload from the client's list of parts.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StorageError>;
     /// A URL that downloads the object as an attachment named `filename`.
     async fn presign_get(
         &self,

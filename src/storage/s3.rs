@@ -245,6 +245,114 @@ impl ObjectStore for S3Store {
         abort(&self.client, &self.bucket, &self.full_key(key), upload_id).await
     }
 
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(map_err)?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("no upload id returned")))
+    }
+
+    async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        len: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
+        let req = self
+            .presign_client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(len as i64)
+            .presigned(config)
+            .await
+            .map_err(map_err)?;
+        let mut out = presigned(req)?;
+        out.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        Ok(out)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StorageError> {
+        // Check the client's list against what storage holds, so a wrong
+        // ETag or a missing part fails here even on servers that do not check.
+        let listed = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .max_parts(10_000)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let unquote = |e: &str| e.trim_matches('"').to_owned();
+        let mut stored: Vec<(i32, String)> = listed
+            .parts()
+            .iter()
+            .map(|p| {
+                (
+                    p.part_number().unwrap_or(0),
+                    unquote(p.e_tag().unwrap_or_default()),
+                )
+            })
+            .collect();
+        stored.sort_unstable();
+        let given: Vec<(i32, String)> = parts.iter().map(|(n, e)| (*n, unquote(e))).collect();
+        // Some S3-compatible servers list parts without their ETags; those
+        // are compared by number only (storage checks the ETags itself).
+        let same = stored.len() == given.len()
+            && stored
+                .iter()
+                .zip(&given)
+                .all(|((sn, se), (gn, ge))| sn == gn && (se.is_empty() || se == ge));
+        if !same {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "the parts listed {given:?} are not the parts uploaded {stored:?}"
+            )));
+        }
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn presign_get(
         &self,
         key: &str,

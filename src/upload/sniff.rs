@@ -285,6 +285,45 @@ pub fn sniff(
     })
 }
 
+/// The type an upload announces before any byte is seen (presigned
+/// uploads): a specific declared type intake accepts, not contradicted by
+/// the extension. The bytes are checked against it when the upload completes.
+pub fn announced(declared: &str, filename: &str) -> Result<Kind, SniffError> {
+    let declared = normalize(declared);
+    let ext = extension(filename);
+    let ext_category = ext.as_deref().and_then(extension_category);
+    let kind = if let Some(&(mime, category)) = BINARY_TYPES.iter().find(|(m, _)| *m == declared) {
+        Kind {
+            mime,
+            category,
+            text: false,
+        }
+    } else if let Some(&(mime, _)) = TEXT_TYPES.iter().find(|(m, _)| *m == declared) {
+        Kind {
+            mime,
+            category: Category::Document,
+            text: true,
+        }
+    } else if is_generic(&declared) {
+        return Err(SniffError::Unsupported(
+            "declare the file's content type: the upload is signed for it".into(),
+        ));
+    } else {
+        return Err(SniffError::Unsupported(format!(
+            "files of type {declared} are not accepted"
+        )));
+    };
+    if let Some(ext_category) = ext_category.filter(|c| *c != kind.category) {
+        return Err(SniffError::Mismatch(format!(
+            "declared as {}, but named as {} (.{})",
+            kind.mime,
+            ext_category.as_str(),
+            ext.unwrap_or_default()
+        )));
+    }
+    Ok(kind)
+}
+
 /// Whether `bytes` is valid UTF-8, allowing a sequence cut at the end when
 /// more bytes follow.
 fn utf8_prefix_valid(bytes: &[u8], complete: bool) -> bool {
@@ -424,6 +463,27 @@ mod tests {
         // A cut multi-byte character at the end of the head is fine when more follows.
         assert!(sniff(&"é".as_bytes()[..1], false, "text/plain", "t.txt").is_ok());
         assert!(sniff(&"é".as_bytes()[..1], true, "text/plain", "t.txt").is_err());
+    }
+
+    #[test]
+    fn announced_types_need_a_specific_accepted_type() {
+        assert_eq!(
+            announced("video/mp4", "clip.mp4").unwrap().category,
+            Category::Video
+        );
+        assert_eq!(announced("text/csv", "t.csv").unwrap().mime, "text/csv");
+        assert!(matches!(
+            announced("application/octet-stream", "x.png"),
+            Err(SniffError::Unsupported(_))
+        ));
+        assert!(matches!(
+            announced("application/zip", "x.zip"),
+            Err(SniffError::Unsupported(_))
+        ));
+        assert!(matches!(
+            announced("image/png", "x.pdf"),
+            Err(SniffError::Mismatch(_))
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod files;
 mod helpers;
 mod limits;
 mod ops;
+mod presign;
 mod ratelimit;
 mod storage;
 mod upload;

@@ -248,7 +248,7 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
         .await
         .unwrap();
     let url = url::Url::parse(&req.url).unwrap();
-    assert_eq!(url.path(), "/storage/u/f/x");
+    assert_eq!(url.path(), "/upload/presigned/x/data");
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
     let expires: u64 = q["expires"].parse().unwrap();
     let binding = intake::storage::FsStore::put_binding(&conditions);
