@@ -126,6 +126,29 @@ fn presigned(
     })
 }
 
+fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_owned()
+}
+
+/// `<32 hex>-<parts>`: the ETag S3 gives a multipart object.
+fn is_composite(etag: &str) -> bool {
+    etag.split_once('-').is_some_and(|(md5, n)| {
+        md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()) && n.parse::<u32>().is_ok()
+    })
+}
+
+/// The multipart object's ETag these part ETags make: MD5 of the parts'
+/// binary MD5s, then `-<parts>`. `None` when a part ETag is not an MD5.
+fn composite_etag(parts: &[(i32, String)]) -> Option<String> {
+    use md5::Digest as _;
+    let mut md5 = md5::Md5::new();
+    for (_, etag) in parts {
+        let bytes = hex::decode(etag).ok().filter(|b| b.len() == 16)?;
+        md5.update(bytes);
+    }
+    Some(format!("{}-{}", hex::encode(md5.finalize()), parts.len()))
+}
+
 /// Parses the total size out of `Content-Range: bytes 0-9/100`.
 fn total_from_content_range(range: Option<&str>) -> Option<u64> {
     range?.rsplit('/').next()?.parse().ok()
@@ -308,7 +331,6 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(map_err)?;
-        let unquote = |e: &str| e.trim_matches('"').to_owned();
         let mut stored: Vec<(i32, String)> = listed
             .parts()
             .iter()
@@ -333,23 +355,35 @@ impl ObjectStore for S3Store {
                 "the parts listed {given:?} are not the parts uploaded {stored:?}"
             )));
         }
-        let parts = parts
+        let expected = composite_etag(&given);
+        let completed: Vec<CompletedPart> = parts
             .iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
             .collect();
-        self.client
+        let out = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
+                    .set_parts(Some(completed))
                     .build(),
             )
             .send()
             .await
             .map_err(map_err)?;
+        // The object's ETag is made from its parts' real ETags: a client's
+        // wrong ETag shows here even where completion did not check it.
+        if let (Some(expected), Some(actual)) = (expected, out.e_tag().map(unquote))
+            && is_composite(&actual)
+            && actual != expected
+        {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "the parts' ETags do not match the stored parts"
+            )));
+        }
         Ok(())
     }
 
@@ -692,6 +726,15 @@ impl Drop for S3Writer {
 #[cfg(test)]
 mod tests {
     use super::total_from_content_range;
+
+    #[test]
+    fn composite_etags_are_made_from_part_md5s() {
+        let parts = vec![(1, "0123456789abcdef0123456789abcdef".to_owned())];
+        let etag = super::composite_etag(&parts).unwrap();
+        assert!(super::is_composite(&etag) && etag.ends_with("-1"));
+        assert_eq!(super::composite_etag(&[(1, "not-an-md5".to_owned())]), None);
+        assert!(!super::is_composite("d41d8cd98f00b204e9800998ecf8427e"));
+    }
 
     #[test]
     fn content_range_total_is_parsed() {

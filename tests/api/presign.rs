@@ -179,13 +179,11 @@ async fn multipart_uploads_complete_from_their_parts() {
 }
 
 #[tokio::test]
-async fn a_missing_part_keeps_nothing() {
+async fn a_wrong_etag_or_a_missing_part_keeps_nothing() {
     let app = spawn_app().await;
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::mp4(9 * MIB);
-    // (A wrong ETag is refused by S3 itself; the S3 test server neither
-    // checks nor lists part ETags, so only the missing part is tested here.)
-    for wrong in ["missing", "extra"] {
+    for wrong in ["etag", "missing", "extra"] {
         let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
             .await
             .json()
@@ -205,7 +203,9 @@ async fn a_missing_part_keeps_nothing() {
                 json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}),
             );
         }
-        if wrong == "missing" {
+        if wrong == "etag" {
+            etags[0]["etag"] = json!("\"00000000000000000000000000000000\"");
+        } else if wrong == "missing" {
             etags.pop();
         } else {
             etags.push(json!({"part_number": 3, "etag": "\"0000\""}));
