@@ -312,14 +312,37 @@ async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.holdings(account.id).await.1, MIB as i64);
+    // The freed slot takes a new upload; then both slots are taken again.
+    let third = presign(&app, &key, body(1)).await;
+    assert_eq!(third.status(), StatusCode::CREATED);
+    let resp = presign(&app, &key, body(1)).await;
+    assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_upload_limit",
+    )
+    .await;
     // Expiry too, once the reaper runs (two at once end it once).
     sqlx::query("UPDATE upload_leases SET expires_at = now() - interval '1 second'")
         .execute(&app.state.db)
         .await
         .unwrap();
     let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
-    assert_eq!(a.unwrap().0 + b.unwrap().0, 1);
+    assert_eq!(a.unwrap().0 + b.unwrap().0, 2);
     assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("intake_presigned_issued_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("intake_reaped_leases_total"), "{metrics}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let resp = complete(&app, &key, second["upload_id"].as_str().unwrap(), json!({})).await;
     assert_problem(resp, StatusCode::GONE, "gone").await;
