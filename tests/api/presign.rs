@@ -126,11 +126,21 @@ async fn storage_refuses_other_bytes_other_lengths_and_expired_urls() {
             .await
             .is_client_error()
     );
+    // An expired URL is refused too (a fresh upload, left to expire).
+    let issued: Value = presign(&app, &key, json!({"filename": "r.pdf", "content_type": "application/pdf", "size": data.len(), "sha256": sha}))
+        .await
+        .json()
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert!(
-        put(url, &issued["headers"], data.clone())
-            .await
-            .is_client_error(),
+        put(
+            issued["url"].as_str().unwrap(),
+            &issued["headers"],
+            data.clone()
+        )
+        .await
+        .is_client_error(),
         "expired"
     );
     let resp = complete(&app, &key, issued["upload_id"].as_str().unwrap(), json!({})).await;
