@@ -29,6 +29,30 @@ async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
     req.send().await.unwrap().status()
 }
 
+/// PUTs each part of a multipart upload to its URL; returns the parts list
+/// that completes it.
+async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
+    let part = issued["part_size"].as_u64().unwrap() as usize;
+    let mut etags = Vec::new();
+    for (i, p) in issued["parts"].as_array().unwrap().iter().enumerate() {
+        let chunk = data[i * part..((i + 1) * part).min(data.len())].to_vec();
+        let resp = reqwest::Client::new()
+            .put(p["url"].as_str().unwrap())
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "part {}: {}",
+            i + 1,
+            resp.status()
+        );
+        etags.push(json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}));
+    }
+    etags
+}
+
 async fn complete(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
     app.post(&format!("/upload/presigned/{id}/complete"))
         .bearer_auth(key)
@@ -161,18 +185,7 @@ async fn multipart_uploads_complete_from_their_parts() {
     assert_eq!(part, 8 * MIB);
     let parts = issued["parts"].as_array().unwrap();
     assert_eq!(parts.len(), 2);
-    let mut etags = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
-        let chunk = data[i * part..((i + 1) * part).min(data.len())].to_vec();
-        let resp = reqwest::Client::new()
-            .put(p["url"].as_str().unwrap())
-            .body(chunk)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-        etags.push(json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}));
-    }
+    let etags = put_parts(&issued, &data).await;
     let id = issued["upload_id"].as_str().unwrap();
     let resp = complete(&app, &key, id, json!({"parts": etags})).await;
     assert_eq!(
@@ -199,20 +212,7 @@ async fn a_wrong_etag_or_a_missing_part_keeps_nothing() {
             .json()
             .await
             .unwrap();
-        let part = issued["part_size"].as_u64().unwrap() as usize;
-        let mut etags = Vec::new();
-        for (i, p) in issued["parts"].as_array().unwrap().iter().enumerate() {
-            let chunk = data[i * part..((i + 1) * part).min(data.len())].to_vec();
-            let resp = reqwest::Client::new()
-                .put(p["url"].as_str().unwrap())
-                .body(chunk)
-                .send()
-                .await
-                .unwrap();
-            etags.push(
-                json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}),
-            );
-        }
+        let mut etags = put_parts(&issued, &data).await;
         if wrong == "etag" {
             etags[0]["etag"] = json!("\"00000000000000000000000000000000\"");
         } else if wrong == "missing" {
