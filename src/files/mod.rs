@@ -411,7 +411,9 @@ pub async fn get(
     Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (view, _) = find(&state.db, auth.account.id, id).await?;
+    let view = find_view(&state.db, auth.account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("file"))?;
     with_etag(&headers, &view)
 }
 

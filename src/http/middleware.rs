@@ -76,11 +76,11 @@ pub async fn authenticate_and_limit(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let anonymous = Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
+    let anonymous = || Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
     let policy = if !state.config.rate_limit_enabled {
         None
     } else if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
-        Some(anonymous)
+        Some(anonymous())
     } else {
         match &principal {
             Principal::ApiKey { account, .. } => Some(Policy::account(
@@ -88,33 +88,36 @@ pub async fn authenticate_and_limit(
                 account.limits().requests_per_minute,
             )),
             Principal::Session { .. } | Principal::Admin => None,
-            Principal::Anonymous { .. } => Some(anonymous),
+            Principal::Anonymous { .. } => Some(anonymous()),
         }
     };
-    let decision = match &policy {
+    let decision = match policy {
         None => None,
-        Some(policy) => match state.limiter.check(policy.clone()).await {
-            Ok(d) => {
-                let result = if d.allowed { "allowed" } else { "refused" };
-                metrics::counter!("intake_ratelimit_decisions_total", "policy" => policy.kind, "result" => result)
+        Some(policy) => {
+            let kind = policy.kind;
+            match state.limiter.check(policy).await {
+                Ok(d) => {
+                    let result = if d.allowed { "allowed" } else { "refused" };
+                    metrics::counter!("intake_ratelimit_decisions_total", "policy" => kind, "result" => result)
                     .increment(1);
-                Some(d)
-            }
-            Err(e) => {
-                metrics::counter!("intake_ratelimit_store_errors_total", "policy" => policy.kind)
-                    .increment(1);
-                if state.config.rate_limit_fail_open {
-                    tracing::error!(error = %e, "rate limiter store failed; letting the request through");
-                    None
-                } else {
-                    tracing::error!(error = %e, "rate limiter store failed; refusing the request");
-                    return ApiError::ServiceUnavailable(
-                        "the rate limiter is unavailable; retry shortly".into(),
-                    )
-                    .into_response();
+                    Some(d)
+                }
+                Err(e) => {
+                    metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind)
+                        .increment(1);
+                    if state.config.rate_limit_fail_open {
+                        tracing::error!(error = %e, "rate limiter store failed; letting the request through");
+                        None
+                    } else {
+                        tracing::error!(error = %e, "rate limiter store failed; refusing the request");
+                        return ApiError::ServiceUnavailable(
+                            "the rate limiter is unavailable; retry shortly".into(),
+                        )
+                        .into_response();
+                    }
                 }
             }
-        },
+        }
     };
     if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
         let mut response = ApiError::RateLimited {

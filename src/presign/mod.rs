@@ -213,20 +213,14 @@ pub async fn issue(
     }
     let expiry = state.config.presign_expiry;
     let ttl = expiry + LEASE_GRACE;
-    let Some(lease) = lease::acquire(
+    let lease = lease::take_slot(
         &state.db,
         account.id,
         "presigned",
         limits.concurrent_uploads,
         ttl,
     )
-    .await?
-    else {
-        return Err(ApiError::ConcurrentUploadLimit {
-            limit: u64::from(limits.concurrent_uploads),
-            retry_after: 1,
-        });
-    };
+    .await?;
     let id = Uuid::now_v7();
     let key = files::object_key(account.id, id);
     let issued = async {
@@ -312,12 +306,8 @@ pub async fn issue(
 /// reservation and the slot come back, the row says so.
 async fn fail(state: &AppState, row: &Row, why: String) -> ApiError {
     let ended = async {
-        if let Some(upload_id) = &row.multipart_upload_id {
-            let _ = state.store.abort_multipart(&row.key(), upload_id).await;
-        }
-        let mut conn = state.db.acquire().await?;
-        lease::remove_object(&mut conn, state.store.as_ref(), &row.key(), None).await?;
-        drop(conn);
+        // The lease tracks the object and its multipart upload: ending it
+        // removes both and gives back the reservation and the slot.
         lease::reclaim(&state.db, state.store.as_ref(), row.lease_id, Reclaim::Own).await?;
         sqlx::query("UPDATE presigned_uploads SET state = 'failed' WHERE id = $1")
             .bind(row.id)

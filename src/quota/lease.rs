@@ -98,6 +98,31 @@ pub async fn acquire(
     }))
 }
 
+/// How long a client is told to wait when all its slots are taken.
+const SLOT_RETRY_AFTER_SECS: u64 = 1;
+
+/// Takes one of the account's slots, or answers 429
+/// `concurrent_upload_limit` (and counts the refusal).
+pub async fn take_slot(
+    db: &PgPool,
+    account_id: Uuid,
+    kind: &str,
+    limit: u32,
+    ttl: Duration,
+) -> Result<Lease, ApiError> {
+    match acquire(db, account_id, kind, limit, ttl).await? {
+        Some(lease) => Ok(lease),
+        None => {
+            metrics::counter!("intake_upload_rejections_total", "code" => "concurrent_upload_limit")
+                .increment(1);
+            Err(ApiError::ConcurrentUploadLimit {
+                limit: u64::from(limit),
+                retry_after: SLOT_RETRY_AFTER_SECS,
+            })
+        }
+    }
+}
+
 impl Lease {
     /// A lease taken earlier (by another request: a presigned upload's
     /// completion acts on the lease its issue took).

@@ -48,9 +48,6 @@ use sniff::{Category, Kind, SNIFF_BYTES, SniffError, Utf8Stream};
 /// Largest part header block accepted; more is an attack or a broken client.
 const MAX_PART_HEADER_BYTES: usize = 1024 * 1024;
 
-/// How long a client is told to wait when all its slots are taken.
-const SLOT_RETRY_AFTER_SECS: u64 = 1;
-
 /// A display name from a client's filename: the last path component, without
 /// control characters, at most 255 bytes; never used as a path.
 pub fn sanitize_filename(raw: &str) -> String {
@@ -87,15 +84,8 @@ impl SlotGuard {
         kind: &str,
     ) -> Result<Self, ApiError> {
         let ttl = state.config.upload_lease_ttl;
-        let Some(lease) =
-            lease::acquire(&state.db, account.id, kind, limits.concurrent_uploads, ttl).await?
-        else {
-            metrics::counter!("intake_upload_rejections_total", "code" => "concurrent_upload_limit").increment(1);
-            return Err(ApiError::ConcurrentUploadLimit {
-                limit: u64::from(limits.concurrent_uploads),
-                retry_after: SLOT_RETRY_AFTER_SECS,
-            });
-        };
+        let lease =
+            lease::take_slot(&state.db, account.id, kind, limits.concurrent_uploads, ttl).await?;
         metrics::gauge!("intake_uploads_in_flight").increment(1.0);
         let (db, id) = (state.db.clone(), lease.id);
         let renewer = tokio::spawn(async move {

@@ -625,6 +625,44 @@ impl TestApp {
         self.holdings(account).await
     }
 
+    /// A file's bytes as a client gets them: following the redirect to
+    /// storage (S3) or straight from intake (local folder).
+    pub async fn download(&self, key: &str, file_id: &str) -> Vec<u8> {
+        let resp = self
+            .get(&format!("/files/{file_id}/content"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let resp = if resp.status() == reqwest::StatusCode::FOUND {
+            reqwest::get(resp.headers()["location"].to_str().unwrap())
+                .await
+                .unwrap()
+        } else {
+            resp
+        };
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Asserts what an account is left with once its uploads have ended: no
+    /// reservation, no lease, `files` file rows, usage equal to their sizes,
+    /// and as many objects in storage.
+    pub async fn assert_left_with(&self, account: Uuid, files: i64) {
+        let (used, reserved, leases, rows, sum) = self.settled(account).await;
+        assert_eq!(
+            (reserved, leases, rows),
+            (0, 0, files),
+            "reserved, leases, file rows"
+        );
+        assert_eq!(used, sum, "usage equals the stored sizes");
+        assert_eq!(
+            self.objects(account).await.len() as i64,
+            files,
+            "objects in storage"
+        );
+    }
+
     /// Object keys stored for the account, whatever the backend.
     pub async fn objects(&self, account: Uuid) -> Vec<String> {
         match self.backend {

@@ -109,20 +109,7 @@ async fn a_single_put_upload_completes_into_a_file_on_both_backends() {
         assert_eq!(again["id"], id);
         let size = data.len() as i64;
         assert_eq!(app.settled(account.id).await, (size, 0, 0, 1, size));
-        let content = app
-            .get(&format!("/files/{id}/content"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        let content = if content.status() == StatusCode::FOUND {
-            reqwest::get(content.headers()["location"].to_str().unwrap())
-                .await
-                .unwrap()
-        } else {
-            content
-        };
-        assert_eq!(content.bytes().await.unwrap().as_ref(), data.as_slice());
+        assert_eq!(app.download(&key, id).await, data);
     }
 }
 

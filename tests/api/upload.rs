@@ -108,10 +108,7 @@ async fn a_batch_stores_each_file_and_reports_each_failure() {
     assert_eq!(results[1]["error"]["code"], "unsupported_media_type");
     assert_eq!(results[3]["error"]["code"], "type_mismatch");
     assert_eq!(results[4]["file"]["category"], "video");
-    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
-    assert_eq!((reserved, leases, rows), (0, 0, 3));
-    assert_eq!(used, sum);
-    assert_eq!(app.objects(account.id).await.len(), 3);
+    app.assert_left_with(account.id, 3).await;
 }
 
 #[tokio::test]
@@ -442,10 +439,7 @@ async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
     second.abort();
     drop(second_tx);
     wait_active(&app, &key, 0).await;
-    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
-    assert_eq!((reserved, leases, rows), (0, 0, 1));
-    assert_eq!(used, sum);
-    assert_eq!(app.objects(account.id).await.len(), 1);
+    app.assert_left_with(account.id, 1).await;
     assert_eq!(
         app.upload(&key, "again.png", "image/png", &fixtures::png(100))
             .await
@@ -787,10 +781,7 @@ async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
     let resp = stuck.await.unwrap().unwrap();
     assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
     app.stopped().await;
-    let (used, reserved, leases, rows, sum) = app.holdings(account.id).await;
-    assert_eq!((reserved, leases, rows), (0, 0, 1));
-    assert_eq!(used, sum);
-    assert_eq!(app.objects(account.id).await.len(), 1);
+    app.assert_left_with(account.id, 1).await;
 }
 
 #[tokio::test]
