@@ -11,6 +11,8 @@ use axum::{
 use problem_details::ProblemDetails;
 use serde_json::{Map, Value, json};
 
+use crate::{sniff::SniffError, storage::StorageError};
+
 /// An error answered to the client as problem+json.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -255,6 +257,28 @@ impl ApiError {
                 vec![("limit", json!(limit)), ("used", json!(used))]
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+impl From<SniffError> for ApiError {
+    fn from(e: SniffError) -> Self {
+        match e {
+            SniffError::Unsupported(detail) => Self::UnsupportedMediaType(detail),
+            SniffError::Mismatch(detail) => Self::TypeMismatch(detail),
+        }
+    }
+}
+
+/// A feature the backend lacks is the client's to route around (422); any
+/// other storage failure is logged and answered as a generic 500.
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unsupported(what) => {
+                Self::unprocessable(format!("{what} need the S3 storage backend"))
+            }
+            other => Self::Internal(other.into()),
         }
     }
 }

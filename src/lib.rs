@@ -7,22 +7,28 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deletions;
 pub mod error;
+pub mod extract;
 pub mod files;
 pub mod http;
 pub mod presign;
 pub mod quota;
 pub mod ratelimit;
+pub mod reaper;
+pub mod sniff;
 pub mod state;
 pub mod storage;
+pub mod telemetry;
 pub mod tiers;
 pub mod upload;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr};
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
+pub use reaper::reap;
 pub use state::AppState;
 
 /// A built server: bound to its port, connected, migrated, not yet serving.
@@ -68,7 +74,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
-        let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let housekeeping = tokio::spawn(reaper::housekeeping(state.clone()));
         tracing::info!(
             addr = %self.listener.local_addr()?,
             storage = state.store.kind(),
@@ -99,40 +105,6 @@ impl App {
         housekeeping.abort();
         result.map_err(Into::into)
     }
-}
-
-/// Periodic cleanup that every instance runs; each step is safe to run on
-/// several instances at once (rows are taken with SKIP LOCKED).
-async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    let mut round: u64 = 0;
-    loop {
-        tick.tick().await;
-        round += 1;
-        if let Err(e) = reap(&state).await {
-            tracing::warn!(error = %e, "reaping failed; will retry");
-        }
-        if round.is_multiple_of(6) {
-            match ratelimit::prune(&state.db).await {
-                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
-            }
-        }
-    }
-}
-
-/// One pass of the reaper: expired leases (their objects, reservations and
-/// slots), then object deletions that failed before. Returns what it did.
-pub async fn reap(state: &AppState) -> Result<(u64, u64), sqlx::Error> {
-    let leases = quota::lease::reap_expired(&state.db, state.store.as_ref()).await?;
-    let objects = files::retry_deletions(&state.db, state.store.as_ref()).await?;
-    if leases > 0 || objects > 0 {
-        tracing::info!(leases, objects, "reaped");
-        metrics::counter!("intake_reaped_leases_total").increment(leases);
-        metrics::counter!("intake_reaped_objects_total").increment(objects);
-    }
-    Ok((leases, objects))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -53,7 +53,7 @@ impl AppState {
         let store = storage::from_config(&config).await?;
         Ok(Self(Arc::new(Inner {
             jwt: JwtKeys::new(config.jwt_secret.expose()),
-            metrics: crate::http::metrics::handle(),
+            metrics: crate::telemetry::handle(),
             shutdown: CancellationToken::new(),
             limiter: Limiter::spawn(db.clone()),
             config,

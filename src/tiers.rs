@@ -1,10 +1,12 @@
 //! The tier table, the product's source of truth for every limit, as data.
 //!
 //! Limits are looked up here and nowhere else: code asks an account for its
-//! effective [`Limits`] (tier row plus the account's custom overrides) instead
-//! of branching on the tier.
+//! effective [`Limits`] (tier row plus the account's [`CustomLimits`]) instead
+//! of branching on the tier. Each limit is named once, in the
+//! `limit_table!` invocation below: the row type, the typed overrides, the
+//! list of names and their validation all come from that one list.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -107,31 +109,6 @@ impl std::fmt::Display for Tier {
     }
 }
 
-/// One row of the tier table, in exact figures (sizes in bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Limits {
-    /// API-key requests per minute.
-    pub requests_per_minute: u32,
-    /// Uploads (streaming or presigned) in flight at once.
-    pub concurrent_uploads: u32,
-    /// Files in one batch upload.
-    pub batch_size: u32,
-    /// Largest image, in bytes.
-    pub max_image_bytes: u64,
-    /// Largest document, in bytes.
-    pub max_document_bytes: u64,
-    /// Largest video, in bytes.
-    pub max_video_bytes: u64,
-    /// Storage quota in bytes; `null` means unlimited.
-    pub storage_bytes: Option<u64>,
-    /// AI descriptions per calendar month (UTC).
-    pub ai_descriptions_per_month: u32,
-    /// Chat messages per calendar month (UTC).
-    pub chat_messages_per_month: u32,
-    /// Whether the account may use API keys.
-    pub api_keys: bool,
-}
-
 /// Why a set of custom limits was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CustomLimitsError {
@@ -148,127 +125,160 @@ pub enum CustomLimitsError {
     },
 }
 
-/// The limit names, in table order.
-pub const LIMIT_NAMES: [&str; 10] = [
-    "requests_per_minute",
-    "concurrent_uploads",
-    "batch_size",
-    "max_image_bytes",
-    "max_document_bytes",
-    "max_video_bytes",
-    "storage_bytes",
-    "ai_descriptions_per_month",
-    "chat_messages_per_month",
-    "api_keys",
-];
+/// A value a limit can take, parsed from the JSON an admin sends.
+trait LimitValue: Sized + Copy {
+    /// Parses `value`; `min` is the smallest allowed number.
+    fn parse(value: &Value, min: u64) -> Result<Self, &'static str>;
+    /// The JSON form.
+    fn to_json(self) -> Value;
+}
 
-/// Per-account overrides of single rows of the tier table, stored as the
-/// JSON object an admin sent (only known keys, validated on the way in).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = Object)]
-pub struct CustomLimits(pub Map<String, Value>);
-
-impl CustomLimits {
-    /// Checks every key and value; `null` is only allowed for `storage_bytes`.
-    pub fn validate(map: &Map<String, Value>) -> Result<(), CustomLimitsError> {
-        for (key, value) in map {
-            let bad = |reason| CustomLimitsError::BadValue {
-                key: key.clone(),
-                reason,
-            };
-            match key.as_str() {
-                "api_keys" => {
-                    if !value.is_boolean() {
-                        return Err(bad("must be true or false"));
-                    }
-                }
-                "storage_bytes" if value.is_null() => {}
-                "requests_per_minute" | "concurrent_uploads" | "batch_size" => {
-                    match value.as_u64() {
-                        Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => {}
-                        _ => return Err(bad("must be a whole number from 1")),
-                    }
-                }
-                "ai_descriptions_per_month" | "chat_messages_per_month" => match value.as_u64() {
-                    Some(n) if n <= u64::from(u32::MAX) => {}
-                    _ => return Err(bad("must be a whole number from 0")),
-                },
-                "max_image_bytes" | "max_document_bytes" | "max_video_bytes" | "storage_bytes" => {
-                    match value.as_u64() {
-                        Some(n) if n <= i64::MAX as u64 => {}
-                        _ => return Err(bad("must be a whole number of bytes from 0")),
-                    }
-                }
-                other => return Err(CustomLimitsError::UnknownKey(other.to_owned())),
-            }
-        }
-        Ok(())
+impl LimitValue for u32 {
+    fn parse(value: &Value, min: u64) -> Result<Self, &'static str> {
+        value
+            .as_u64()
+            .filter(|n| *n >= min)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(if min == 0 {
+                "must be a whole number from 0"
+            } else {
+                "must be a whole number from 1"
+            })
     }
+    fn to_json(self) -> Value {
+        Value::from(self)
+    }
+}
 
-    /// The tier's row with these overrides applied. Values that do not fit
-    /// (never stored, as [`CustomLimits::validate`] guards the way in) are
-    /// ignored rather than trusted.
-    pub fn apply(&self, mut limits: Limits) -> Limits {
-        let u32_of = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
-        for (key, value) in &self.0 {
-            match key.as_str() {
-                "requests_per_minute" => {
-                    if let Some(n) = u32_of(value).filter(|n| *n > 0) {
-                        limits.requests_per_minute = n;
+impl LimitValue for u64 {
+    fn parse(value: &Value, min: u64) -> Result<Self, &'static str> {
+        // Sizes are stored in Postgres bigints.
+        value
+            .as_u64()
+            .filter(|n| *n >= min && *n <= i64::MAX as u64)
+            .ok_or("must be a whole number of bytes from 0")
+    }
+    fn to_json(self) -> Value {
+        Value::from(self)
+    }
+}
+
+/// `null` means unlimited.
+impl LimitValue for Option<u64> {
+    fn parse(value: &Value, min: u64) -> Result<Self, &'static str> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        u64::parse(value, min).map(Some)
+    }
+    fn to_json(self) -> Value {
+        self.map_or(Value::Null, Value::from)
+    }
+}
+
+impl LimitValue for bool {
+    fn parse(value: &Value, _min: u64) -> Result<Self, &'static str> {
+        value.as_bool().ok_or("must be true or false")
+    }
+    fn to_json(self) -> Value {
+        Value::Bool(self)
+    }
+}
+
+/// Declares every limit once: `name: type (smallest value)`. From that list
+/// come [`Limits`] (one row of the table), [`CustomLimits`] (typed per-account
+/// overrides of single rows) and [`LIMIT_NAMES`].
+macro_rules! limit_table {
+    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty, min $min:literal; )*) => {
+        /// One row of the tier table, in exact figures (sizes in bytes).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        pub struct Limits {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        /// Per-account overrides of single rows of the tier table: each
+        /// limit that is `Some` replaces the tier's value. Stored as the
+        /// JSON object of the keys that are set.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct CustomLimits {
+            $( $(#[doc = $doc])* pub $name: Option<$ty>, )*
+        }
+
+        /// The limit names, in table order.
+        pub const LIMIT_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl CustomLimits {
+            /// Parses an admin's object: only limit names, each with a value
+            /// of its type and range (`null` only where it means unlimited).
+            pub fn parse(map: &Map<String, Value>) -> Result<Self, CustomLimitsError> {
+                let mut parsed = Self::default();
+                for (key, value) in map {
+                    let bad = |reason| CustomLimitsError::BadValue { key: key.clone(), reason };
+                    match key.as_str() {
+                        $( stringify!($name) => {
+                            parsed.$name = Some(<$ty as LimitValue>::parse(value, $min).map_err(bad)?);
+                        } )*
+                        other => return Err(CustomLimitsError::UnknownKey(other.to_owned())),
                     }
                 }
-                "concurrent_uploads" => {
-                    if let Some(n) = u32_of(value).filter(|n| *n > 0) {
-                        limits.concurrent_uploads = n;
-                    }
-                }
-                "batch_size" => {
-                    if let Some(n) = u32_of(value).filter(|n| *n > 0) {
-                        limits.batch_size = n;
-                    }
-                }
-                "max_image_bytes" => {
-                    if let Some(n) = value.as_u64() {
-                        limits.max_image_bytes = n;
-                    }
-                }
-                "max_document_bytes" => {
-                    if let Some(n) = value.as_u64() {
-                        limits.max_document_bytes = n;
-                    }
-                }
-                "max_video_bytes" => {
-                    if let Some(n) = value.as_u64() {
-                        limits.max_video_bytes = n;
-                    }
-                }
-                "storage_bytes" => {
-                    if value.is_null() {
-                        limits.storage_bytes = None;
-                    } else if let Some(n) = value.as_u64() {
-                        limits.storage_bytes = Some(n);
-                    }
-                }
-                "ai_descriptions_per_month" => {
-                    if let Some(n) = u32_of(value) {
-                        limits.ai_descriptions_per_month = n;
-                    }
-                }
-                "chat_messages_per_month" => {
-                    if let Some(n) = u32_of(value) {
-                        limits.chat_messages_per_month = n;
-                    }
-                }
-                "api_keys" => {
-                    if let Some(b) = value.as_bool() {
-                        limits.api_keys = b;
-                    }
-                }
-                _ => {}
+                Ok(parsed)
+            }
+
+            /// The JSON object of the overrides that are set.
+            pub fn to_map(&self) -> Map<String, Value> {
+                let mut map = Map::new();
+                $( if let Some(v) = self.$name {
+                    map.insert(stringify!($name).to_owned(), LimitValue::to_json(v));
+                } )*
+                map
+            }
+
+            /// The tier's row with these overrides applied.
+            pub fn apply(&self, mut limits: Limits) -> Limits {
+                $( if let Some(v) = self.$name {
+                    limits.$name = v;
+                } )*
+                limits
             }
         }
-        limits
+    };
+}
+
+limit_table! {
+    /// API-key requests per minute.
+    requests_per_minute: u32, min 1;
+    /// Uploads (streaming, presigned or resumable) in flight at once.
+    concurrent_uploads: u32, min 1;
+    /// Files in one batch upload.
+    batch_size: u32, min 1;
+    /// Largest image, in bytes.
+    max_image_bytes: u64, min 0;
+    /// Largest document, in bytes.
+    max_document_bytes: u64, min 0;
+    /// Largest video, in bytes.
+    max_video_bytes: u64, min 0;
+    /// Storage quota in bytes; `null` means unlimited.
+    storage_bytes: Option<u64>, min 0;
+    /// AI descriptions per calendar month (UTC).
+    ai_descriptions_per_month: u32, min 0;
+    /// Chat messages per calendar month (UTC).
+    chat_messages_per_month: u32, min 0;
+    /// Whether the account may use API keys.
+    api_keys: bool, min 0;
+}
+
+impl Serialize for CustomLimits {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_map().serialize(s)
+    }
+}
+
+/// Stored overrides were checked on the way in; reading them applies the
+/// same checks, so a hand-edited row cannot smuggle in a bad value.
+impl<'de> Deserialize<'de> for CustomLimits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = Map::<String, Value>::deserialize(d)?;
+        Self::parse(&map).map_err(serde::de::Error::custom)
     }
 }
 
@@ -281,6 +291,10 @@ pub fn effective_limits(tier: Tier, custom: &CustomLimits) -> Limits {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn parse(v: Value) -> Result<CustomLimits, CustomLimitsError> {
+        CustomLimits::parse(v.as_object().unwrap())
+    }
 
     #[test]
     fn limits_serialize_with_every_contract_key_in_order() {
@@ -295,12 +309,7 @@ mod tests {
 
     #[test]
     fn custom_limits_override_single_rows() {
-        let custom = CustomLimits(
-            json!({"storage_bytes": null, "requests_per_minute": 1000})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
+        let custom = parse(json!({"storage_bytes": null, "requests_per_minute": 1000})).unwrap();
         let l = effective_limits(Tier::Starter, &custom);
         assert_eq!(l.storage_bytes, None);
         assert_eq!(l.requests_per_minute, 1000);
@@ -309,15 +318,24 @@ mod tests {
 
     #[test]
     fn custom_limits_validation_rejects_bad_keys_and_values() {
-        let check = |v: Value| CustomLimits::validate(v.as_object().unwrap());
-        assert!(check(json!({"storage_bytes": null, "api_keys": true})).is_ok());
+        assert!(parse(json!({"storage_bytes": null, "api_keys": true})).is_ok());
         assert_eq!(
-            check(json!({"storage": 1})),
+            parse(json!({"storage": 1})),
             Err(CustomLimitsError::UnknownKey("storage".into()))
         );
-        assert!(check(json!({"requests_per_minute": null})).is_err());
-        assert!(check(json!({"requests_per_minute": 0})).is_err());
-        assert!(check(json!({"max_video_bytes": -1})).is_err());
-        assert!(check(json!({"api_keys": "yes"})).is_err());
+        assert!(parse(json!({"requests_per_minute": null})).is_err());
+        assert!(parse(json!({"requests_per_minute": 0})).is_err());
+        assert!(parse(json!({"max_video_bytes": -1})).is_err());
+        assert!(parse(json!({"api_keys": "yes"})).is_err());
+        assert!(parse(json!({"ai_descriptions_per_month": 0})).is_ok());
+    }
+
+    #[test]
+    fn custom_limits_round_trip_as_the_stored_object() {
+        let raw = json!({"storage_bytes": null, "batch_size": 2, "api_keys": false});
+        let custom = parse(raw.clone()).unwrap();
+        assert_eq!(Value::Object(custom.to_map()), raw);
+        let back: CustomLimits = serde_json::from_value(raw).unwrap();
+        assert_eq!(back, custom);
     }
 }

@@ -14,7 +14,7 @@ use crate::{
         routes::insert_account,
     },
     error::ApiError,
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     quota::{self, Usage},
     state::AppState,
     tiers::{CustomLimits, Limits, Tier},
@@ -60,6 +60,7 @@ pub struct AdminAccountView {
     #[serde(flatten)]
     pub account: AccountView,
     /// The overrides in force.
+    #[schema(value_type = Object)]
     pub custom_limits: CustomLimits,
     /// The effective limits.
     pub limits: Limits,
@@ -69,7 +70,7 @@ impl From<Account> for AdminAccountView {
     fn from(a: Account) -> Self {
         Self {
             limits: a.limits(),
-            custom_limits: a.custom_limits.clone(),
+            custom_limits: a.custom_limits,
             account: a.view(),
         }
     }
@@ -100,9 +101,9 @@ pub async fn patch_account(
         None => (false, Map::new()),
         Some(None) => (true, Map::new()),
         Some(Some(map)) => {
-            CustomLimits::validate(&map)
+            let parsed = CustomLimits::parse(&map)
                 .map_err(|e| ApiError::unprocessable(format!("custom_limits: {e}")))?;
-            (false, map)
+            (false, parsed.to_map())
         }
     };
     sqlx::query_as(&format!(

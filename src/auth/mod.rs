@@ -188,13 +188,15 @@ pub async fn resolve(
     }
 
     if let Some(token) = session::cookie_token(headers) {
-        return Ok(match session::authenticate(state, token).await? {
-            Some((account, session_id)) => Principal::Session {
-                account,
-                session_id,
+        return Ok(
+            match session::authenticate(&state.db, &state.jwt, token).await? {
+                Some((account, session_id)) => Principal::Session {
+                    account,
+                    session_id,
+                },
+                None => anonymous(AuthFailure::InvalidSession),
             },
-            None => anonymous(AuthFailure::InvalidSession),
-        });
+        );
     }
 
     Ok(Principal::Anonymous { ip, failure: None })

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     error::{ApiError, ResultExt},
-    http::extract::{Json, Path},
+    extract::{Json, Path},
     state::AppState,
     tiers::Tier,
 };
@@ -121,7 +121,13 @@ pub async fn login(
     let (true, Some(row)) = (ok, row) else {
         return Err(ApiError::Unauthorized("wrong e-mail or password".into()));
     };
-    let new = session::create(&state, row.account.id).await?;
+    let new = session::create(
+        &state.db,
+        &state.jwt,
+        state.config.session_ttl,
+        row.account.id,
+    )
+    .await?;
     let cookie = session::set_cookie(
         &new.token,
         state.config.session_ttl.as_secs(),
@@ -144,7 +150,7 @@ pub async fn logout(
     State(state): State<AppState>,
     auth: SessionAccount,
 ) -> Result<Response, ApiError> {
-    session::revoke(&state, auth.session_id).await?;
+    session::revoke(&state.db, auth.session_id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         [(

@@ -1,15 +1,17 @@
 //! Login sessions: a row in `sessions`, named by the `sid` of a JWT that the
 //! `intake_session` cookie carries, so logout and revocation are real.
 
+use std::time::Duration;
+
 use chrono::{Duration as ChronoDuration, Utc};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ACCOUNT_COLUMNS, Account};
-use crate::state::AppState;
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "intake_session";
@@ -83,17 +85,23 @@ pub struct NewSession {
     pub csrf_token: String,
 }
 
-/// Creates a session row for the account and signs its token.
-pub async fn create(state: &AppState, account_id: Uuid) -> anyhow::Result<NewSession> {
+/// Creates a session row for the account, valid for `ttl`, and signs its
+/// token.
+pub async fn create(
+    db: &PgPool,
+    keys: &JwtKeys,
+    ttl: Duration,
+    account_id: Uuid,
+) -> anyhow::Result<NewSession> {
     let sid = Uuid::new_v4();
     let now = Utc::now();
-    let ttl = ChronoDuration::from_std(state.config.session_ttl)?;
+    let ttl = ChronoDuration::from_std(ttl)?;
     let expires_at = now + ttl;
     sqlx::query("INSERT INTO sessions (id, account_id, expires_at) VALUES ($1, $2, $3)")
         .bind(sid)
         .bind(account_id)
         .bind(expires_at)
-        .execute(&state.db)
+        .execute(db)
         .await?;
     let claims = Claims {
         sub: account_id,
@@ -102,17 +110,18 @@ pub async fn create(state: &AppState, account_id: Uuid) -> anyhow::Result<NewSes
         exp: expires_at.timestamp(),
     };
     Ok(NewSession {
-        token: state.jwt.encode(&claims)?,
-        csrf_token: state.jwt.csrf_token(sid),
+        token: keys.encode(&claims)?,
+        csrf_token: keys.csrf_token(sid),
     })
 }
 
 /// The account of a valid, unrevoked, unexpired session token.
 pub async fn authenticate(
-    state: &AppState,
+    db: &PgPool,
+    keys: &JwtKeys,
     token: &str,
 ) -> Result<Option<(Account, Uuid)>, sqlx::Error> {
-    let Some(claims) = state.jwt.decode(token) else {
+    let Some(claims) = keys.decode(token) else {
         return Ok(None);
     };
     let account: Option<Account> = sqlx::query_as(&format!(
@@ -122,16 +131,16 @@ pub async fn authenticate(
     ))
     .bind(claims.sid)
     .bind(claims.sub)
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?;
     Ok(account.map(|a| (a, claims.sid)))
 }
 
 /// Revokes a session.
-pub async fn revoke(state: &AppState, session_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn revoke(db: &PgPool, session_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
         .bind(session_id)
-        .execute(&state.db)
+        .execute(db)
         .await?;
     Ok(())
 }

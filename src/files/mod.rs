@@ -17,12 +17,13 @@ use uuid::Uuid;
 
 use crate::{
     auth::CurrentAccount,
+    deletions::{self, Doomed},
     error::ApiError,
-    http::extract::{Path, Query},
-    quota::lease::Lease,
+    extract::{Path, Query},
+    quota::{reservations, slots::Lease},
+    sniff::Category,
     state::AppState,
     storage::{ObjectStore, attachment_disposition},
-    upload::sniff::Category,
 };
 
 /// A file as the API shows it.
@@ -78,59 +79,47 @@ pub struct NewFile {
 }
 
 /// Records a file: of the `reserved` bytes the lease holds for it, `size`
-/// become usage and the rest is given back, in the one statement that
-/// inserts the row (lease row locked first, then the account).
+/// become usage and the rest is given back, in the transaction that inserts
+/// the row.
 pub async fn record(
     db: &PgPool,
     lease: &Lease,
     file: &NewFile,
     reserved: u64,
 ) -> Result<FileView, ApiError> {
-    let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
-    let reserved = i64::try_from(reserved).map_err(|e| ApiError::Internal(e.into()))?;
-    let view: Option<FileView> = sqlx::query_as(&format!(
-        "WITH l AS (
-           SELECT id, account_id FROM upload_leases
-           WHERE id = $1 AND reserved_bytes >= $3 AND $3 >= $4 FOR UPDATE
-         ), ul AS (
-           UPDATE upload_leases SET reserved_bytes = reserved_bytes - $3,
-             multipart_upload_id = CASE WHEN object_key = $9 THEN NULL ELSE multipart_upload_id END,
-             object_key = CASE WHEN object_key = $9 THEN NULL ELSE object_key END,
-             finishing_key = CASE WHEN finishing_key = $9 THEN NULL ELSE finishing_key END
-           WHERE id IN (SELECT id FROM l)
-           RETURNING account_id
-         ), ua AS (
-           UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $3,
-                               storage_used_bytes = storage_used_bytes + $4
-           WHERE id = (SELECT account_id FROM ul)
-         )
-         INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
-         SELECT $2, ul.account_id, $5, $6, $7, $4, $8, $9 FROM ul
-         RETURNING {FILE_COLUMNS}"
-    ))
-    .bind(lease.id)
-    .bind(file.id)
-    .bind(reserved)
-    .bind(size)
-    .bind(&file.filename)
-    .bind(&file.content_type)
-    .bind(file.category)
-    .bind(file.sha256.map(|h| h.to_vec()))
-    .bind(object_key(lease.account_id, file.id))
-    .fetch_optional(db)
-    .await?;
-    let Some(view) = view else {
+    let key = object_key(lease.account_id, file.id);
+    let mut tx = db.begin().await?;
+    let Some(account_id) = reservations::settle(&mut tx, lease, &key, reserved, file.size).await?
+    else {
         return Err(ApiError::ServiceUnavailable(
             "the upload's lease expired before the file was recorded; retry".into(),
         ));
     };
+    let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
+    let view: FileView = sqlx::query_as(&format!(
+        "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING {FILE_COLUMNS}"
+    ))
+    .bind(file.id)
+    .bind(account_id)
+    .bind(&file.filename)
+    .bind(&file.content_type)
+    .bind(file.category)
+    .bind(size)
+    .bind(file.sha256.map(|h| h.to_vec()))
+    .bind(&key)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
     metrics::counter!("intake_upload_files_total", "category" => file.category.as_str())
         .increment(1);
     Ok(view)
 }
 
-/// Deletes a file: the row and its usage in one transaction, the object
-/// right after (or later, by the retry queue, if storage fails now).
+/// Deletes a file: the row and its usage in one transaction that also
+/// queues its object for deletion; the object goes right after the commit
+/// (or later, by the reaper, if storage fails now).
 pub async fn delete(
     db: &PgPool,
     store: &dyn ObjectStore,
@@ -148,95 +137,12 @@ pub async fn delete(
     let Some((size, key)) = gone else {
         return Err(ApiError::not_found("file"));
     };
-    sqlx::query("UPDATE accounts SET storage_used_bytes = storage_used_bytes - $2 WHERE id = $1")
-        .bind(account_id)
-        .bind(size)
-        .execute(&mut *tx)
-        .await?;
-    queue_deletion(&mut *tx, &key, None).await?;
+    reservations::free(&mut tx, account_id, size.max(0) as u64).await?;
+    let doomed = [Doomed::object(key)];
+    deletions::enqueue(&mut tx, &doomed[0]).await?;
     tx.commit().await?;
-    delete_object_now(db, store, &key).await;
+    deletions::delete_queued(db, store, &doomed).await;
     Ok(())
-}
-
-/// Deletes an object queued in `object_deletions`; on failure it stays
-/// queued for [`retry_deletions`].
-async fn delete_object_now(db: &PgPool, store: &dyn ObjectStore, key: &str) {
-    match store.delete(key).await {
-        Ok(()) => {
-            if let Err(e) = sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
-                .bind(key)
-                .execute(db)
-                .await
-            {
-                tracing::warn!(error = %e, key, "object deleted, but its queue entry remains");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, key, "object delete failed; will retry"),
-    }
-}
-
-/// Queues an object (and the multipart upload that was writing it, if any)
-/// for deletion by [`retry_deletions`], when storage would not do it now.
-pub async fn queue_deletion<'e, E>(
-    db: E,
-    key: &str,
-    multipart_upload_id: Option<&str>,
-) -> Result<(), sqlx::Error>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    sqlx::query(
-        "INSERT INTO object_deletions (object_key, multipart_upload_id) VALUES ($1, $2)
-         ON CONFLICT (object_key) DO UPDATE
-           SET multipart_upload_id = coalesce(EXCLUDED.multipart_upload_id, object_deletions.multipart_upload_id)",
-    )
-    .bind(key)
-    .bind(multipart_upload_id)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-/// Retries queued object deletions that are due (one instance at a time per
-/// row), with a growing delay between attempts. Returns how many were done.
-pub async fn retry_deletions(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let due: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT object_key, multipart_upload_id FROM object_deletions WHERE next_attempt_at <= now()
-         ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut done = 0;
-    for (key, upload_id) in due {
-        let aborted = match &upload_id {
-            Some(id) => store.abort_multipart(&key, id).await,
-            None => Ok(()),
-        };
-        match aborted.and(store.delete(&key).await) {
-            Ok(()) => {
-                sqlx::query("DELETE FROM object_deletions WHERE object_key = $1")
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
-                done += 1;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, key, "queued object delete failed again");
-                sqlx::query(
-                    "UPDATE object_deletions SET attempts = attempts + 1,
-                       next_attempt_at = now() + make_interval(secs => least(3600, 10 * 2 ^ least(attempts, 12)))
-                     WHERE object_key = $1",
-                )
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(done)
 }
 
 /// `GET /files` query.

@@ -1,30 +1,15 @@
-//! Prometheus metrics: one process-wide recorder, rendered by `/metrics`.
+//! Request metrics: every request counted by route template, method and
+//! status (the recorder itself lives in [`crate::telemetry`]).
 
-use std::{sync::OnceLock, time::Instant};
+use std::time::Instant;
 
 use axum::{
     extract::{MatchedPath, Request},
     middleware::Next,
     response::Response,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorCode;
-
-/// The handle of the process-wide recorder, installed on first use.
-pub fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
-            }
-            handle
-        })
-        .clone()
-}
 
 /// Counts every request by route, method and status, its errors by code,
 /// and its duration.

@@ -1,7 +1,6 @@
 //! The HTTP surface: the router, its middleware stack and the OpenAPI
 //! document generated from the same route list.
 
-pub mod extract;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
@@ -119,7 +118,7 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
                 }))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
-                .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT)),
+                .layer(DefaultBodyLimit::max(crate::extract::JSON_BODY_LIMIT)),
         )
         .with_state(state)
 }

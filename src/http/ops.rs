@@ -9,7 +9,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{error::ApiError, http::extract::Json, state::AppState};
+use crate::{error::ApiError, extract::Json, state::AppState};
 
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,9 +1,13 @@
 //! Presigned uploads: the client sends the bytes straight to object storage
 //! (or, with the local folder, to intake's own data route) through signed
 //! URLs, and intake keeps every limit anyway: the type and size are checked
-//! at issue, the size is reserved from the quota and a concurrent-upload
-//! slot is held from issue to completion, abort or expiry, and completion
-//! verifies the stored object before it becomes a file.
+//! at issue ([`quota::caps`]), the size is reserved from the quota
+//! ([`quota::reservations`]) and a concurrent-upload slot ([`quota::slots`])
+//! is held from issue to completion, abort or expiry; completion verifies
+//! the stored object ([`verify`]) before it becomes a file.
+
+mod uploads;
+mod verify;
 
 use std::time::Duration;
 
@@ -16,23 +20,25 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::CurrentAccount,
+    auth::{Account, CurrentAccount},
     error::ApiError,
+    extract::{Json, Path, Query},
     files::{self, FileView, NewFile},
-    http::extract::{Json, Path, Query},
-    quota::lease::{self, Lease, Reclaim},
-    state::AppState,
-    storage::{FsStore, PutConditions, StorageError},
-    upload::{
-        sanitize_filename,
-        sniff::{self, Category, SNIFF_BYTES, SniffError, Utf8Stream},
+    quota::{
+        caps::{Cap, Route},
+        reservations,
+        slots::{self, Lease, Slot, UploadKind},
     },
+    sniff::{self, Kind},
+    state::AppState,
+    storage::{FsStore, PutConditions},
+    upload::sanitize_filename,
 };
+use uploads::{NewUpload, State as UploadState, Upload};
 
 /// Above this size an upload is always multipart (S3's single-PUT limit).
 const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
@@ -128,52 +134,37 @@ fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], ApiError> {
         .map_err(|_| ApiError::unprocessable("sha256 must be 64 hexadecimal characters"))
 }
 
-fn storage_error(e: StorageError) -> ApiError {
-    match e {
-        StorageError::Unsupported(what) => {
-            ApiError::unprocessable(format!("{what} need the S3 storage backend"))
-        }
-        other => ApiError::Internal(other.into()),
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    account_id: Uuid,
-    lease_id: Uuid,
+/// A request to issue, parsed and checked against the caller's caps.
+struct Declared {
     filename: String,
-    content_type: String,
-    category: Category,
-    size: i64,
-    sha256: Option<Vec<u8>>,
-    multipart_upload_id: Option<String>,
-    state: String,
-    expired: bool,
+    kind: Kind,
+    size: u64,
+    sha256: Option<[u8; 32]>,
+    multipart: bool,
 }
 
-const ROW_COLUMNS: &str = "id, account_id, lease_id, filename, content_type, category, size, sha256, \
-     multipart_upload_id, state, expires_at < now() AS expired";
-
-async fn find(db: &PgPool, id: Uuid, account_id: Option<Uuid>) -> Result<Row, ApiError> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM presigned_uploads
-         WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)"
-    ))
-    .bind(id)
-    .bind(account_id)
-    .fetch_optional(db)
-    .await?;
-    row.ok_or_else(|| ApiError::not_found("presigned upload"))
-}
-
-impl Row {
-    fn key(&self) -> String {
-        files::object_key(self.account_id, self.id)
-    }
-
-    fn lease(&self, ttl: Duration) -> Lease {
-        Lease::existing(self.lease_id, self.account_id, ttl)
+impl Declared {
+    fn parse(body: PresignRequest, account: &Account, stream_max: u64) -> Result<Self, ApiError> {
+        let filename = sanitize_filename(&body.filename);
+        let kind = sniff::announced(&body.content_type, &filename)?;
+        if body.size == 0 {
+            return Err(ApiError::unprocessable("size must be at least 1 byte"));
+        }
+        Cap::new(&account.limits(), kind.category, Route::Direct, stream_max).check(body.size)?;
+        let sha256 = body.sha256.as_deref().map(parse_sha256).transpose()?;
+        let multipart = body.multipart || body.size > SINGLE_PUT_MAX;
+        if multipart && sha256.is_some() {
+            return Err(ApiError::unprocessable(
+                "sha256 binds a single PUT; leave it out of multipart uploads",
+            ));
+        }
+        Ok(Self {
+            filename,
+            kind,
+            size: body.size,
+            sha256,
+            multipart,
+        })
     }
 }
 
@@ -186,196 +177,154 @@ pub async fn issue(
     auth: CurrentAccount,
     Json(body): Json<PresignRequest>,
 ) -> Result<(StatusCode, Json<Presigned>), ApiError> {
-    let account = &auth.account;
+    let declared = Declared::parse(body, &auth.account, state.config.stream_max_file_bytes)?;
+    let answer = start(&state, &auth.account, &declared).await?;
+    metrics::counter!("intake_presigned_issued_total").increment(1);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Takes the slot, then reserves, signs and records the upload; the slot
+/// is handed over to the upload only when all of that succeeded, and
+/// released (with whatever it holds) otherwise.
+async fn start(state: &AppState, account: &Account, d: &Declared) -> Result<Presigned, ApiError> {
     let limits = account.limits();
-    let filename = sanitize_filename(&body.filename);
-    let kind = sniff::announced(&body.content_type, &filename).map_err(|e| match e {
-        SniffError::Unsupported(d) => ApiError::UnsupportedMediaType(d),
-        SniffError::Mismatch(d) => ApiError::TypeMismatch(d),
-    })?;
-    if body.size == 0 {
-        return Err(ApiError::unprocessable("size must be at least 1 byte"));
-    }
-    let cap = match kind.category {
-        Category::Image => limits.max_image_bytes,
-        Category::Document => limits.max_document_bytes,
-        Category::Video => limits.max_video_bytes,
-    };
-    if body.size > cap {
-        return Err(ApiError::FileTooLarge { limit: cap });
-    }
-    let sha256 = body.sha256.as_deref().map(parse_sha256).transpose()?;
-    let multipart = body.multipart || body.size > SINGLE_PUT_MAX;
-    if multipart && sha256.is_some() {
-        return Err(ApiError::unprocessable(
-            "sha256 binds a single PUT; leave it out of multipart uploads",
-        ));
-    }
     let expiry = state.config.presign_expiry;
-    let ttl = expiry + LEASE_GRACE;
-    let lease = lease::take_slot(
+    let slot = Slot::take(
         &state.db,
+        &state.store,
         account.id,
-        "presigned",
+        UploadKind::Presigned,
         limits.concurrent_uploads,
-        ttl,
+        expiry + LEASE_GRACE,
+        false,
     )
     .await?;
-    let id = Uuid::now_v7();
-    let key = files::object_key(account.id, id);
-    let issued = async {
-        lease.reserve(&state.db, body.size, limits.storage_bytes, Some(&key)).await?;
-        let expires_at = Utc::now() + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
-        let mut answer = Presigned {
-            upload_id: id,
-            expires_at,
-            method: None,
-            url: None,
-            headers: None,
-            part_size: None,
-            parts: None,
-        };
-        let (upload_id, part) = if multipart {
-            let upload_id = state.store.create_multipart(&key, &body.content_type).await.map_err(storage_error)?;
-            lease.track_object(&state.db, Some(&key), Some(&upload_id)).await?;
-            let part = part_size(body.size);
-            let count = body.size.div_ceil(part);
-            let mut parts = Vec::with_capacity(count as usize);
-            for n in 1..=count {
-                let len = if n == count { body.size - part * (count - 1) } else { part };
-                let signed = state
-                    .store
-                    .presign_upload_part(&key, &upload_id, n as i32, len, expiry)
-                    .await
-                    .map_err(storage_error)?;
-                parts.push(PartUrl { part_number: n as u32, url: signed.url });
-            }
-            answer.part_size = Some(part);
-            answer.parts = Some(parts);
-            (Some(upload_id), Some(part))
-        } else {
-            let conditions =
-                PutConditions { content_length: body.size, content_type: body.content_type.clone(), sha256 };
-            let signed = state.store.presign_put(&key, &conditions, expiry).await.map_err(storage_error)?;
-            answer.method = Some(signed.method.to_string());
-            answer.url = Some(signed.url);
-            answer.headers = Some(
-                signed
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), serde_json::Value::from(v.to_str().ok()?))))
-                    .collect(),
-            );
-            (None, None)
-        };
-        sqlx::query(
-            "INSERT INTO presigned_uploads (id, account_id, lease_id, filename, content_type, category,
-                                            size, sha256, multipart_upload_id, part_size, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(id)
-        .bind(account.id)
-        .bind(lease.id)
-        .bind(&filename)
-        .bind(&body.content_type)
-        .bind(kind.category)
-        .bind(body.size as i64)
-        .bind(sha256.map(|h| h.to_vec()))
-        .bind(upload_id)
-        .bind(part.map(|p| p as i64))
-        .bind(expires_at)
-        .execute(&state.db)
-        .await?;
-        Ok::<_, ApiError>(answer)
-    }
-    .await;
-    match issued {
+    match sign(state, slot.lease(), limits.storage_bytes, d, expiry).await {
         Ok(answer) => {
-            metrics::counter!("intake_presigned_issued_total").increment(1);
-            Ok((StatusCode::CREATED, Json(answer)))
+            slot.hand_over();
+            Ok(answer)
         }
         Err(e) => {
-            // Nothing of a refused issue stays: slot, reservation, multipart upload.
-            lease::reclaim(&state.db, state.store.as_ref(), lease.id, Reclaim::Own).await?;
+            slot.release().await;
             Err(e)
         }
     }
 }
 
+async fn sign(
+    state: &AppState,
+    lease: &Lease,
+    quota: Option<u64>,
+    d: &Declared,
+    expiry: Duration,
+) -> Result<Presigned, ApiError> {
+    let id = Uuid::now_v7();
+    let key = files::object_key(lease.account_id, id);
+    reservations::reserve(&state.db, lease, d.size, quota, Some(&key)).await?;
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut answer = Presigned {
+        upload_id: id,
+        expires_at,
+        method: None,
+        url: None,
+        headers: None,
+        part_size: None,
+        parts: None,
+    };
+    let multipart = if d.multipart {
+        let upload_id = state.store.create_multipart(&key, d.kind.mime).await?;
+        lease
+            .track_object(&state.db, Some(&key), Some(&upload_id))
+            .await?;
+        let part = part_size(d.size);
+        answer.part_size = Some(part);
+        answer.parts = Some(part_urls(state, &key, &upload_id, d.size, part, expiry).await?);
+        Some((upload_id, part))
+    } else {
+        let conditions = PutConditions {
+            content_length: d.size,
+            content_type: d.kind.mime.to_owned(),
+            sha256: d.sha256,
+        };
+        let signed = state.store.presign_put(&key, &conditions, expiry).await?;
+        answer.method = Some(signed.method.to_string());
+        answer.url = Some(signed.url);
+        answer.headers = Some(
+            signed
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.to_string(), serde_json::Value::from(v.to_str().ok()?)))
+                })
+                .collect(),
+        );
+        None
+    };
+    uploads::insert(
+        &state.db,
+        &NewUpload {
+            id,
+            account_id: lease.account_id,
+            lease_id: lease.id,
+            filename: &d.filename,
+            content_type: d.kind.mime,
+            category: d.kind.category,
+            size: d.size,
+            sha256: d.sha256,
+            multipart,
+            expires_at,
+        },
+    )
+    .await?;
+    Ok(answer)
+}
+
+/// Signs one URL per part of a multipart upload of `size` bytes.
+async fn part_urls(
+    state: &AppState,
+    key: &str,
+    upload_id: &str,
+    size: u64,
+    part: u64,
+    expiry: Duration,
+) -> Result<Vec<PartUrl>, ApiError> {
+    let count = size.div_ceil(part);
+    let mut parts = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for n in 1..=count {
+        let len = if n == count {
+            size - part * (count - 1)
+        } else {
+            part
+        };
+        let number = i32::try_from(n).map_err(|e| ApiError::Internal(e.into()))?;
+        let signed = state
+            .store
+            .presign_upload_part(key, upload_id, number, len, expiry)
+            .await?;
+        parts.push(PartUrl {
+            part_number: number.unsigned_abs(),
+            url: signed.url,
+        });
+    }
+    Ok(parts)
+}
+
 /// Ends an upload that failed verification: the object goes, the
 /// reservation and the slot come back, the row says so.
-async fn fail(state: &AppState, row: &Row, why: String) -> ApiError {
+async fn fail(state: &AppState, upload: &Upload, why: String) -> ApiError {
     let ended = async {
         // The lease tracks the object and its multipart upload: ending it
         // removes both and gives back the reservation and the slot.
-        lease::reclaim(&state.db, state.store.as_ref(), row.lease_id, Reclaim::Own).await?;
-        sqlx::query("UPDATE presigned_uploads SET state = 'failed' WHERE id = $1")
-            .bind(row.id)
-            .execute(&state.db)
-            .await?;
-        Ok::<_, sqlx::Error>(())
+        slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+        uploads::leave_pending(&state.db, upload.id, UploadState::Failed).await
     }
     .await;
     if let Err(e) = ended {
-        tracing::error!(error = %e, upload = %row.id, "could not end a failed presigned upload; the reaper will");
+        tracing::error!(error = %e, upload = %upload.id, "could not end a failed presigned upload; the reaper will");
     }
     metrics::counter!("intake_presigned_failed_total").increment(1);
     ApiError::UploadVerificationFailed(why)
-}
-
-/// Checks the stored object against what was declared: size, type (first
-/// bytes) and, for text documents, UTF-8 to the last byte.
-async fn verify(state: &AppState, row: &Row) -> Result<(), String> {
-    let key = row.key();
-    let size = match state.store.head(&key).await {
-        Ok(Some(size)) => size,
-        Ok(None) => return Err("nothing was uploaded".into()),
-        Err(e) => return Err(format!("the stored object cannot be read: {e}")),
-    };
-    if size != row.size as u64 {
-        return Err(format!(
-            "{size} bytes were stored, {} were declared",
-            row.size
-        ));
-    }
-    let head_len = size.min(SNIFF_BYTES as u64);
-    let mut body = state
-        .store
-        .get(&key, Some(0..head_len))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut head = Vec::with_capacity(head_len as usize);
-    while let Some(chunk) = body.stream.next().await {
-        head.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-    }
-    let kind = sniff::sniff(
-        &head,
-        size <= SNIFF_BYTES as u64,
-        &row.content_type,
-        &row.filename,
-    )
-    .map_err(|e| e.to_string())?;
-    if kind.text && size > SNIFF_BYTES as u64 {
-        let mut body = state
-            .store
-            .get(&key, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut utf8 = Utf8Stream::default();
-        while let Some(chunk) = body.stream.next().await {
-            if !utf8.feed(&chunk.map_err(|e| e.to_string())?) {
-                return Err("text documents must be valid UTF-8".into());
-            }
-        }
-        if !utf8.finish() {
-            return Err("text documents must be valid UTF-8".into());
-        }
-    }
-    Ok(())
-}
-
-async fn completed_file(db: &PgPool, row: &Row) -> Result<Option<FileView>, ApiError> {
-    Ok(files::find_view(db, row.account_id, row.id).await?)
 }
 
 /// Completes an upload: finishes the multipart upload, verifies the object,
@@ -397,13 +346,13 @@ pub async fn complete(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::unprocessable(format!("invalid body: {e}")))?
     };
-    let row = find(&state.db, id, Some(auth.account.id)).await?;
-    if let Some(file) = completed_file(&state.db, &row).await? {
+    let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
+    if let Some(file) = files::find_view(&state.db, upload.account_id, upload.id).await? {
         return Ok((StatusCode::CREATED, Json(file)));
     }
-    match row.state.as_str() {
-        "pending" if !row.expired => {}
-        "failed" => {
+    match upload.state {
+        UploadState::Pending if !upload.expired => {}
+        UploadState::Failed => {
             return Err(ApiError::Gone(
                 "this upload failed verification; start a new one".into(),
             ));
@@ -414,7 +363,19 @@ pub async fn complete(
             ));
         }
     }
-    if let Some(upload_id) = &row.multipart_upload_id {
+    let view = finish(&state, &upload, body).await?;
+    metrics::counter!("intake_presigned_completed_total").increment(1);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Completes the multipart upload (if any), verifies the object and records
+/// the file; a verification failure ends the upload.
+async fn finish(
+    state: &AppState,
+    upload: &Upload,
+    body: CompleteRequest,
+) -> Result<FileView, ApiError> {
+    if let Some(upload_id) = &upload.multipart_upload_id {
         let parts: Vec<(i32, String)> = body
             .parts
             .into_iter()
@@ -427,48 +388,42 @@ pub async fn complete(
         }
         if let Err(e) = state
             .store
-            .complete_multipart(&row.key(), upload_id, &parts)
+            .complete_multipart(&upload.key(), upload_id, &parts)
             .await
         {
-            return Err(fail(
-                &state,
-                &row,
-                format!("the parts do not make the upload: {e}"),
-            )
-            .await);
+            tracing::warn!(error = %e, upload = %upload.id, "multipart completion refused");
+            return Err(fail(state, upload, "the parts do not make the upload".into()).await);
         }
     }
-    if let Err(why) = verify(&state, &row).await {
-        return Err(fail(&state, &row, why).await);
+    if let Err(why) = verify::verify(state.store.as_ref(), upload).await {
+        return Err(fail(state, upload, why).await);
     }
-    let lease = row.lease(state.config.presign_expiry + LEASE_GRACE);
+    let lease = Lease::existing(
+        upload.lease_id,
+        upload.account_id,
+        state.config.presign_expiry + LEASE_GRACE,
+    );
     let new = NewFile {
-        id: row.id,
-        filename: row.filename.clone(),
-        content_type: sniff::announced(&row.content_type, &row.filename)
-            .map(|k| k.mime.to_owned())
-            .unwrap_or_else(|_| row.content_type.clone()),
-        category: row.category,
-        size: row.size as u64,
-        sha256: row.sha256.as_deref().and_then(|h| h.try_into().ok()),
+        id: upload.id,
+        filename: upload.filename.clone(),
+        content_type: upload.content_type.clone(),
+        category: upload.category,
+        size: upload.size(),
+        sha256: upload.sha256(),
     };
-    let view = match files::record(&state.db, &lease, &new, row.size as u64).await {
+    let view = match files::record(&state.db, &lease, &new, upload.size()).await {
         Ok(view) => view,
         // Another request completed it at the same moment.
-        Err(e) => match completed_file(&state.db, &row).await? {
-            Some(file) => return Ok((StatusCode::CREATED, Json(file))),
+        Err(e) => match files::find_view(&state.db, upload.account_id, upload.id).await? {
+            Some(file) => return Ok(file),
             None => return Err(e),
         },
     };
-    sqlx::query("UPDATE presigned_uploads SET state = 'completed' WHERE id = $1")
-        .bind(row.id)
-        .execute(&state.db)
-        .await?;
+    uploads::leave_pending(&state.db, upload.id, UploadState::Completed).await?;
     // The file owns the object now (its key left the lease): ending the
     // lease frees the slot and nothing else.
-    lease::reclaim(&state.db, state.store.as_ref(), row.lease_id, Reclaim::Own).await?;
-    metrics::counter!("intake_presigned_completed_total").increment(1);
-    Ok((StatusCode::CREATED, Json(view)))
+    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+    Ok(view)
 }
 
 /// Aborts an upload: its object or multipart upload goes, its reservation
@@ -480,19 +435,14 @@ pub async fn abort(
     auth: CurrentAccount,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let row = find(&state.db, id, Some(auth.account.id)).await?;
-    if row.state == "completed" {
+    let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
+    if upload.state == UploadState::Completed {
         return Err(ApiError::Conflict(
             "this upload is complete; delete the file instead".into(),
         ));
     }
-    lease::reclaim(&state.db, state.store.as_ref(), row.lease_id, Reclaim::Own).await?;
-    sqlx::query(
-        "UPDATE presigned_uploads SET state = 'aborted' WHERE id = $1 AND state = 'pending'",
-    )
-    .bind(row.id)
-    .execute(&state.db)
-    .await?;
+    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+    uploads::leave_pending(&state.db, upload.id, UploadState::Aborted).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -518,17 +468,19 @@ pub async fn data(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let row = find(&state.db, id, None).await.map_err(|_| forbidden())?;
+    let row = uploads::find(&state.db, id, None)
+        .await
+        .map_err(|_| forbidden())?;
     let Some(fs) = state.store.as_fs() else {
         return Err(ApiError::not_found("upload route"));
     };
     let conditions = PutConditions {
         content_length: row.size as u64,
         content_type: row.content_type.clone(),
-        sha256: row.sha256.as_deref().and_then(|h| h.try_into().ok()),
+        sha256: row.sha256(),
     };
     let key = row.key();
-    if row.state != "pending"
+    if row.state != UploadState::Pending
         || !fs.verify(
             "PUT",
             &key,
@@ -553,11 +505,7 @@ pub async fn data(
         ));
     }
     let part = usize::try_from(state.config.upload_part_bytes).unwrap_or(usize::MAX);
-    let mut writer = state
-        .store
-        .writer(&key, &row.content_type, part)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut writer = state.store.writer(&key, &row.content_type, part).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -572,10 +520,7 @@ pub async fn data(
                 ));
             }
             hasher.update(&chunk);
-            writer
-                .write(chunk)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
+            writer.write(chunk).await?;
         }
         if total != row.size as u64 {
             return Err(ApiError::bad_request(
@@ -595,10 +540,7 @@ pub async fn data(
     .await;
     match received {
         Ok(()) => {
-            writer
-                .finish()
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
+            writer.finish().await?;
             Ok(StatusCode::OK)
         }
         Err(e) => {

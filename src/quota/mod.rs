@@ -1,7 +1,12 @@
-//! What an account may use and what it uses: the public tier table
-//! (`GET /limits`) and the caller's usage (`GET /usage`).
+//! The limits an upload is held to, each decided in one submodule that
+//! every upload path calls: [`caps`] (per-file size caps and text
+//! validity), [`slots`] (concurrent uploads), [`reservations`] (the storage
+//! quota). Here too: the public tier table (`GET /limits`) and the caller's
+//! usage (`GET /usage`).
 
-pub mod lease;
+pub mod caps;
+pub mod reservations;
+pub mod slots;
 
 use std::collections::BTreeMap;
 
@@ -14,7 +19,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::{Account, CurrentAccount},
     error::ApiError,
-    http::extract::Json,
+    extract::Json,
     ratelimit::{self, Policy},
     state::AppState,
     tiers::{Limits, Tier},

@@ -120,11 +120,6 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectBody, StorageError>;
     /// The size of an object, `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
-    /// The SHA-256 storage recorded for an object uploaded with
-    /// `x-amz-checksum-sha256`, when the backend keeps one.
-    async fn stored_sha256(&self, _key: &str) -> Result<Option<[u8; 32]>, StorageError> {
-        Ok(None)
-    }
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Starts writing an object in parts of `part_size` bytes.

@@ -233,22 +233,6 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn stored_sha256(&self, key: &str) -> Result<Option<[u8; 32]>, StorageError> {
-        let out = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(map_err)?;
-        Ok(out
-            .checksum_sha256()
-            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-            .and_then(|bytes| bytes.try_into().ok()))
-    }
-
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self
             .client

@@ -1,0 +1,141 @@
+//! The `presigned_uploads` table: what an issued upload declared, to verify
+//! it at completion, and the state it is in. Only this module writes it.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{error::ApiError, files, sniff::Category};
+
+/// Where a presigned upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum State {
+    /// Issued; its URLs may be in use.
+    Pending,
+    /// Verified and recorded as a file.
+    Completed,
+    /// Given up by its client.
+    Aborted,
+    /// Its object was not what was declared.
+    Failed,
+}
+
+/// An issued upload.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Upload {
+    /// Also the id of the file it becomes.
+    pub id: Uuid,
+    /// The owner.
+    pub account_id: Uuid,
+    /// The lease that holds its slot and reservation.
+    pub lease_id: Uuid,
+    /// Display name.
+    pub filename: String,
+    /// The content type the URLs are signed for.
+    pub content_type: String,
+    /// The declared category.
+    pub category: Category,
+    /// The declared size.
+    pub size: i64,
+    /// The declared SHA-256, if any.
+    pub sha256: Option<Vec<u8>>,
+    /// Storage's id of the multipart upload, for multipart uploads.
+    pub multipart_upload_id: Option<String>,
+    /// Where it stands.
+    pub state: State,
+    /// Whether its URLs have expired.
+    pub expired: bool,
+}
+
+impl Upload {
+    /// Its object's key (the file's key).
+    pub fn key(&self) -> String {
+        files::object_key(self.account_id, self.id)
+    }
+
+    /// The declared size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size.max(0) as u64
+    }
+
+    /// The declared SHA-256, if any.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.sha256.as_deref().and_then(|h| h.try_into().ok())
+    }
+}
+
+/// What is written at issue.
+pub struct NewUpload<'a> {
+    /// Upload (and file) id.
+    pub id: Uuid,
+    /// The owner.
+    pub account_id: Uuid,
+    /// Its lease.
+    pub lease_id: Uuid,
+    /// Display name.
+    pub filename: &'a str,
+    /// Signed content type.
+    pub content_type: &'a str,
+    /// Declared category.
+    pub category: Category,
+    /// Declared size.
+    pub size: u64,
+    /// Declared SHA-256.
+    pub sha256: Option<[u8; 32]>,
+    /// The multipart upload and its part size, for multipart uploads.
+    pub multipart: Option<(String, u64)>,
+    /// When the URLs expire.
+    pub expires_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, account_id, lease_id, filename, content_type, category, size, sha256, \
+     multipart_upload_id, state, expires_at < now() AS expired";
+
+/// Records an issued upload.
+pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO presigned_uploads (id, account_id, lease_id, filename, content_type, category,
+                                        size, sha256, multipart_upload_id, part_size, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(u.id)
+    .bind(u.account_id)
+    .bind(u.lease_id)
+    .bind(u.filename)
+    .bind(u.content_type)
+    .bind(u.category)
+    .bind(i64::try_from(u.size).unwrap_or(i64::MAX))
+    .bind(u.sha256.map(|h| h.to_vec()))
+    .bind(u.multipart.as_ref().map(|(id, _)| id.as_str()))
+    .bind(u.multipart.as_ref().map(|(_, part)| *part as i64))
+    .bind(u.expires_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An upload by id, the account's when `account_id` is given (another
+/// account's upload is not found).
+pub async fn find(db: &PgPool, id: Uuid, account_id: Option<Uuid>) -> Result<Upload, ApiError> {
+    let row: Option<Upload> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM presigned_uploads
+         WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await?;
+    row.ok_or_else(|| ApiError::not_found("presigned upload"))
+}
+
+/// Moves a pending upload to `to`; `false` when it was no longer pending.
+pub async fn leave_pending(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE presigned_uploads SET state = $2 WHERE id = $1 AND state = 'pending'")
+            .bind(id)
+            .bind(to)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}

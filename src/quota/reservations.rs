@@ -1,0 +1,214 @@
+//! The storage quota: bytes reserved ahead of the bytes that arrive, and
+//! their conversion into usage when a file is recorded.
+//!
+//! Reservations are held by an upload's lease (see [`super::slots`]) and
+//! counted in the account's `storage_reserved_bytes`; recorded files are
+//! counted in `storage_used_bytes`. This module is the only writer of those
+//! two columns and of the lease's `reserved_bytes`. Every change is one
+//! conditional statement (or a statement inside the caller's transaction),
+//! so many uploads on many instances never reserve past the quota together.
+//!
+//! Lock order, everywhere: the lease row first, then the account row.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::slots::Lease;
+use crate::error::ApiError;
+
+/// Why a reservation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The quota would be exceeded.
+    #[error("storage quota exceeded")]
+    Quota {
+        /// The quota.
+        limit: u64,
+        /// Used plus reserved at the time.
+        used: u64,
+    },
+    /// The lease expired (and may have been reaped) while the upload ran.
+    #[error("the upload's lease expired")]
+    LeaseLost,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Quota { limit, used } => ApiError::StorageQuotaExceeded { limit, used },
+            ReserveError::LeaseLost => {
+                ApiError::ServiceUnavailable("the upload's lease expired; retry".into())
+            }
+            ReserveError::Db(e) => e.into(),
+        }
+    }
+}
+
+fn bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reserves exactly `bytes` more of the account's `quota` under `lease`
+/// (renewing it, and recording `object_key` as the object being written),
+/// or nothing. One statement: the lease row is locked first, then the
+/// account's counters move by one conditional update.
+pub async fn reserve(
+    db: &PgPool,
+    lease: &Lease,
+    bytes: u64,
+    quota: Option<u64>,
+    object_key: Option<&str>,
+) -> Result<(), ReserveError> {
+    let n = i64::try_from(bytes).map_err(|_| ReserveError::Quota {
+        limit: quota.unwrap_or(0),
+        used: 0,
+    })?;
+    let quota = quota.map(bigint);
+    let granted: Option<i64> = sqlx::query_scalar(
+        "WITH l AS (
+           SELECT id FROM upload_leases WHERE id = $1 AND expires_at > now() FOR UPDATE
+         ), a AS (
+           UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes + $3
+           WHERE id = $2 AND EXISTS (SELECT 1 FROM l)
+             AND ($4::int8 IS NULL OR storage_used_bytes + storage_reserved_bytes + $3 <= $4)
+           RETURNING id
+         )
+         UPDATE upload_leases SET reserved_bytes = reserved_bytes + $3,
+                                  expires_at = now() + make_interval(secs => $5),
+                                  -- A new object while the last one is still
+                                  -- unrecorded: the last one is finishing.
+                                  finishing_key = CASE WHEN $6 IS NOT NULL AND object_key IS NOT NULL
+                                                       THEN object_key ELSE finishing_key END,
+                                  object_key = coalesce($6, object_key)
+         WHERE id = $1 AND EXISTS (SELECT 1 FROM a)
+         RETURNING reserved_bytes",
+    )
+    .bind(lease.id)
+    .bind(lease.account_id)
+    .bind(n)
+    .bind(quota)
+    .bind(lease.ttl().as_secs_f64())
+    .bind(object_key)
+    .fetch_optional(db)
+    .await?;
+    if granted.is_some() {
+        return Ok(());
+    }
+    // Refused: say why (only on this path, so it costs nothing otherwise).
+    let (alive, used): (bool, i64) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM upload_leases WHERE id = $1 AND expires_at > now()),
+                (SELECT storage_used_bytes + storage_reserved_bytes FROM accounts WHERE id = $2)",
+    )
+    .bind(lease.id)
+    .bind(lease.account_id)
+    .fetch_one(db)
+    .await?;
+    if !alive {
+        return Err(ReserveError::LeaseLost);
+    }
+    Err(ReserveError::Quota {
+        limit: quota.unwrap_or(0) as u64,
+        used: used.max(0) as u64,
+    })
+}
+
+/// Gives back up to `bytes` of the lease's reservation and forgets the
+/// object `key` it tracked (a file that failed and was removed).
+pub async fn unreserve(
+    db: &PgPool,
+    lease: &Lease,
+    bytes: u64,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH l AS (
+           SELECT id, account_id, least($2, reserved_bytes) AS n
+           FROM upload_leases WHERE id = $1 FOR UPDATE
+         ), ul AS (
+           UPDATE upload_leases SET reserved_bytes = reserved_bytes - (SELECT n FROM l),
+             multipart_upload_id = CASE WHEN object_key = $3 THEN NULL ELSE multipart_upload_id END,
+             object_key = CASE WHEN object_key = $3 THEN NULL ELSE object_key END,
+             finishing_key = CASE WHEN finishing_key = $3 THEN NULL ELSE finishing_key END
+           WHERE id IN (SELECT id FROM l)
+         )
+         UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - (SELECT n FROM l)
+         WHERE id = (SELECT account_id FROM l)",
+    )
+    .bind(lease.id)
+    .bind(bigint(bytes))
+    .bind(key)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Turns `reserved` bytes of the lease's reservation into `size` bytes of
+/// usage (the rest is given back) and hands the object `key` from the lease
+/// to the file, inside the caller's transaction, which then inserts the
+/// file's row. Returns the account id, or `None` when the lease is gone or
+/// holds less than `reserved` (the file must not be recorded then).
+pub async fn settle(
+    tx: &mut PgConnection,
+    lease: &Lease,
+    key: &str,
+    reserved: u64,
+    size: u64,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH l AS (
+           SELECT id FROM upload_leases
+           WHERE id = $1 AND reserved_bytes >= $2 AND $2 >= $3 FOR UPDATE
+         ), ul AS (
+           UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2,
+             multipart_upload_id = CASE WHEN object_key = $4 THEN NULL ELSE multipart_upload_id END,
+             object_key = CASE WHEN object_key = $4 THEN NULL ELSE object_key END,
+             finishing_key = CASE WHEN finishing_key = $4 THEN NULL ELSE finishing_key END
+           WHERE id IN (SELECT id FROM l)
+           RETURNING account_id
+         )
+         UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
+                             storage_used_bytes = storage_used_bytes + $3
+         WHERE id = (SELECT account_id FROM ul)
+         RETURNING id",
+    )
+    .bind(lease.id)
+    .bind(bigint(reserved))
+    .bind(bigint(size))
+    .bind(key)
+    .fetch_optional(tx)
+    .await
+}
+
+/// Gives back the usage of a deleted file, inside the caller's transaction
+/// (the one that deletes its row).
+pub async fn free(tx: &mut PgConnection, account_id: Uuid, size: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE accounts SET storage_used_bytes = storage_used_bytes - $2 WHERE id = $1")
+        .bind(account_id)
+        .bind(bigint(size))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Gives back whatever a lease still holds, inside the transaction that
+/// deletes the lease (which holds its row).
+pub(super) async fn release_lease(
+    tx: &mut PgConnection,
+    account_id: Uuid,
+    reserved: i64,
+) -> Result<(), sqlx::Error> {
+    if reserved == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2 WHERE id = $1",
+    )
+    .bind(account_id)
+    .bind(reserved)
+    .execute(tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! Concurrent-upload slots, as leases in Postgres.
+//!
+//! Every upload, whatever its path, holds one lease (one slot) while it
+//! runs: taken through [`Slot::take`], a guard that renews the lease while a
+//! request streams and ends it on every exit, the early ones included. An
+//! upload that outlives its request (presigned, resumable) hands the lease
+//! over ([`Slot::hand_over`]) and a later request ends it with [`end`].
+//! A lease expires unless renewed; the reaper ends what a dead instance's
+//! leases held ([`end_expired`]).
+//!
+//! The lease row also tracks the object being written under it, so that
+//! ending the lease removes that object: it is queued for deletion in the
+//! transaction that ends the lease, and deleted after the commit.
+//!
+//! Lock order, everywhere: the lease row first, then the account row.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::reservations;
+use crate::{
+    deletions::{self, Doomed},
+    error::ApiError,
+    storage::ObjectStore,
+};
+
+/// What a lease is for (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadKind {
+    /// A streaming upload request.
+    Stream,
+    /// A presigned upload, from issue to completion.
+    Presigned,
+}
+
+impl UploadKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Presigned => "presigned",
+        }
+    }
+}
+
+/// A held lease. Not `Clone`: one lease, one owner.
+#[derive(Debug)]
+pub struct Lease {
+    /// Lease id.
+    pub id: Uuid,
+    /// Its account.
+    pub account_id: Uuid,
+    ttl: Duration,
+}
+
+impl Lease {
+    /// A lease taken earlier by another request (a presigned upload's
+    /// completion acts on the lease its issue took).
+    pub fn existing(id: Uuid, account_id: Uuid, ttl: Duration) -> Self {
+        Self {
+            id,
+            account_id,
+            ttl,
+        }
+    }
+
+    /// How long the lease lives without renewal.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Records the object being written, so that ending the lease (or the
+    /// reaper, if this instance dies) removes it.
+    pub async fn track_object(
+        &self,
+        db: &PgPool,
+        object_key: Option<&str>,
+        multipart_upload_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = $3 WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(object_key)
+        .bind(multipart_upload_id)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+}
+
+/// How long a client is told to wait when all its slots are taken.
+const SLOT_RETRY_AFTER_SECS: u64 = 1;
+
+/// Inserts a lease if the account has a slot free: `None` when all are
+/// taken. The account row is locked first, so the count of live leases that
+/// the insert checks is exact even with many instances racing.
+async fn acquire(
+    db: &PgPool,
+    account_id: Uuid,
+    kind: UploadKind,
+    limit: u32,
+    ttl: Duration,
+) -> Result<Option<Lease>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO upload_leases (id, account_id, kind, expires_at)
+         SELECT $1, $2, $3, now() + make_interval(secs => $5)
+         WHERE (SELECT count(*) FROM upload_leases
+                 WHERE account_id = $2 AND expires_at > now()) < $4",
+    )
+    .bind(id)
+    .bind(account_id)
+    .bind(kind.as_str())
+    .bind(i64::from(limit))
+    .bind(ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((inserted.rows_affected() == 1).then_some(Lease {
+        id,
+        account_id,
+        ttl,
+    }))
+}
+
+/// Extends a running upload's lease (never shortening it); `false` when
+/// it is gone.
+async fn renew(db: &PgPool, lease_id: Uuid, ttl: Duration) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE upload_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => $2))
+         WHERE id = $1",
+    )
+    .bind(lease_id)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An upload's slot for as long as the guard lives: ended (object,
+/// reservation, slot given back) however the holder ends, unless it was
+/// handed over to outlive the request.
+pub struct Slot {
+    lease: Option<Lease>,
+    renewer: Option<JoinHandle<()>>,
+    db: PgPool,
+    store: std::sync::Arc<dyn ObjectStore>,
+}
+
+impl Slot {
+    /// Takes one of the account's `limit` slots for an upload, or answers
+    /// 429 `concurrent_upload_limit` (and counts the refusal). With `renew`,
+    /// the lease is renewed every third of `ttl` while the guard lives.
+    pub async fn take(
+        db: &PgPool,
+        store: &std::sync::Arc<dyn ObjectStore>,
+        account_id: Uuid,
+        kind: UploadKind,
+        limit: u32,
+        ttl: Duration,
+        renew_while_held: bool,
+    ) -> Result<Self, ApiError> {
+        let Some(lease) = acquire(db, account_id, kind, limit, ttl).await? else {
+            metrics::counter!("intake_upload_rejections_total", "code" => "concurrent_upload_limit")
+                .increment(1);
+            return Err(ApiError::ConcurrentUploadLimit {
+                limit: u64::from(limit),
+                retry_after: SLOT_RETRY_AFTER_SECS,
+            });
+        };
+        metrics::gauge!("intake_uploads_in_flight").increment(1.0);
+        let renewer = renew_while_held.then(|| {
+            let (db, id) = (db.clone(), lease.id);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ttl / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = renew(&db, id, ttl).await {
+                        tracing::warn!(error = %e, lease = %id, "could not renew an upload lease");
+                    }
+                }
+            })
+        });
+        Ok(Self {
+            lease: Some(lease),
+            renewer,
+            db: db.clone(),
+            store: store.clone(),
+        })
+    }
+
+    /// The lease the guard holds.
+    pub fn lease(&self) -> &Lease {
+        // Present until release, hand-over or drop, which take self.
+        self.lease
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("lease taken before the guard ended"))
+    }
+
+    /// Stops renewing and takes the lease out of the guard. The in-flight
+    /// gauge counts the uploads this process's requests are running, so it
+    /// drops here, whoever ends the lease later.
+    fn disarm(&mut self) -> Option<Lease> {
+        if let Some(task) = self.renewer.take() {
+            task.abort();
+        }
+        let lease = self.lease.take();
+        if lease.is_some() {
+            metrics::gauge!("intake_uploads_in_flight").decrement(1.0);
+        }
+        lease
+    }
+
+    /// Ends the lease now: the normal end of an upload request.
+    pub async fn release(mut self) {
+        if let Some(lease) = self.disarm() {
+            end_logged(&self.db, self.store.as_ref(), lease.id).await;
+        }
+    }
+
+    /// Keeps the lease alive past this request (until its expiry, or until a
+    /// later request calls [`end`]); returns its id.
+    pub fn hand_over(mut self) -> Uuid {
+        let id = self.lease().id;
+        self.disarm();
+        id
+    }
+}
+
+async fn end_logged(db: &PgPool, store: &dyn ObjectStore, lease_id: Uuid) {
+    if let Err(e) = end(db, store, lease_id).await {
+        // The lease expires on its own and the reaper finishes the job.
+        tracing::error!(error = %e, lease = %lease_id, "could not end an upload lease");
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(lease) = self.disarm() {
+            // The holder ended without reaching release (client gone):
+            // finish in the background.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let (db, store) = (self.db.clone(), self.store.clone());
+                handle.spawn(async move { end_logged(&db, store.as_ref(), lease.id).await });
+            }
+        }
+    }
+}
+
+/// Which leases [`finish`] may end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The holder ends its own lease (waits for the row if needed).
+    Own,
+    /// The reaper ends a lease only if it has expired and no one else holds
+    /// it right now (another reaper, or its renewal).
+    Expired,
+}
+
+/// Ends a lease: queues the objects it still tracks for deletion, gives
+/// back its reservation and its slot, in one transaction holding the lease
+/// row; then, with the transaction committed, deletes those objects.
+/// Returns whether this call ended it.
+async fn finish(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    lease_id: Uuid,
+    mode: Mode,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let sql = match mode {
+        Mode::Own => {
+            "DELETE FROM upload_leases WHERE id = $1
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key"
+        }
+        Mode::Expired => {
+            "DELETE FROM upload_leases WHERE id = (
+               SELECT id FROM upload_leases WHERE id = $1 AND expires_at < now()
+               FOR UPDATE SKIP LOCKED)
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key"
+        }
+    };
+    type Ended = (Uuid, i64, Option<String>, Option<String>, Option<String>);
+    let ended: Option<Ended> = sqlx::query_as(sql)
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((account_id, reserved, key, upload_id, finishing)) = ended else {
+        return Ok(false);
+    };
+    // Keys are cleared in the transaction that records a file, so a key
+    // still here names an object no file row owns.
+    let mut doomed = Vec::new();
+    if let Some(finishing) = finishing {
+        doomed.push(Doomed::object(finishing));
+    }
+    if let Some(key) = key {
+        doomed.push(Doomed {
+            object_key: key,
+            multipart_upload_id: upload_id,
+        });
+    }
+    for d in &doomed {
+        deletions::enqueue(&mut tx, d).await?;
+    }
+    reservations::release_lease(&mut tx, account_id, reserved).await?;
+    tx.commit().await?;
+    deletions::delete_queued(db, store, &doomed).await;
+    Ok(true)
+}
+
+/// Ends a lease its holder is done with (an upload that finished, failed or
+/// was aborted), whichever request took it. Returns whether this call ended
+/// it (`false`: already ended).
+pub async fn end(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    lease_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    finish(db, store, lease_id, Mode::Own).await
+}
+
+/// Ends every expired lease (dead instances' uploads, abandoned presigned
+/// uploads) that no one else is ending. Safe to run on several instances at
+/// once: each lease is ended exactly once. Returns how many were ended.
+pub async fn end_expired(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Error> {
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM upload_leases WHERE expires_at < now() ORDER BY expires_at LIMIT 500",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut ended = 0;
+    for id in expired {
+        if finish(db, store, id, Mode::Expired).await? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}

@@ -1,0 +1,48 @@
+//! The reaper: the periodic clean-up every instance runs. It ends expired
+//! upload leases (uploads of dead instances, abandoned presigned uploads),
+//! retries queued object deletions and prunes idle rate-limit state. Each
+//! step is safe on several instances at once: rows are claimed with
+//! `SKIP LOCKED`, so each lease is ended and each object deleted once.
+
+use std::time::Duration;
+
+use crate::{deletions, quota::slots, ratelimit, state::AppState};
+
+/// How often the reaper runs.
+const INTERVAL: Duration = Duration::from_secs(10);
+/// Every how many rounds idle rate-limit rows are pruned.
+const PRUNE_EVERY: u64 = 6;
+
+/// Runs the reaper until the task is aborted.
+pub async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        round += 1;
+        if let Err(e) = reap(&state).await {
+            tracing::warn!(error = %e, "reaping failed; will retry");
+        }
+        if round.is_multiple_of(PRUNE_EVERY) {
+            match ratelimit::prune(&state.db).await {
+                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
+            }
+        }
+    }
+}
+
+/// One pass of the reaper: expired leases (their objects, reservations and
+/// slots), then object deletions that failed before. Returns how many
+/// leases it ended and how many queued objects it deleted.
+pub async fn reap(state: &AppState) -> Result<(u64, u64), sqlx::Error> {
+    let leases = slots::end_expired(&state.db, state.store.as_ref()).await?;
+    let objects = deletions::retry(&state.db, state.store.as_ref()).await?;
+    if leases > 0 || objects > 0 {
+        tracing::info!(leases, objects, "reaped");
+        metrics::counter!("intake_reaped_leases_total").increment(leases);
+        metrics::counter!("intake_reaped_objects_total").increment(objects);
+    }
+    Ok((leases, objects))
+}

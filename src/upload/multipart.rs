@@ -1,0 +1,193 @@
+//! Reading a multipart body one part at a time, with bounds on what a
+//! client can make the reader hold (part headers) or wait for (idle time,
+//! shutdown).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, StatusCode, header},
+};
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// Largest part header block accepted; more is an attack or a broken client.
+pub const MAX_PART_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Why part headers were refused while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("part headers are larger than {MAX_PART_HEADER_BYTES} bytes")]
+struct HeadersTooLarge;
+
+/// The request body, counting the bytes read while multer looks for a part's
+/// headers, so a part with endless headers cannot grow its buffer forever.
+struct MeteredBody {
+    inner: axum::body::BodyDataStream,
+    reading_headers: Arc<AtomicBool>,
+    header_bytes: Arc<AtomicUsize>,
+}
+
+impl Stream for MeteredBody {
+    type Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if self.reading_headers.load(Ordering::Relaxed)
+                    && self.header_bytes.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len()
+                        > MAX_PART_HEADER_BYTES
+                {
+                    return Poll::Ready(Some(Err(Box::new(HeadersTooLarge))));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|o| {
+                o.map(|r| {
+                    r.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+                })
+            }),
+        }
+    }
+}
+
+fn multipart_error(e: multer::Error) -> ApiError {
+    match e {
+        multer::Error::StreamReadFailed(inner) if inner.is::<HeadersTooLarge>() => {
+            ApiError::bad_request(HeadersTooLarge.to_string())
+        }
+        multer::Error::StreamReadFailed(_) => ApiError::bad_request(
+            "the request body could not be read to its end (client gone or body truncated)",
+        ),
+        multer::Error::IncompleteStream
+        | multer::Error::IncompleteFieldData { .. }
+        | multer::Error::IncompleteHeaders => {
+            ApiError::bad_request("the multipart body is truncated")
+        }
+        multer::Error::StreamSizeExceeded { limit } => ApiError::PayloadTooLarge { limit },
+        other => ApiError::bad_request(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// The multipart reader of one request.
+pub struct Parts {
+    multipart: multer::Multipart<'static>,
+    reading_headers: Arc<AtomicBool>,
+    header_bytes: Arc<AtomicUsize>,
+    waits: Waits,
+}
+
+/// How long a read may wait, and the signal that ends every wait.
+#[derive(Clone)]
+pub struct Waits {
+    /// Longest time without a byte.
+    pub idle: Duration,
+    /// Cancelled when the server's shutdown grace period is over.
+    pub shutdown: CancellationToken,
+}
+
+impl Waits {
+    /// Waits for `read` unless the client sends nothing for the idle time or
+    /// the server shuts down.
+    async fn bound<T>(&self, read: impl Future<Output = T>) -> Result<T, ApiError> {
+        tokio::select! {
+            r = tokio::time::timeout(self.idle, read) => r.map_err(|_| idle_timeout()),
+            () = self.shutdown.cancelled() => Err(shutting_down()),
+        }
+    }
+
+    /// The next chunk of a part, or `None` at its end.
+    pub async fn chunk(
+        &self,
+        field: &mut multer::Field<'static>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        self.bound(field.chunk()).await?.map_err(multipart_error)
+    }
+}
+
+impl Parts {
+    /// Starts reading a `multipart/form-data` body of at most
+    /// `whole_stream_limit` bytes.
+    pub fn new(
+        headers: &HeaderMap,
+        body: Body,
+        whole_stream_limit: u64,
+        waits: Waits,
+    ) -> Result<Self, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
+        {
+            return Err(ApiError::UnsupportedMediaType(
+                "uploads are multipart/form-data: one part named file (or parts named files for a batch)".into(),
+            ));
+        }
+        let boundary = multer::parse_boundary(content_type)
+            .map_err(|_| ApiError::bad_request("the multipart Content-Type has no boundary"))?;
+        let reading_headers = Arc::new(AtomicBool::new(true));
+        let header_bytes = Arc::new(AtomicUsize::new(0));
+        let body = MeteredBody {
+            inner: body.into_data_stream(),
+            reading_headers: reading_headers.clone(),
+            header_bytes: header_bytes.clone(),
+        };
+        let constraints = multer::Constraints::new()
+            .size_limit(multer::SizeLimit::new().whole_stream(whole_stream_limit));
+        Ok(Self {
+            multipart: multer::Multipart::with_constraints(body, boundary, constraints),
+            reading_headers,
+            header_bytes,
+            waits,
+        })
+    }
+
+    /// The next part, or `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<multer::Field<'static>>, ApiError> {
+        self.header_bytes.store(0, Ordering::Relaxed);
+        self.reading_headers.store(true, Ordering::Relaxed);
+        let field = self
+            .waits
+            .bound(self.multipart.next_field())
+            .await?
+            .map_err(multipart_error)?;
+        self.reading_headers.store(false, Ordering::Relaxed);
+        Ok(field)
+    }
+}
+
+/// The request's `Content-Length`, when the client sent one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn idle_timeout() -> ApiError {
+    ApiError::InvalidRequest {
+        status: StatusCode::REQUEST_TIMEOUT,
+        detail: "the upload sent nothing for too long".into(),
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::ServiceUnavailable("the server is shutting down; retry the upload".into())
+}
