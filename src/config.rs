@@ -82,6 +82,35 @@ pub struct S3Config {
     pub key_prefix: String,
 }
 
+/// The OpenAI-compatible provider behind `/files/{id}/describe` and `/chat`.
+#[derive(Debug, Clone)]
+pub struct AiProvider {
+    /// Base URL including the API version, e.g. `http://localhost:11434/v1`
+    /// (no trailing slash); requests go to `{base_url}/chat/completions`.
+    pub base_url: String,
+    /// The model asked for.
+    pub model: String,
+    /// Sent as a Bearer token when set (local servers often need none).
+    pub api_key: Option<Secret>,
+}
+
+/// Settings of the AI features.
+#[derive(Debug, Clone)]
+pub struct AiConfig {
+    /// `None` when `AI_BASE_URL` is unset: the AI routes answer `ai_unavailable`.
+    pub provider: Option<AiProvider>,
+    /// Bound on one provider call, its retry included.
+    pub timeout: Duration,
+    /// Longest side, in pixels, of an image sent to the provider.
+    pub image_max_pixels: u32,
+    /// Characters of text sent to the provider at most.
+    pub max_input_chars: usize,
+    /// Bound on extracting a document's text (PDFs).
+    pub extract_timeout: Duration,
+    /// Largest file that is read to be described.
+    pub max_file_bytes: u64,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -134,6 +163,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long graceful shutdown waits for uploads before ending them.
     pub shutdown_grace: Duration,
+    /// AI descriptions and chat.
+    pub ai: AiConfig,
 }
 
 /// One megabyte as the tier table counts it (binary).
@@ -209,6 +240,7 @@ impl Config {
                 reason: "S3 multipart parts must be at least 5 MiB (5242880)".into(),
             });
         }
+        let ai = ai_config(&env)?;
         Ok(Self {
             database_url: Secret(env.required("DATABASE_URL")?),
             database_max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
@@ -241,8 +273,59 @@ impl Config {
                 }
             },
             shutdown_grace: Duration::from_secs(env.parse_or("SHUTDOWN_GRACE_SECS", 30)?),
+            ai,
         })
     }
+}
+
+fn ai_config(env: &Env<'_>) -> Result<AiConfig, ConfigError> {
+    let provider = match env.opt("AI_BASE_URL") {
+        None => None,
+        Some(raw) => {
+            let base_url = raw.trim().trim_end_matches('/').to_owned();
+            match url::Url::parse(&base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "AI_BASE_URL",
+                        reason: format!("expected an http(s) URL, got {base_url:?}"),
+                    });
+                }
+            }
+            Some(AiProvider {
+                base_url,
+                model: env.required("AI_MODEL")?,
+                api_key: env.opt("AI_API_KEY").map(Secret),
+            })
+        }
+    };
+    let positive = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+        match env.parse_or(name, default)? {
+            0 => Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
+        }
+    };
+    Ok(AiConfig {
+        provider,
+        timeout: Duration::from_secs(positive("AI_TIMEOUT_SECS", 60)?),
+        image_max_pixels: u32::try_from(positive("AI_IMAGE_MAX_PIXELS", 1568)?).map_err(|_| {
+            ConfigError::Invalid {
+                name: "AI_IMAGE_MAX_PIXELS",
+                reason: "too large".into(),
+            }
+        })?,
+        max_input_chars: usize::try_from(positive("AI_MAX_INPUT_CHARS", 32_000)?).map_err(
+            |_| ConfigError::Invalid {
+                name: "AI_MAX_INPUT_CHARS",
+                reason: "too large".into(),
+            },
+        )?,
+        extract_timeout: Duration::from_secs(positive("AI_EXTRACT_TIMEOUT_SECS", 10)?),
+        max_file_bytes: positive("AI_MAX_FILE_BYTES", 64 * MB)?,
+    })
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -337,6 +420,42 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("0123456789abcdef"));
         assert!(!shown.contains("admin-secret-token"));
+    }
+
+    #[test]
+    fn ai_is_off_without_a_base_url_and_needs_a_model_with_one() {
+        let c = config(&BASE).unwrap();
+        assert!(c.ai.provider.is_none());
+        assert_eq!(c.ai.timeout, Duration::from_secs(60));
+        assert_eq!(c.ai.image_max_pixels, 1568);
+        assert_eq!(c.ai.max_input_chars, 32_000);
+        let err = config(&[
+            BASE[0],
+            BASE[1],
+            ("AI_BASE_URL", "http://localhost:11434/v1"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("AI_MODEL"), "{err}");
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("AI_BASE_URL", "http://localhost:11434/v1/"),
+            ("AI_MODEL", "llava"),
+            ("AI_API_KEY", "sk-very-secret"),
+        ])
+        .unwrap();
+        let p = c.ai.provider.as_ref().unwrap();
+        assert_eq!(p.base_url, "http://localhost:11434/v1");
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+        assert!(
+            config(&[
+                BASE[0],
+                BASE[1],
+                ("AI_BASE_URL", "localhost"),
+                ("AI_MODEL", "m")
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! because every limit lives in Postgres.
 
 pub mod admin;
+pub mod ai;
 pub mod auth;
 pub mod config;
 pub mod db;

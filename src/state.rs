@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::session::JwtKeys, config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
+    ai::client::AiClient, auth::session::JwtKeys, config::Config, db, ratelimit::Limiter, storage,
+    storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -25,6 +26,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Per-minute rate limits (decided in the database, in batches).
     pub limiter: Limiter,
+    /// The AI provider; `None` when none is configured.
+    pub ai: Option<AiClient>,
     /// Cancelled when graceful shutdown's grace period is over: uploads
     /// still running end cleanly then.
     pub shutdown: CancellationToken,
@@ -51,7 +54,12 @@ impl AppState {
         .await?;
         db::migrate(&db).await?;
         let store = storage::from_config(&config).await?;
+        let ai = match &config.ai.provider {
+            Some(provider) => Some(AiClient::new(provider, config.ai.timeout)?),
+            None => None,
+        };
         Ok(Self(Arc::new(Inner {
+            ai,
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             metrics: crate::telemetry::handle(),
             shutdown: CancellationToken::new(),

@@ -43,6 +43,9 @@ pub struct FileView {
     #[serde(serialize_with = "hex_opt")]
     #[schema(value_type = Option<String>)]
     pub sha256: Option<Vec<u8>>,
+    /// What the AI provider said the file shows or contains; `null` until
+    /// `POST /files/{id}/describe`.
+    pub description: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -54,7 +57,8 @@ fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::
     }
 }
 
-const FILE_COLUMNS: &str = "id, filename, content_type, category, size, sha256, created_at";
+const FILE_COLUMNS: &str =
+    "id, filename, content_type, category, size, sha256, description, created_at";
 
 /// The object key of a file: never derived from anything the client chose.
 pub fn object_key(account_id: Uuid, file_id: Uuid) -> String {
@@ -150,7 +154,7 @@ pub async fn delete(
 pub struct ListQuery {
     /// Only this category.
     pub category: Option<Category>,
-    /// Case-insensitive substring of the filename.
+    /// Case-insensitive substring of the filename or the description.
     pub q: Option<String>,
     /// Page size, 1 to 200 (default 50).
     pub limit: Option<u32>,
@@ -252,7 +256,7 @@ pub async fn list(
         "SELECT {FILE_COLUMNS} FROM files
          WHERE account_id = $1
            AND ($2::text IS NULL OR category = $2)
-           AND ($3::text IS NULL OR lower(filename) LIKE $3)
+           AND ($3::text IS NULL OR lower(filename) LIKE $3 OR lower(description) LIKE $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
          ORDER BY created_at DESC, id DESC
          LIMIT $6"
@@ -289,7 +293,9 @@ pub async fn find_view(
     .await
 }
 
-async fn find(db: &PgPool, account_id: Uuid, id: Uuid) -> Result<(FileView, String), ApiError> {
+/// One of the account's files with its object key; another account's file
+/// is not found, never forbidden.
+pub async fn find(db: &PgPool, account_id: Uuid, id: Uuid) -> Result<(FileView, String), ApiError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -306,6 +312,24 @@ async fn find(db: &PgPool, account_id: Uuid, id: Uuid) -> Result<(FileView, Stri
     // Another account's file is not found, never forbidden.
     row.map(|r| (r.view, r.object_key))
         .ok_or_else(|| ApiError::not_found("file"))
+}
+
+/// Stores a file's description, replacing any earlier one. `None` when the
+/// file is gone (deleted meanwhile).
+pub async fn set_description(
+    db: &PgPool,
+    account_id: Uuid,
+    id: Uuid,
+    description: &str,
+) -> Result<Option<FileView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE files SET description = $3 WHERE id = $1 AND account_id = $2 RETURNING {FILE_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .bind(description)
+    .fetch_optional(db)
+    .await
 }
 
 /// One file.
@@ -406,6 +430,7 @@ mod tests {
             category: Category::Document,
             size: 1,
             sha256: None,
+            description: None,
             created_at: at,
         };
         assert_eq!(decode_cursor(&encode_cursor(&view)), Some((at, id)));

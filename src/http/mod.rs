@@ -19,7 +19,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{admin, auth, error::ApiError, files, presign, quota, state::AppState, upload};
+use crate::{admin, ai, auth, error::ApiError, files, presign, quota, state::AppState, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -72,6 +72,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(files::list))
         .routes(routes!(files::get, files::remove))
         .routes(routes!(files::content))
+        .routes(routes!(ai::describe))
+        .routes(routes!(ai::chat))
         .routes(routes!(quota::limits))
         .routes(routes!(quota::usage))
         .routes(routes!(admin::http_create_account))

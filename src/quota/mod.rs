@@ -1,17 +1,18 @@
-//! The limits an upload is held to, each decided in one submodule that
-//! every upload path calls: [`caps`] (per-file size caps and text
-//! validity), [`slots`] (concurrent uploads), [`reservations`] (the storage
-//! quota). Here too: the public tier table (`GET /limits`) and the caller's
-//! usage (`GET /usage`).
+//! The limits of an account, each decided in one submodule that every path
+//! calls: [`caps`] (per-file size caps and text validity), [`slots`]
+//! (concurrent uploads), [`reservations`] (the storage quota), [`monthly`]
+//! (the AI counters). Here too: the public tier table (`GET /limits`) and
+//! the caller's usage (`GET /usage`).
 
 pub mod caps;
+pub mod monthly;
 pub mod reservations;
 pub mod slots;
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -103,18 +104,6 @@ pub struct Usage {
     pub usage: UsageCounters,
 }
 
-/// The first instant of the month after `now` (UTC).
-pub fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if now.month() == 12 {
-        (now.year() + 1, 1)
-    } else {
-        (now.year(), now.month() + 1)
-    };
-    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
-        .single()
-        .unwrap_or(now)
-}
-
 /// Reads an account's usage.
 pub async fn usage_of(db: &PgPool, account: &Account) -> Result<Usage, ApiError> {
     let limits = account.limits();
@@ -123,29 +112,21 @@ pub async fn usage_of(db: &PgPool, account: &Account) -> Result<Usage, ApiError>
         used: i64,
         reserved: i64,
         active: i64,
-        ai: i64,
-        chat: i64,
-        now: DateTime<Utc>,
     }
     let row: Row = sqlx::query_as(
         "SELECT a.storage_used_bytes AS used, a.storage_reserved_bytes AS reserved,
                 (SELECT count(*) FROM upload_leases l
-                  WHERE l.account_id = a.id AND l.expires_at > now()) AS active,
-                coalesce(m.ai_descriptions, 0)::int8 AS ai,
-                coalesce(m.chat_messages, 0)::int8 AS chat,
-                now() AS now
+                  WHERE l.account_id = a.id AND l.expires_at > now()) AS active
          FROM accounts a
-         LEFT JOIN monthly_usage m
-           ON m.account_id = a.id AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
          WHERE a.id = $1",
     )
     .bind(account.id)
     .fetch_optional(db)
     .await?
     .ok_or_else(|| ApiError::not_found("account"))?;
+    let month = monthly::usage(db, account.id).await?;
     let (remaining, reset) =
         ratelimit::peek(db, &Policy::account(account.id, limits.requests_per_minute)).await?;
-    let resets_at = next_month_start(row.now);
     Ok(Usage {
         tier: account.tier,
         limits,
@@ -157,12 +138,12 @@ pub async fn usage_of(db: &PgPool, account: &Account) -> Result<Usage, ApiError>
                 reserved: row.reserved,
             },
             ai_descriptions: MonthlyUsage {
-                used: row.ai,
-                resets_at,
+                used: month.ai_descriptions,
+                resets_at: month.resets_at,
             },
             chat_messages: MonthlyUsage {
-                used: row.chat,
-                resets_at,
+                used: month.chat_messages,
+                resets_at: month.resets_at,
             },
         },
     })
@@ -175,23 +156,4 @@ pub async fn usage(
     auth: CurrentAccount,
 ) -> Result<Json<Usage>, ApiError> {
     Ok(Json(usage_of(&state.db, &auth.account).await?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn months_roll_over_at_year_end() {
-        let dec = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
-        assert_eq!(
-            next_month_start(dec),
-            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
-        );
-        let nov = Utc.with_ymd_and_hms(2026, 11, 28, 1, 0, 0).unwrap();
-        assert_eq!(
-            next_month_start(nov),
-            Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()
-        );
-    }
 }

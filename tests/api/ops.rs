@@ -112,6 +112,8 @@ async fn openapi_lists_every_route() {
         "GET /files/{id}",
         "DELETE /files/{id}",
         "GET /files/{id}/content",
+        "POST /files/{id}/describe",
+        "POST /chat",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

@@ -1,0 +1,367 @@
+//! What a provider is shown of a file: an image decoded and downscaled, or
+//! the text of a document, every step bounded in memory and time so that a
+//! hostile file costs a bounded amount of the server and nothing more.
+
+use std::{io::Cursor, time::Instant};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures_util::TryStreamExt;
+use image::{ImageFormat, ImageReader, codecs::jpeg::JpegEncoder, imageops::FilterType};
+use tokio::sync::Semaphore;
+
+use crate::{
+    config::AiConfig,
+    files::FileView,
+    sniff::Category,
+    storage::{ObjectStore, StorageError},
+};
+
+/// Images above this many pixels are refused before they are decoded.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// Decoded bytes one image may take (a 100-megapixel RGBA image is 400 MB).
+const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// Bytes one PDF stream may inflate to, so a small compressed stream
+/// cannot become gigabytes.
+const MAX_PDF_STREAM_BYTES: usize = 8 * 1024 * 1024;
+
+/// Pages of a PDF read at most: past them the text is long enough to
+/// describe, or the document is built to waste time.
+const MAX_PDF_PAGES: usize = 2_000;
+
+/// Pages extracted between two looks at the clock.
+const PDF_PAGES_PER_STEP: usize = 8;
+
+/// Decodes and extractions running at once in this process. Each holds a
+/// file and its decoded form in memory on a blocking thread, so their
+/// number bounds the memory and threads that AI requests can take.
+static WORKERS: Semaphore = Semaphore::const_new(2);
+
+/// Image types the decoder reads.
+const IMAGE_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+];
+
+/// Text documents, sent as they are.
+const TEXT_TYPES: &[&str] = &[
+    "text/plain",
+    "text/csv",
+    "text/markdown",
+    "application/json",
+];
+
+/// How a file is shown to the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Decoded and sent as a downscaled image.
+    Image,
+    /// Its text extracted.
+    Pdf,
+    /// A text document, sent as its text.
+    Text,
+}
+
+/// What is sent.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A `data:` URL of the downscaled image.
+    Image(String),
+    /// Text, cut at `AI_MAX_INPUT_CHARS`.
+    Text(String),
+}
+
+/// Why a file cannot be shown to the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// Videos, and documents whose text cannot be extracted (415).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Past a bound of size, pixels or time (422).
+    #[error("{0}")]
+    Bound(String),
+    /// Storage failed reading the file.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A worker thread died.
+    #[error("extraction worker failed: {0}")]
+    Worker(String),
+}
+
+/// Decides how a file is shown, from what is recorded about it: nothing is
+/// read yet, so a refusal here costs no quota.
+pub fn plan(file: &FileView, config: &AiConfig) -> Result<Source, ExtractError> {
+    let mime = file.content_type.as_str();
+    let source = match file.category {
+        Category::Video => {
+            return Err(ExtractError::Unsupported(
+                "videos cannot be described; images and text documents (txt, md, csv, json, PDF) can"
+                    .into(),
+            ));
+        }
+        Category::Image if IMAGE_TYPES.contains(&mime) => Source::Image,
+        Category::Image => {
+            return Err(ExtractError::Unsupported(format!(
+                "images of type {mime} cannot be decoded to be described"
+            )));
+        }
+        Category::Document if mime == "application/pdf" => Source::Pdf,
+        Category::Document if TEXT_TYPES.contains(&mime) => Source::Text,
+        Category::Document => {
+            return Err(ExtractError::Unsupported(format!(
+                "the text of {mime} documents cannot be extracted; text documents and PDFs can"
+            )));
+        }
+    };
+    // Text documents are read only as far as the character bound.
+    if source != Source::Text
+        && u64::try_from(file.size).unwrap_or(u64::MAX) > config.max_file_bytes
+    {
+        return Err(ExtractError::Bound(format!(
+            "files above {} bytes are too large to describe",
+            config.max_file_bytes
+        )));
+    }
+    Ok(source)
+}
+
+/// Whether a file is a text document (its text is chat context).
+pub fn is_text(file: &FileView) -> bool {
+    file.category == Category::Document && TEXT_TYPES.contains(&file.content_type.as_str())
+}
+
+/// Reads the file and turns it into what the provider is sent.
+pub async fn read(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+    source: Source,
+    config: &AiConfig,
+) -> Result<Input, ExtractError> {
+    match source {
+        Source::Text => Ok(Input::Text(
+            read_text(store, key, size, config.max_input_chars).await?,
+        )),
+        Source::Image | Source::Pdf => {
+            let (max_side, max_chars) = (config.image_max_pixels, config.max_input_chars);
+            let bound = config.extract_timeout;
+            let deadline = Instant::now() + bound;
+            let work = async {
+                // The slot is taken before the bytes are read, so that the
+                // files held in memory are as few as the workers.
+                let permit = WORKERS
+                    .acquire()
+                    .await
+                    .map_err(|e| ExtractError::Worker(e.to_string()))?;
+                let bytes = read_all(store, key, size.min(config.max_file_bytes)).await?;
+                // A worker past the bound keeps its slot until it ends, so
+                // runaway work cannot pile up threads.
+                tokio::task::spawn_blocking(move || {
+                    let result = match source {
+                        Source::Image => image_data_url(&bytes, max_side).map(Input::Image),
+                        _ => pdf_text(&bytes, max_chars, deadline).map(Input::Text),
+                    };
+                    drop(permit);
+                    result
+                })
+                .await
+                .map_err(|e| ExtractError::Worker(e.to_string()))?
+            };
+            tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+                Err(ExtractError::Bound(format!(
+                    "reading the file took longer than its {} s bound",
+                    bound.as_secs()
+                )))
+            })
+        }
+    }
+}
+
+/// The first `max_chars` characters of a text document, reading no more
+/// of it than they can take (four bytes a character).
+pub async fn read_text(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+    max_chars: usize,
+) -> Result<String, ExtractError> {
+    if size == 0 {
+        return Ok(String::new());
+    }
+    let want = size.min(u64::try_from(max_chars.saturating_mul(4)).unwrap_or(u64::MAX));
+    let bytes = read_range(store, key, want, size).await?;
+    // Uploads are valid UTF-8 throughout; only the cut may split a character.
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    Ok(cut(text, max_chars).to_owned())
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str, size: u64) -> Result<Vec<u8>, ExtractError> {
+    read_range(store, key, size, size).await
+}
+
+/// Reads the first `want` bytes of an object of `size` bytes.
+async fn read_range(
+    store: &dyn ObjectStore,
+    key: &str,
+    want: u64,
+    size: u64,
+) -> Result<Vec<u8>, ExtractError> {
+    let range = (want < size).then_some(0..want);
+    let body = store.get(key, range).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+    let mut stream = body.stream;
+    while let Some(chunk) = stream.try_next().await.map_err(StorageError::from)? {
+        let room = usize::try_from(want)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(bytes.len());
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if bytes.len() as u64 >= want {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Decodes an image (refusing it above [`MAX_IMAGE_PIXELS`] before the
+/// pixels are decoded), shrinks it so its longest side is at most
+/// `max_side`, and encodes it as a `data:` URL: PNG when it has
+/// transparency, JPEG otherwise (smaller for photographs).
+pub fn image_data_url(bytes: &[u8], max_side: u32) -> Result<String, ExtractError> {
+    let undecodable =
+        |e: image::ImageError| ExtractError::Bound(format!("the image could not be decoded: {e}"));
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ExtractError::Bound(format!("the image could not be read: {e}")))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(undecodable)?;
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(ExtractError::Bound(format!(
+            "images above 100 megapixels cannot be described ({width}x{height})"
+        )));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    let mut decoder = reader()?;
+    decoder.limits(limits);
+    let mut img = decoder.decode().map_err(undecodable)?;
+    if width.max(height) > max_side {
+        img = img.resize(max_side, max_side, FilterType::Triangle);
+    }
+    let mut out = Vec::new();
+    let mime = if img.color().has_alpha() {
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .map_err(undecodable)?;
+        "image/png"
+    } else {
+        img.to_rgb8()
+            .write_with_encoder(JpegEncoder::new_with_quality(&mut out, 85))
+            .map_err(undecodable)?;
+        "image/jpeg"
+    };
+    Ok(format!("data:{mime};base64,{}", STANDARD.encode(&out)))
+}
+
+/// The text of a PDF, up to `max_chars` characters, looking at the clock
+/// between pages and giving up past `deadline`. The parser bounds nesting
+/// depth, page-tree depth and stream inflation; this bounds pages and time.
+pub fn pdf_text(bytes: &[u8], max_chars: usize, deadline: Instant) -> Result<String, ExtractError> {
+    let options = lopdf::LoadOptions {
+        max_decompressed_size: Some(MAX_PDF_STREAM_BYTES),
+        ..Default::default()
+    };
+    let doc = lopdf::Document::load_mem_with_options(bytes, options).map_err(|e| {
+        ExtractError::Unsupported(format!("the PDF's text cannot be extracted: {e}"))
+    })?;
+    past(deadline)?;
+    let pages: Vec<u32> = (1..)
+        .zip(doc.page_iter().take(MAX_PDF_PAGES))
+        .map(|(n, _)| n)
+        .collect();
+    let mut text = String::new();
+    let mut chars = 0;
+    for step in pages.chunks(PDF_PAGES_PER_STEP) {
+        past(deadline)?;
+        for chunk in doc
+            .extract_text_chunks_with_limit(step, MAX_PDF_STREAM_BYTES)
+            .into_iter()
+            .flatten()
+        {
+            chars += chunk.chars().count();
+            text.push_str(&chunk);
+        }
+        if chars >= max_chars {
+            break;
+        }
+    }
+    let text = cut(text.trim(), max_chars);
+    if text.is_empty() {
+        return Err(ExtractError::Unsupported(
+            "the PDF has no text that can be extracted".into(),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn past(deadline: Instant) -> Result<(), ExtractError> {
+    if Instant::now() > deadline {
+        return Err(ExtractError::Bound(
+            "extracting the document's text ran past its time bound".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The first `max_chars` characters of `text`.
+pub fn cut(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_counts_characters_not_bytes() {
+        assert_eq!(cut("Zürich", 2), "Zü");
+        assert_eq!(cut("abc", 10), "abc");
+    }
+
+    #[test]
+    fn images_shrink_to_the_longest_side() {
+        let img = image::RgbImage::from_pixel(400, 100, image::Rgb([10, 200, 30]));
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let url = image_data_url(&png, 64).unwrap();
+        let b64 = url.strip_prefix("data:image/jpeg;base64,").unwrap();
+        let back = image::load_from_memory(&STANDARD.decode(b64).unwrap()).unwrap();
+        assert_eq!((back.width(), back.height()), (64, 16));
+    }
+
+    #[test]
+    fn garbage_is_not_an_image_or_a_pdf() {
+        assert!(matches!(
+            image_data_url(b"\x89PNG\r\n\x1a\nnot really", 64),
+            Err(ExtractError::Bound(_))
+        ));
+        let far = Instant::now() + std::time::Duration::from_secs(5);
+        assert!(matches!(
+            pdf_text(b"%PDF-1.7\nnothing else", 100, far),
+            Err(ExtractError::Unsupported(_))
+        ));
+    }
+}
