@@ -358,19 +358,19 @@ async fn api_keys_are_shown_once_listed_without_secret_and_revocable() {
             .status(),
         StatusCode::OK
     );
-    crate::helpers::settle().await;
-    let list: Value = app
-        .with_session(Method::GET, "/api-keys", &session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        list["api_keys"][0]["last_used_at"].is_string(),
-        "use is recorded"
-    );
+    // Use is recorded off the request's path: wait for it.
+    crate::helpers::eventually("the key's use is recorded", || async {
+        let list: Value = app
+            .with_session(Method::GET, "/api-keys", &session)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["api_keys"][0]["last_used_at"].is_string()
+    })
+    .await;
 
     let resp = app
         .with_session(Method::DELETE, &format!("/api-keys/{id}"), &session)

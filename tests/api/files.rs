@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Backend, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
+use crate::helpers::{Backend, Holdings, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
 
 async fn upload_named(
     app: &crate::helpers::TestApp,
@@ -216,7 +216,7 @@ async fn delete_drops_usage_and_the_object() {
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+        assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
         assert!(app.objects(account.id).await.is_empty(), "{backend:?}");
         assert_problem(
             app.get(&path).bearer_auth(&key).send().await.unwrap(),
@@ -251,7 +251,7 @@ async fn a_delete_that_storage_refuses_is_retried_and_usage_is_right_at_once() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
     assert_eq!(
         app.objects(account.id).await.len(),
         1,

@@ -468,9 +468,59 @@ impl Drop for TestApp {
     }
 }
 
-/// Waits a little, for background work that has no completion signal.
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits (up to 10 s, polling) until `condition` holds; panics naming
+/// `what` otherwise. For work that ends in the background.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Waits until the wall clock is past `instant` (an expiry the server
+/// announced), plus `margin` for a clock read in whole seconds elsewhere.
+pub async fn past(instant: chrono::DateTime<chrono::Utc>, margin: Duration) {
+    let target = instant + chrono::Duration::from_std(margin).unwrap();
+    let left = (target - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left).await;
+}
+
+/// What an account holds, as the database counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Holdings {
+    /// `storage_used_bytes`.
+    pub used: i64,
+    /// `storage_reserved_bytes`.
+    pub reserved: i64,
+    /// Upload leases, live or not.
+    pub leases: i64,
+    /// File rows.
+    pub files: i64,
+    /// The sum of the file rows' sizes.
+    pub file_bytes: i64,
+}
+
+impl Holdings {
+    /// Nothing at all.
+    pub const NOTHING: Holdings = Holdings::stored(0, 0);
+
+    /// `files` files of `bytes` in all, counted as usage, and nothing else.
+    pub const fn stored(files: i64, bytes: i64) -> Holdings {
+        Holdings {
+            used: bytes,
+            reserved: 0,
+            leases: 0,
+            files,
+            file_bytes: bytes,
+        }
+    }
 }
 
 /// File contents of each kind, `len` bytes long (at least the magic).
@@ -598,13 +648,14 @@ impl TestApp {
         .await
     }
 
-    /// What the account holds: (used, reserved, live leases, file rows, sum of file sizes).
-    pub async fn holdings(&self, account: Uuid) -> (i64, i64, i64, i64, i64) {
+    /// What the account holds.
+    pub async fn holdings(&self, account: Uuid) -> Holdings {
         sqlx::query_as(
-            "SELECT a.storage_used_bytes, a.storage_reserved_bytes,
-                    (SELECT count(*) FROM upload_leases l WHERE l.account_id = a.id),
-                    (SELECT count(*) FROM files f WHERE f.account_id = a.id),
+            "SELECT a.storage_used_bytes AS used, a.storage_reserved_bytes AS reserved,
+                    (SELECT count(*) FROM upload_leases l WHERE l.account_id = a.id) AS leases,
+                    (SELECT count(*) FROM files f WHERE f.account_id = a.id) AS files,
                     (SELECT coalesce(sum(size), 0)::int8 FROM files f WHERE f.account_id = a.id)
+                      AS file_bytes
              FROM accounts a WHERE a.id = $1",
         )
         .bind(account)
@@ -613,16 +664,42 @@ impl TestApp {
         .unwrap()
     }
 
-    /// Waits (up to 10 s) until the account holds no lease and no reservation.
-    pub async fn settled(&self, account: Uuid) -> (i64, i64, i64, i64, i64) {
+    /// Waits (up to 10 s) until the account holds no lease and no
+    /// reservation (uploads end their leases in the background when a
+    /// client goes away), then returns what it holds.
+    pub async fn settled(&self, account: Uuid) -> Holdings {
         for _ in 0..100 {
             let h = self.holdings(account).await;
-            if h.1 == 0 && h.2 == 0 {
+            if h.reserved == 0 && h.leases == 0 {
                 return h;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.holdings(account).await
+    }
+
+    /// Waits until every upload lease of the account has expired (by the
+    /// database's clock, which decides).
+    pub async fn leases_expired(&self, account: Uuid) {
+        eventually("the account's leases expire", || async {
+            self.scalar_i64(&format!(
+                "SELECT count(*) FROM upload_leases WHERE account_id = '{account}' AND expires_at > now()"
+            ))
+            .await
+                == 0
+        })
+        .await;
+    }
+
+    /// Waits until the server accepts no new connection (graceful shutdown
+    /// has begun).
+    pub async fn not_accepting(&self) {
+        let addr = self.addr.trim_start_matches("http://").to_owned();
+        eventually("the server stops accepting", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_err() }
+        })
+        .await;
     }
 
     /// A file's bytes as a client gets them: following the redirect to
@@ -649,13 +726,13 @@ impl TestApp {
     /// reservation, no lease, `files` file rows, usage equal to their sizes,
     /// and as many objects in storage.
     pub async fn assert_left_with(&self, account: Uuid, files: i64) {
-        let (used, reserved, leases, rows, sum) = self.settled(account).await;
+        let h = self.settled(account).await;
         assert_eq!(
-            (reserved, leases, rows),
+            (h.reserved, h.leases, h.files),
             (0, 0, files),
             "reserved, leases, file rows"
         );
-        assert_eq!(used, sum, "usage equals the stored sizes");
+        assert_eq!(h.used, h.file_bytes, "usage equals the stored sizes");
         assert_eq!(
             self.objects(account).await.len() as i64,
             files,

@@ -5,7 +5,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Backend, TestApp, assert_problem, fixtures, spawn, spawn_app};
+use crate::helpers::{
+    Backend, Holdings, TestApp, assert_problem, fixtures, past, spawn, spawn_app,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -108,7 +110,7 @@ async fn a_single_put_upload_completes_into_a_file_on_both_backends() {
             .unwrap();
         assert_eq!(again["id"], id);
         let size = data.len() as i64;
-        assert_eq!(app.settled(account.id).await, (size, 0, 0, 1, size));
+        assert_eq!(app.settled(account.id).await, Holdings::stored(1, size));
         assert_eq!(app.download(&key, id).await, data);
     }
 }
@@ -143,7 +145,7 @@ async fn storage_refuses_other_bytes_other_lengths_and_expired_urls() {
         .json()
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    past(expires_at(&issued), std::time::Duration::from_secs(1)).await;
     assert!(
         put(
             issued["url"].as_str().unwrap(),
@@ -185,7 +187,7 @@ async fn multipart_uploads_complete_from_their_parts() {
     assert_eq!(file["size"], data.len());
     assert!(file["sha256"].is_null(), "no sha256 was declared");
     let size = data.len() as i64;
-    assert_eq!(app.settled(account.id).await, (size, 0, 0, 1, size));
+    assert_eq!(app.settled(account.id).await, Holdings::stored(1, size));
 }
 
 #[tokio::test]
@@ -221,7 +223,7 @@ async fn a_wrong_etag_or_a_missing_part_keeps_nothing() {
         )
         .await;
     }
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 }
 
@@ -255,7 +257,7 @@ async fn bytes_of_another_type_fail_verification_and_give_everything_back() {
         .await;
         assert_eq!(
             app.settled(account.id).await,
-            (0, 0, 0, 0, 0),
+            Holdings::NOTHING,
             "{backend:?}"
         );
         assert!(app.objects(account.id).await.is_empty(), "{backend:?}");
@@ -308,7 +310,7 @@ async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.holdings(account.id).await.1, MIB as i64);
+    assert_eq!(app.holdings(account.id).await.reserved, MIB as i64);
     // The freed slot takes a new upload; then both slots are taken again.
     let third = presign(&app, &key, body(1)).await;
     assert_eq!(third.status(), StatusCode::CREATED);
@@ -326,7 +328,7 @@ async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
         .unwrap();
     let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
     assert_eq!(a.unwrap().0 + b.unwrap().0, 2);
-    assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
     let metrics = app
         .get("/metrics")
         .send()
@@ -340,7 +342,10 @@ async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
         "{metrics}"
     );
     assert!(metrics.contains("intake_reaped_leases_total"), "{metrics}");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sqlx::query("UPDATE presigned_uploads SET expires_at = now() - interval '1 second'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
     let resp = complete(&app, &key, second["upload_id"].as_str().unwrap(), json!({})).await;
     assert_problem(resp, StatusCode::GONE, "gone").await;
 }
@@ -389,7 +394,7 @@ async fn bad_presign_requests_are_refused_and_keep_nothing() {
         let resp = presign(&app, &key, body.clone()).await;
         assert_problem(resp, status, code).await;
     }
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     // Another account's upload is not found.
     let issued: Value = presign(
         &app,
@@ -480,4 +485,9 @@ async fn urls_name_the_public_endpoint_when_clients_reach_storage_elsewhere() {
     assert!(put(url, &issued["headers"], data).await.is_success());
     let resp = complete(&app, &key, issued["upload_id"].as_str().unwrap(), json!({})).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// The `expires_at` of an issued upload.
+fn expires_at(issued: &Value) -> chrono::DateTime<chrono::Utc> {
+    issued["expires_at"].as_str().unwrap().parse().unwrap()
 }

@@ -7,7 +7,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Backend, Form, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
+use crate::helpers::{
+    Backend, Form, Holdings, Proxy, assert_problem, env, fixtures, spawn, spawn_app,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -65,10 +67,9 @@ async fn every_category_uploads_with_its_sha256_on_both_backends() {
             assert_eq!(file["sha256"], hex::encode(Sha256::digest(data)));
             total += data.len() as i64;
         }
-        let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
         assert_eq!(
-            (used, reserved, leases, rows, sum),
-            (total, 0, 0, 5, total),
+            app.settled(account.id).await,
+            Holdings::stored(5, total),
             "{backend:?}"
         );
         assert_eq!(app.objects(account.id).await.len(), 5);
@@ -129,7 +130,7 @@ async fn a_batch_over_the_tier_size_keeps_nothing() {
     let resp = app.upload_form("/upload/stream-batch", &key, form).await;
     let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
     assert_eq!(body["limit"], 2);
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 
     // Thousands of tiny parts end the same way, quickly.
@@ -139,7 +140,7 @@ async fn a_batch_over_the_tier_size_keeps_nothing() {
     }
     let resp = app.upload_form("/upload/stream-batch", &key, form).await;
     assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
 }
 
 #[tokio::test]
@@ -182,7 +183,7 @@ async fn a_file_at_its_cap_is_accepted_and_one_byte_over_is_refused() {
     assert_eq!(body["limit"], MIB);
     assert_eq!(
         app.settled(account.id).await,
-        (MIB as i64, 0, 0, 1, MIB as i64)
+        Holdings::stored(1, MIB as i64)
     );
     assert_eq!(app.objects(account.id).await.len(), 1);
 }
@@ -199,7 +200,7 @@ async fn files_past_the_streaming_cap_are_sent_to_presigned_uploads() {
         .await;
     let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "use_presigned_upload").await;
     assert_eq!(body["limit"], 2 * MIB);
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     let limits: Value = app
         .get("/limits")
         .send()
@@ -257,14 +258,14 @@ async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
             tx.send(Ok(chunk.to_vec())).await.unwrap();
         }
         // The client would send 10 MiB more; the answer must not wait for it.
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        std::future::pending::<()>().await;
     };
     let resp = tokio::select! {
         resp = request => resp.unwrap(),
         () = feeder => panic!("the server waited for the whole body"),
     };
     assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 }
 
@@ -304,9 +305,9 @@ async fn concurrent_uploads_never_exceed_the_quota() {
         }
     }
     assert_eq!(created, 3, "three 3 MiB files fit in 10 MiB");
-    let (used, reserved, leases, rows, sum) = app.settled(account.id).await;
-    assert_eq!((used, reserved, leases, rows), (sum, 0, 0, 3));
-    assert!(used as u64 <= quota);
+    let h = app.settled(account.id).await;
+    assert_eq!(h, Holdings::stored(3, h.file_bytes));
+    assert!(h.used as u64 <= quota);
     let mut in_bucket = 0u64;
     let client = crate::helpers::s3_client().await;
     for k in crate::helpers::s3_keys(&format!("{}u/{}/", app.prefix, account.id)).await {
@@ -320,7 +321,7 @@ async fn concurrent_uploads_never_exceed_the_quota() {
         in_bucket += head.content_length().unwrap() as u64;
     }
     assert_eq!(
-        in_bucket, used as u64,
+        in_bucket, h.used as u64,
         "usage equals the bytes in the bucket"
     );
 }
@@ -350,7 +351,7 @@ async fn a_file_that_fits_exactly_in_the_quota_is_accepted() {
     )
     .await;
     assert_eq!(body["used"], 300_000);
-    assert_eq!(app.settled(account.id).await, (300_000, 0, 0, 1, 300_000));
+    assert_eq!(app.settled(account.id).await, Holdings::stored(1, 300_000));
 }
 
 /// Starts an upload whose body stays open until the returned sender drops.
@@ -492,7 +493,7 @@ async fn a_dead_instances_slots_expire_and_its_reservations_are_reaped() {
         "concurrent_upload_limit",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.leases_expired(account.id).await;
     // Expired: the slot counts no more, even before the reaper runs.
     assert_eq!(
         app.upload(&key, "a.png", "image/png", &fixtures::png(100))
@@ -503,7 +504,7 @@ async fn a_dead_instances_slots_expire_and_its_reservations_are_reaped() {
     // Two reapers at once give everything back exactly once.
     let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
     assert_eq!(a.unwrap().0 + b.unwrap().0, 1);
-    assert_eq!(app.holdings(account.id).await, (100, 0, 0, 1, 100));
+    assert_eq!(app.holdings(account.id).await, Holdings::stored(1, 100));
     assert_eq!(
         app.objects(account.id).await.len(),
         1,
@@ -547,8 +548,8 @@ async fn storage_failing_mid_upload_leaves_nothing_behind() {
     drop(tx);
     let resp = request.await.unwrap().unwrap();
     assert!(resp.status().is_server_error(), "{}", resp.status());
-    let (used, reserved, leases, rows, _) = app.settled(account.id).await;
-    assert_eq!((used, reserved, leases, rows), (0, 0, 0, 0));
+    let h = app.settled(account.id).await;
+    assert_eq!((h.used, h.reserved, h.leases, h.files), (0, 0, 0, 0));
     // Storage comes back: the queued cleanup finishes, nothing is left.
     proxy.restore();
     intake::reap(&app.state).await.unwrap();
@@ -666,7 +667,7 @@ async fn bad_input_gets_a_clear_problem_and_keeps_nothing() {
     )
     .await;
 
-    assert_eq!(app.settled(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 
     // Paths and NUL bytes never reach a path: names are display-only.
@@ -771,7 +772,7 @@ async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
     let (_stuck_tx, stuck) = open_upload(&app, &key).await;
     wait_active(&app, &key, 2).await;
     app.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.not_accepting().await;
     quick_tx
         .send(Ok(b"\r\n--slow--\r\n".to_vec()))
         .await
@@ -815,6 +816,6 @@ async fn the_reaper_removes_both_objects_a_batch_lease_tracks() {
         .unwrap();
     let (leases, _) = intake::reap(&app.state).await.unwrap();
     assert_eq!(leases, 1);
-    assert_eq!(app.holdings(account.id).await, (0, 0, 0, 0, 0));
+    assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 }
