@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod dashboard;
 mod files;
 mod helpers;
 mod limits;
