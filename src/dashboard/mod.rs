@@ -145,11 +145,6 @@ impl Dashboard {
             csp,
         }
     }
-
-    /// The folder name assets are served under (`/assets/<build>/…`).
-    pub fn build(&self) -> &str {
-        &self.build
-    }
 }
 
 fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
