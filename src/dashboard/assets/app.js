@@ -311,6 +311,8 @@ drop.addEventListener('drop', (event) => {
   event.preventDefault();
   startUpload(event.dataTransfer.files);
 });
+// A file dropped beside the zone would otherwise replace the page.
+for (const type of ['dragover', 'drop']) window.addEventListener(type, (event) => event.preventDefault());
 
 // ---- files -----------------------------------------------------------------
 

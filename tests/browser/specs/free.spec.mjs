@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { ELF, PASSWORD, expect, png, screenshots, test, uniqueEmail } from '../support/fixtures.mjs';
 
-test('the page is served with its security headers and revalidates by ETag', async ({ page, request }) => {
+test('the page is served with its security headers, revalidates by ETag and shows API errors', async ({ page, request, expectedConsoleErrors }) => {
   const resp = await page.goto('/');
   const headers = resp.headers();
   const csp = headers['content-security-policy'];
@@ -13,7 +13,14 @@ test('the page is served with its security headers and revalidates by ETag', asy
   expect(headers['x-frame-options']).toBe('DENY');
   const again = await request.get('/', { headers: { 'If-None-Match': headers.etag } });
   expect(again.status()).toBe(304);
-  await expect(page.getByRole('button', { name: 'Log in' })).toBeVisible();
+
+  // An API error shows its detail in an alert.
+  expectedConsoleErrors.push(/status of 401/);
+  await page.getByLabel('Email').fill(uniqueEmail('nobody'));
+  await page.getByLabel('Password').fill('not the password');
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await expect(page.getByRole('alert')).toContainText('wrong e-mail or password');
+  await expect(page.getByRole('button', { name: 'Sign up' })).toBeVisible();
 });
 
 test('a FREE account signs up, uploads, finds, downloads and deletes files', async ({ page }, testInfo) => {

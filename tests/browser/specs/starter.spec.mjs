@@ -38,4 +38,14 @@ test('a STARTER account creates a key, uses it over plain HTTP and revokes it', 
 
   const after = await request.get('/me', { headers: { Authorization: `Bearer ${key}` } });
   expect(after.status()).toBe(401);
+
+  // Files dropped on the drop zone upload like chosen ones.
+  const dropped = await page.evaluateHandle(() => {
+    const data = new DataTransfer();
+    data.items.add(new File(['dropped on the zone\n'], 'dropped.txt', { type: 'text/plain' }));
+    return data;
+  });
+  await page.getByRole('group', { name: 'Drop zone' }).dispatchEvent('drop', { dataTransfer: dropped });
+  await expect(page.getByRole('progressbar', { name: 'dropped.txt' })).toHaveAttribute('aria-valuenow', '100');
+  await expect(page.getByRole('button', { name: 'Download dropped.txt' })).toBeVisible();
 });
