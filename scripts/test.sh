@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real Postgres cluster and the real S3
-# test server (s3s-fs), both started here; installs what is missing.
+# test server (s3s-fs), both started here, then the dashboard's browser
+# tests (scripts/lib/browser.sh); installs what is missing.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
+# INTAKE_BROWSER_TESTS=0 skips the browser tests; =only runs nothing else;
+# BROWSER_TEST_ARGS go to Playwright (e.g. "--grep quota --project fs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
+. scripts/lib/browser.sh
 
 ensure_rust
 ensure_cc
@@ -29,12 +33,20 @@ export TEST_S3_ACCESS_KEY_ID=intake-test
 export TEST_S3_SECRET_ACCESS_KEY=intake-test-secret
 export TEST_S3_ROOT=$S3_ROOT
 
-log "running the test suite"
 OUT=$(mktemp)
 status=0
-cargo test --locked "$@" 2>&1 | tee "$OUT" || status=$?
-# One closing line for the whole suite (cargo prints one per test binary).
+browser=${INTAKE_BROWSER_TESTS:-1}
+if [ "$browser" != only ]; then
+    log "running the test suite"
+    cargo test --locked "$@" 2>&1 | tee "$OUT" || status=$?
+fi
+if [ "$browser" != 0 ]; then
+    run_browser_tests 2>&1 | tee -a "$OUT" || status=1
+fi
+# One closing line for the whole suite (cargo prints one per test binary;
+# the browser tests add theirs).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^browser: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      END { printf "suite: %d passed, %d failed\n", p, f }' "$OUT"
 rm -f "$OUT"
 exit "$status"

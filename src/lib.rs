@@ -7,6 +7,7 @@ pub mod admin;
 pub mod ai;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod deletions;
 pub mod error;

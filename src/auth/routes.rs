@@ -1,4 +1,5 @@
-//! HTTP handlers of signup, login, logout, `/me` and API-key management.
+//! HTTP handlers of signup, login, logout, the current session, `/me` and
+//! API-key management.
 
 use axum::{
     extract::State,
@@ -159,6 +160,18 @@ pub async fn logout(
         )],
     )
         .into_response())
+}
+
+/// The current session's account and CSRF token, so a page reloaded after
+/// login can go on without keeping the token anywhere but in memory.
+#[utoipa::path(get, path = "/auth/session", tag = "auth",
+    responses((status = 200, body = LoginResponse), (status = 401, description = "no valid session"),
+              (status = 403, description = "an API key, not a session")))]
+pub async fn session(State(state): State<AppState>, auth: SessionAccount) -> Json<LoginResponse> {
+    Json(LoginResponse {
+        account: auth.account.view(),
+        csrf_token: state.jwt.csrf_token(auth.session_id),
+    })
 }
 
 /// The calling account.

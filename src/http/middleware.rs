@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use crate::{
     auth::{self, Principal},
+    dashboard,
     error::ApiError,
     ratelimit::Policy,
     state::AppState,
@@ -63,7 +64,9 @@ pub async fn authenticate_and_limit(
     next: Next,
 ) -> Response {
     let path = req.uri().path().to_owned();
-    if EXEMPT.contains(&path.as_str()) {
+    // The dashboard's page and assets are static and public: a page load
+    // fetches several, which must not spend a visitor's anonymous budget.
+    if EXEMPT.contains(&path.as_str()) || dashboard::is_static_path(&path) {
         return next.run(req).await;
     }
     let peer = req

@@ -19,7 +19,10 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{admin, ai, auth, error::ApiError, files, presign, quota, state::AppState, upload};
+use crate::{
+    admin, ai, auth, config::Config, dashboard, error::ApiError, files, presign, quota,
+    state::AppState, upload,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,12 +57,14 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Every route with its documentation.
-fn api_routes() -> OpenApiRouter<AppState> {
+/// Every route with its documentation (the dashboard's page and assets
+/// included, so the document lists everything the server answers).
+fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::routes::signup))
         .routes(routes!(auth::routes::login))
         .routes(routes!(auth::routes::logout))
+        .routes(routes!(auth::routes::session))
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::routes::create_key, auth::routes::list_keys))
         .routes(routes!(auth::routes::revoke_key))
@@ -84,13 +89,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .merge(dashboard::routes(config))
 }
 
 /// Builds the application: routes, fallbacks and the middleware stack
 /// (outermost first: request id, tracing, metrics, authentication and rate
 /// limit, body limit).
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_routes().split_for_parts();
+    let (routes, doc) = api_routes(&state.config).split_for_parts();
     ops::set_openapi(&doc);
     let request_id = HeaderName::from_static("x-request-id");
     routes

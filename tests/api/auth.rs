@@ -505,3 +505,50 @@ async fn a_downgraded_accounts_key_is_refused_on_use() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_session_route_gives_a_reloaded_page_its_account_and_csrf_token() {
+    let app = spawn_app().await;
+    let account = app.account("starter").await;
+    let session = app.login(&account.email).await;
+    let resp = app
+        .get("/auth/session")
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["account"]["email"], account.email.as_str());
+    assert_eq!(body["account"]["tier"], "starter");
+    assert_eq!(body["csrf_token"], session.csrf.as_str());
+
+    // The token it gives is the one state-changing requests need.
+    let resp = app
+        .post("/auth/logout")
+        .header("cookie", &session.cookie)
+        .header("x-csrf-token", body["csrf_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = app
+        .get("/auth/session")
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = app.get("/auth/session").send().await.unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // An API key is not a session: it never learns a CSRF token.
+    let key = app.key_for(&account).await;
+    let resp = app
+        .get("/auth/session")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
+}

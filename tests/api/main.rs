@@ -8,6 +8,7 @@ mod admin;
 mod ai;
 mod auth;
 mod cli;
+mod dashboard;
 mod files;
 mod helpers;
 mod limits;

@@ -92,6 +92,7 @@ async fn openapi_lists_every_route() {
         "POST /auth/signup",
         "POST /auth/login",
         "POST /auth/logout",
+        "GET /auth/session",
         "GET /me",
         "POST /api-keys",
         "GET /api-keys",
@@ -118,6 +119,8 @@ async fn openapi_lists_every_route() {
         "GET /readyz",
         "GET /metrics",
         "GET /openapi.json",
+        "GET /",
+        "GET /assets/{build}/{file}",
     ]
     .into_iter()
     .map(String::from)
