@@ -73,7 +73,18 @@ async fn next_file(ctx: &Ctx<'_>, parts: &mut Parts, index: usize) -> Next {
         ));
         return Next::Misnamed(filename, e);
     }
-    let received = ctx.receive(&mut field, &filename).await;
+    let received = match ctx.receive(&mut field, &filename).await {
+        // A refused file's remaining bytes are skipped here; if the body
+        // breaks meanwhile, no later part can be read.
+        Err(e) if !e.fatal => match ctx.skip_rest(&mut field).await {
+            Ok(()) => Err(e),
+            Err(_) => Err(FileError {
+                error: e.error,
+                fatal: true,
+            }),
+        },
+        other => other,
+    };
     Next::Received(filename, received)
 }
 

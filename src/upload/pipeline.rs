@@ -81,6 +81,14 @@ impl Ctx<'_> {
         files::delete(&self.state.db, store, self.account.id, file_id).await
     }
 
+    /// Reads the rest of a refused part and drops it, so the next part's
+    /// headers are read from where they start (and the bytes skipped count
+    /// as file data, not as headers). `Err` when the body broke meanwhile.
+    pub async fn skip_rest(&self, field: &mut multer::Field<'static>) -> Result<(), ApiError> {
+        while self.waits.chunk(field).await?.is_some() {}
+        Ok(())
+    }
+
     /// Streams one part to storage and records it.
     pub async fn stream_file(
         &self,

@@ -819,3 +819,64 @@ async fn the_reaper_removes_both_objects_a_batch_lease_tracks() {
     assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 }
+
+#[tokio::test]
+async fn invisible_format_characters_leave_filenames() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    // A bidi override shows "photo\u{202e}gnp.exe" as "photoexe.png"; a
+    // zero-width space hides a second extension.
+    let resp = app
+        .upload(
+            &key,
+            "photo\u{202e}gnp.exe\u{200b}.png",
+            "image/png",
+            &fixtures::png(100),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["filename"], "photognp.exe.png");
+    let listed: Value = app
+        .get("/files")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["files"][0]["filename"], "photognp.exe.png");
+}
+
+#[tokio::test]
+async fn a_big_refused_file_in_a_batch_leaves_one_result_per_part() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    // The exe is refused on its first bytes; the 3 MiB after them must be
+    // skipped as file data, not counted as the next part's headers.
+    let form = Form::new()
+        .part(
+            "files",
+            "setup.exe",
+            "application/octet-stream",
+            &fixtures::elf(3 * MIB),
+        )
+        .part("files", "a.png", "image/png", &fixtures::png(1000))
+        .part("files", "b.pdf", "application/pdf", &fixtures::pdf(2000));
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [415, 201, 201], "{body}");
+    assert_eq!(
+        body["results"][0]["error"]["code"],
+        "unsupported_media_type"
+    );
+    app.assert_left_with(account.id, 2).await;
+}
