@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Account, CurrentAccount},
+    deletions::{self, Doomed},
     error::ApiError,
     extract::{Json, Path, Query},
     files::{self, FileView, NewFile},
@@ -35,7 +36,7 @@ use crate::{
     },
     sniff::{self, Kind},
     state::AppState,
-    storage::{FsStore, PutConditions},
+    storage::{FsStore, PutConditions, StorageError},
     upload::sanitize_filename,
 };
 use uploads::{NewUpload, State as UploadState, Upload};
@@ -49,6 +50,15 @@ const MAX_PARTS: u64 = 10_000;
 /// How long after its URLs expire an unfinished upload keeps its slot, so a
 /// PUT that started just before expiry can still complete.
 const LEASE_GRACE: Duration = Duration::from_secs(60);
+/// How long one request's claim on a completion holds if its instance dies.
+const COMPLETE_CLAIM: Duration = Duration::from_secs(120);
+/// How long a concurrent complete waits for the one that holds the claim.
+const COMPLETE_WAIT: Duration = Duration::from_secs(60);
+/// How often it looks.
+const COMPLETE_POLL: Duration = Duration::from_millis(100);
+/// Seconds past a URL's expiry before its staging object is deleted for
+/// good, for storage whose clock runs a little behind ours.
+const URL_CLOCK_SKEW_SECS: i64 = 5;
 
 /// Body of `POST /upload/presigned`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -219,7 +229,14 @@ async fn sign(
     expiry: Duration,
 ) -> Result<Presigned, ApiError> {
     let id = Uuid::now_v7();
-    let key = files::object_key(lease.account_id, id);
+    // A single PUT writes to a staging key that completion copies from, so
+    // its URL can never touch the file; part URLs die with their multipart
+    // upload and write to the file's key.
+    let key = if d.multipart {
+        files::object_key(lease.account_id, id)
+    } else {
+        uploads::staging_key(lease.account_id, id)
+    };
     reservations::reserve(&state.db, lease, d.size, quota, Some(&key)).await?;
     let expires_at = Utc::now()
         + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
@@ -310,14 +327,22 @@ async fn part_urls(
     Ok(parts)
 }
 
-/// Ends an upload that failed verification: the object goes, the
-/// reservation and the slot come back, the row says so.
+/// Ends an upload that failed verification: the objects go (the staging
+/// object again once its URL is dead), the reservation and the slot come
+/// back, the row says so.
 async fn fail(state: &AppState, upload: &Upload, why: String) -> ApiError {
     let ended = async {
-        // The lease tracks the object and its multipart upload: ending it
-        // removes both and gives back the reservation and the slot.
-        slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
-        uploads::leave_pending(&state.db, upload.id, UploadState::Failed).await
+        if uploads::transition(
+            &state.db,
+            upload.id,
+            &[UploadState::Completing],
+            UploadState::Failed,
+        )
+        .await?
+        {
+            end(state, upload).await?;
+        }
+        Ok::<_, sqlx::Error>(())
     }
     .await;
     if let Err(e) = ended {
@@ -325,6 +350,20 @@ async fn fail(state: &AppState, upload: &Upload, why: String) -> ApiError {
     }
     metrics::counter!("intake_presigned_failed_total").increment(1);
     ApiError::UploadVerificationFailed(why)
+}
+
+/// Ends an upload's lease (removing what it still tracks: the staging
+/// object, a failed upload's object or multipart upload) and queues the
+/// staging object once more for after its URL's expiry, when nothing can
+/// write it again.
+async fn end(state: &AppState, upload: &Upload) -> Result<(), sqlx::Error> {
+    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+    if upload.multipart_upload_id.is_none() {
+        let mut conn = state.db.acquire().await?;
+        let dead = upload.expires_at + chrono::Duration::seconds(URL_CLOCK_SKEW_SECS);
+        deletions::enqueue_at(&mut conn, &Doomed::object(upload.target_key()), dead).await?;
+    }
+    Ok(())
 }
 
 /// Completes an upload: finishes the multipart upload, verifies the object,
@@ -337,35 +376,94 @@ pub async fn complete(
     State(state): State<AppState>,
     auth: CurrentAccount,
     Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
-    // The body is optional: single uploads complete without one.
-    let body: CompleteRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CompleteRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::unprocessable(format!("invalid body: {e}")))?
+    let body = complete_body(body).await?;
+    let deadline = tokio::time::Instant::now() + COMPLETE_WAIT;
+    loop {
+        let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
+        if let Some(file) = files::find_view(&state.db, upload.account_id, upload.id).await? {
+            return Ok((StatusCode::CREATED, Json(file)));
+        }
+        match upload.state {
+            UploadState::Pending | UploadState::Completing => {}
+            UploadState::Failed => {
+                return Err(ApiError::Gone(
+                    "this upload failed verification; start a new one".into(),
+                ));
+            }
+            UploadState::Completed => {
+                return Err(ApiError::Gone("this upload's file was deleted".into()));
+            }
+            UploadState::Aborted => {
+                return Err(ApiError::Gone(
+                    "this upload was aborted; start a new one".into(),
+                ));
+            }
+        }
+        if upload.state == UploadState::Pending && upload.expired {
+            return Err(ApiError::Gone(
+                "this upload expired; start a new one".into(),
+            ));
+        }
+        // One request completes; the others wait for its answer and give
+        // the same one, so a client that retries a slow complete loses nothing.
+        if uploads::claim_completion(&state.db, id, COMPLETE_CLAIM).await? {
+            let done = finish(&state, &upload, body).await;
+            if let Err(e) = &done
+                && !matches!(e, ApiError::UploadVerificationFailed(_))
+            {
+                // Not the upload's fault (storage or database down): the
+                // next complete may try again.
+                let back = uploads::transition(
+                    &state.db,
+                    id,
+                    &[UploadState::Completing],
+                    UploadState::Pending,
+                );
+                if let Err(e) = back.await {
+                    tracing::warn!(error = %e, upload = %id, "could not release a completion claim; it lapses");
+                }
+            }
+            let view = done?;
+            metrics::counter!("intake_presigned_completed_total").increment(1);
+            return Ok((StatusCode::CREATED, Json(view)));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::ServiceUnavailable(
+                "another request is still completing this upload; retry".into(),
+            ));
+        }
+        tokio::time::sleep(COMPLETE_POLL).await;
+    }
+}
+
+/// The largest `complete` body: 10,000 parts of about 60 bytes each, with
+/// room to spare (the JSON limit of other routes would cut it short).
+const COMPLETE_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Reads the optional body of `complete` (single uploads complete without
+/// one), held to [`COMPLETE_BODY_LIMIT`].
+async fn complete_body(body: Body) -> Result<CompleteRequest, ApiError> {
+    let limited = http_body_util::Limited::new(body, COMPLETE_BODY_LIMIT);
+    let bytes = match http_body_util::BodyExt::collect(limited).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge {
+                limit: COMPLETE_BODY_LIMIT as u64,
+            });
+        }
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "the body could not be read to its end",
+            ));
+        }
     };
-    let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
-    if let Some(file) = files::find_view(&state.db, upload.account_id, upload.id).await? {
-        return Ok((StatusCode::CREATED, Json(file)));
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CompleteRequest::default());
     }
-    match upload.state {
-        UploadState::Pending if !upload.expired => {}
-        UploadState::Failed => {
-            return Err(ApiError::Gone(
-                "this upload failed verification; start a new one".into(),
-            ));
-        }
-        _ => {
-            return Err(ApiError::Gone(
-                "this upload expired or was aborted; start a new one".into(),
-            ));
-        }
-    }
-    let view = finish(&state, &upload, body).await?;
-    metrics::counter!("intake_presigned_completed_total").increment(1);
-    Ok((StatusCode::CREATED, Json(view)))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::unprocessable(format!("invalid body: {e}")))
 }
 
 /// Completes the multipart upload (if any), verifies the object and records
@@ -395,14 +493,27 @@ async fn finish(
             return Err(fail(state, upload, "the parts do not make the upload".into()).await);
         }
     }
-    if let Err(why) = verify::verify(state.store.as_ref(), upload).await {
-        return Err(fail(state, upload, why).await);
-    }
     let lease = Lease::existing(
         upload.lease_id,
         upload.account_id,
         state.config.presign_expiry + LEASE_GRACE,
     );
+    if upload.multipart_upload_id.is_none() {
+        // Copy first and verify the copy: nothing can write the file's key,
+        // so the bytes verified are the bytes kept.
+        let (staged, key) = (upload.target_key(), upload.key());
+        lease.track_copy(&state.db, &key, &staged).await?;
+        match state.store.copy(&staged, &key).await {
+            Ok(()) => {}
+            Err(StorageError::NotFound) => {
+                return Err(fail(state, upload, "nothing was uploaded".into()).await);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Err(why) = verify::verify(state.store.as_ref(), upload).await {
+        return Err(fail(state, upload, why).await);
+    }
     let new = NewFile {
         id: upload.id,
         filename: upload.filename.clone(),
@@ -419,10 +530,16 @@ async fn finish(
             None => return Err(e),
         },
     };
-    uploads::leave_pending(&state.db, upload.id, UploadState::Completed).await?;
-    // The file owns the object now (its key left the lease): ending the
-    // lease frees the slot and nothing else.
-    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+    uploads::transition(
+        &state.db,
+        upload.id,
+        &[UploadState::Completing],
+        UploadState::Completed,
+    )
+    .await?;
+    // The file owns its object now (its key left the lease): ending the
+    // lease frees the slot and removes the staging object.
+    end(state, upload).await?;
     Ok(view)
 }
 
@@ -436,13 +553,26 @@ pub async fn abort(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
-    if upload.state == UploadState::Completed {
-        return Err(ApiError::Conflict(
-            "this upload is complete; delete the file instead".into(),
-        ));
+    match upload.state {
+        UploadState::Completed => {
+            return Err(ApiError::Conflict(
+                "this upload is complete; delete the file instead".into(),
+            ));
+        }
+        UploadState::Completing => {
+            return Err(ApiError::Conflict("this upload is being completed".into()));
+        }
+        UploadState::Pending => {
+            if !uploads::transition(&state.db, id, &[UploadState::Pending], UploadState::Aborted)
+                .await?
+            {
+                return Err(ApiError::Conflict("this upload is being completed".into()));
+            }
+            end(&state, &upload).await?;
+        }
+        // Already ended: aborting again changes nothing.
+        UploadState::Aborted | UploadState::Failed => {}
     }
-    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
-    uploads::leave_pending(&state.db, upload.id, UploadState::Aborted).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -479,7 +609,7 @@ pub async fn data(
         content_type: row.content_type.clone(),
         sha256: row.sha256(),
     };
-    let key = row.key();
+    let key = row.target_key();
     if row.state != UploadState::Pending
         || !fs.verify(
             "PUT",
@@ -504,25 +634,57 @@ pub async fn data(
             "Content-Length and Content-Type must be the signed ones",
         ));
     }
+    // One writer at a time, each held to the idle timeout of uploads.
+    let idle = state.config.upload_idle_timeout;
+    if !uploads::claim_writer(&state.db, id, idle * 2, false).await? {
+        return Err(ApiError::Conflict(
+            "another request is writing this upload".into(),
+        ));
+    }
+    let written = write_data(&state, &row, &key, &conditions, body).await;
+    if let Err(e) = uploads::release_writer(&state.db, id).await {
+        tracing::warn!(error = %e, upload = %id, "could not release the writer; it lapses");
+    }
+    written.map(|()| StatusCode::OK)
+}
+
+/// Streams a data route body into the upload's staging object, held to the
+/// signed length and checksum and to the idle timeout.
+async fn write_data(
+    state: &AppState,
+    row: &Upload,
+    key: &str,
+    conditions: &PutConditions,
+    body: Body,
+) -> Result<(), ApiError> {
+    let idle = state.config.upload_idle_timeout;
     let part = usize::try_from(state.config.upload_part_bytes).unwrap_or(usize::MAX);
-    let mut writer = state.store.writer(&key, &row.content_type, part).await?;
+    let mut writer = state.store.writer(key, &row.content_type, part).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     let mut stream = body.into_data_stream();
+    let mut renewed = tokio::time::Instant::now();
     let received = async {
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::idle_timeout())?
+        {
             let chunk = chunk
                 .map_err(|_| ApiError::bad_request("the body could not be read to its end"))?;
             total += chunk.len() as u64;
-            if total > row.size as u64 {
+            if total > row.size() {
                 return Err(ApiError::bad_request(
                     "more bytes than the signed Content-Length",
                 ));
             }
             hasher.update(&chunk);
             writer.write(chunk).await?;
+            if renewed.elapsed() > idle / 2 {
+                uploads::claim_writer(&state.db, row.id, idle * 2, true).await?;
+                renewed = tokio::time::Instant::now();
+            }
         }
-        if total != row.size as u64 {
+        if total != row.size() {
             return Err(ApiError::bad_request(
                 "fewer bytes than the signed Content-Length",
             ));
@@ -539,10 +701,7 @@ pub async fn data(
     }
     .await;
     match received {
-        Ok(()) => {
-            writer.finish().await?;
-            Ok(StatusCode::OK)
-        }
+        Ok(()) => Ok(writer.finish().await.map(|_| ())?),
         Err(e) => {
             let _ = writer.abort().await;
             Err(e)

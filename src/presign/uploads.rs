@@ -1,6 +1,8 @@
 //! The `presigned_uploads` table: what an issued upload declared, to verify
 //! it at completion, and the state it is in. Only this module writes it.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -13,6 +15,8 @@ use crate::{error::ApiError, files, sniff::Category};
 pub enum State {
     /// Issued; its URLs may be in use.
     Pending,
+    /// One request is completing it (verifying and recording).
+    Completing,
     /// Verified and recorded as a file.
     Completed,
     /// Given up by its client.
@@ -44,14 +48,40 @@ pub struct Upload {
     pub multipart_upload_id: Option<String>,
     /// Where it stands.
     pub state: State,
+    /// When its URLs expire.
+    pub expires_at: DateTime<Utc>,
     /// Whether its URLs have expired.
     pub expired: bool,
+}
+
+impl State {
+    /// The column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Completing => "completing",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 impl Upload {
     /// Its object's key (the file's key).
     pub fn key(&self) -> String {
         files::object_key(self.account_id, self.id)
+    }
+
+    /// Where the client writes: a single PUT's URL names a staging key, so
+    /// that whatever is written through it after completion never touches
+    /// the file; a multipart upload's part URLs name the file's key, as
+    /// they die with the multipart upload.
+    pub fn target_key(&self) -> String {
+        match self.multipart_upload_id {
+            Some(_) => self.key(),
+            None => staging_key(self.account_id, self.id),
+        }
     }
 
     /// The declared size in bytes.
@@ -89,8 +119,13 @@ pub struct NewUpload<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The key a single PUT writes to before completion copies it.
+pub fn staging_key(account_id: Uuid, id: Uuid) -> String {
+    format!("s/{account_id}/{id}")
+}
+
 const COLUMNS: &str = "id, account_id, lease_id, filename, content_type, category, size, sha256, \
-     multipart_upload_id, state, expires_at < now() AS expired";
+     multipart_upload_id, state, expires_at, expires_at < now() AS expired";
 
 /// Records an issued upload.
 pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
@@ -129,13 +164,70 @@ pub async fn find(db: &PgPool, id: Uuid, account_id: Option<Uuid>) -> Result<Upl
     row.ok_or_else(|| ApiError::not_found("presigned upload"))
 }
 
-/// Moves a pending upload to `to`; `false` when it was no longer pending.
-pub async fn leave_pending(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE presigned_uploads SET state = $2 WHERE id = $1 AND state = 'pending'")
-            .bind(id)
-            .bind(to)
-            .execute(db)
-            .await?;
+/// Moves an upload from one of `from` to `to`; `false` when it was in
+/// none of them (another request moved it first).
+pub async fn transition(
+    db: &PgPool,
+    id: Uuid,
+    from: &[State],
+    to: State,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE presigned_uploads SET state = $3, claimed_until = NULL
+         WHERE id = $1 AND state = ANY($2)",
+    )
+    .bind(id)
+    .bind(from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    .bind(to)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Claims the completion of an upload for `ttl`: a pending, unexpired
+/// upload, or one whose last completing request's claim lapsed (its
+/// instance died). `false` when another request holds it or it is done.
+pub async fn claim_completion(db: &PgPool, id: Uuid, ttl: Duration) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE presigned_uploads SET state = 'completing',
+                claimed_until = now() + make_interval(secs => $2)
+         WHERE id = $1
+           AND ((state = 'pending' AND expires_at > now())
+             OR (state = 'completing' AND claimed_until < now()))",
+    )
+    .bind(id)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Claims the data route's single writer slot of a pending upload for
+/// `ttl` (renewed by claiming again); `false` when another writer holds it.
+pub async fn claim_writer(
+    db: &PgPool,
+    id: Uuid,
+    ttl: Duration,
+    renew: bool,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE presigned_uploads SET writer_until = now() + make_interval(secs => $2)
+         WHERE id = $1 AND state = 'pending'
+           AND ($3 OR writer_until IS NULL OR writer_until < now())",
+    )
+    .bind(id)
+    .bind(ttl.as_secs_f64())
+    .bind(renew)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Lets the next writer in.
+pub async fn release_writer(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE presigned_uploads SET writer_until = NULL WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
 }

@@ -89,6 +89,27 @@ impl Lease {
         .await?;
         Ok(())
     }
+
+    /// Records an object about to be written from another (a staged upload
+    /// copied into place): ending the lease removes both, recording the file
+    /// hands `object_key` over and leaves `source_key` to the lease.
+    pub async fn track_copy(
+        &self,
+        db: &PgPool,
+        object_key: &str,
+        source_key: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = NULL, finishing_key = $3
+             WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(object_key)
+        .bind(source_key)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
 }
 
 /// How long a client is told to wait when all its slots are taken.

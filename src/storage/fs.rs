@@ -198,6 +198,22 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dest) = (self.path(from)?, self.path(to)?);
+        let (tmp, file) = self.temp_file().await?;
+        drop(file);
+        let result = async {
+            tokio::fs::copy(&src, &tmp).await?;
+            tokio::fs::File::open(&tmp).await?.sync_all().await?;
+            place(&tmp, &dest).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
     async fn writer(
         &self,
         key: &str,

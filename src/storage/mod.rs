@@ -122,6 +122,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Copies an object (at most 5 GB, S3's single-copy limit) to another
+    /// key, replacing what is there; the copy is visible whole or not at all.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
     /// Starts writing an object in parts of `part_size` bytes.
     async fn writer(
         &self,

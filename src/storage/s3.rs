@@ -154,6 +154,46 @@ fn total_from_content_range(range: Option<&str>) -> Option<u64> {
     range?.rsplit('/').next()?.parse().ok()
 }
 
+impl S3Store {
+    /// Every part of a multipart upload with its ETag, paging through
+    /// ListParts (AWS and MinIO answer at most 1,000 parts a page).
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<(i32, String)>, StorageError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(map_err)?;
+            parts.extend(page.parts().iter().map(|p| {
+                (
+                    p.part_number().unwrap_or(0),
+                    unquote(p.e_tag().unwrap_or_default()),
+                )
+            }));
+            // A server that says "more" without moving on would loop forever.
+            match (page.is_truncated(), page.next_part_number_marker()) {
+                (Some(true), Some(next))
+                    if !next.is_empty() && page.part_number_marker() != Some(next) =>
+                {
+                    marker = Some(next.to_owned());
+                }
+                _ => return Ok(parts),
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn kind(&self) -> &'static str {
@@ -231,6 +271,28 @@ impl ObjectStore for S3Store {
                 other => Err(other),
             },
         }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        // The copy source is "bucket/key", URL-encoded but for its slashes.
+        let source: String = format!("{}/{}", self.bucket, self.full_key(from))
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(source)
+            .key(self.full_key(to))
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -321,26 +383,7 @@ impl ObjectStore for S3Store {
     ) -> Result<(), StorageError> {
         // Check the client's list against what storage holds, so a wrong
         // ETag or a missing part fails here even on servers that do not check.
-        let listed = self
-            .client
-            .list_parts()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .upload_id(upload_id)
-            .max_parts(10_000)
-            .send()
-            .await
-            .map_err(map_err)?;
-        let mut stored: Vec<(i32, String)> = listed
-            .parts()
-            .iter()
-            .map(|p| {
-                (
-                    p.part_number().unwrap_or(0),
-                    unquote(p.e_tag().unwrap_or_default()),
-                )
-            })
-            .collect();
+        let mut stored = self.list_parts(key, upload_id).await?;
         stored.sort_unstable();
         let given: Vec<(i32, String)> = parts.iter().map(|(n, e)| (*n, unquote(e))).collect();
         // Some S3-compatible servers list parts without their ETags; those

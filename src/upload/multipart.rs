@@ -15,7 +15,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, header},
 };
 use bytes::Bytes;
 use futures_util::Stream;
@@ -103,7 +103,7 @@ impl Waits {
     /// the server shuts down.
     async fn bound<T>(&self, read: impl Future<Output = T>) -> Result<T, ApiError> {
         tokio::select! {
-            r = tokio::time::timeout(self.idle, read) => r.map_err(|_| idle_timeout()),
+            r = tokio::time::timeout(self.idle, read) => r.map_err(|_| ApiError::idle_timeout()),
             () = self.shutdown.cancelled() => Err(shutting_down()),
         }
     }
@@ -179,13 +179,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn idle_timeout() -> ApiError {
-    ApiError::InvalidRequest {
-        status: StatusCode::REQUEST_TIMEOUT,
-        detail: "the upload sent nothing for too long".into(),
-    }
 }
 
 fn shutting_down() -> ApiError {

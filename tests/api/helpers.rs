@@ -763,6 +763,37 @@ impl TestApp {
         }
     }
 
+    /// Every object the app's storage holds (S3: below its prefix; the local
+    /// folder: every file but partial writes), as keys without the prefix.
+    pub async fn every_object(&self) -> Vec<String> {
+        match self.backend {
+            Backend::S3 => s3_keys(&self.prefix)
+                .await
+                .into_iter()
+                .map(|k| k.trim_start_matches(&self.prefix).to_owned())
+                .collect(),
+            Backend::Fs => {
+                fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+                    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let path = e.path();
+                        if path.is_dir() {
+                            if e.file_name() != ".tmp" {
+                                walk(&path, root, out);
+                            }
+                        } else {
+                            let rel = path.strip_prefix(root).unwrap();
+                            out.push(rel.to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                let root = self.fs_root.as_ref().unwrap().path();
+                let mut keys = Vec::new();
+                walk(root, root, &mut keys);
+                keys
+            }
+        }
+    }
+
     /// Files in the local backend's temporary folder (partial writes).
     pub fn fs_partials(&self) -> usize {
         std::fs::read_dir(self.fs_root.as_ref().unwrap().path().join(".tmp"))

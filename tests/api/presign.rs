@@ -491,3 +491,345 @@ async fn urls_name_the_public_endpoint_when_clients_reach_storage_elsewhere() {
 fn expires_at(issued: &Value) -> chrono::DateTime<chrono::Utc> {
     issued["expires_at"].as_str().unwrap().parse().unwrap()
 }
+
+/// PUTs other bytes of the signed length and type to a URL whose upload
+/// has ended: S3 takes them (the URL is still valid), the local folder's
+/// own route refuses them; either way intake must not keep them.
+async fn put_again(issued: &Value, len: usize) {
+    let other = fixtures::png(len);
+    let status = put(issued["url"].as_str().unwrap(), &issued["headers"], other).await;
+    assert!(
+        status.is_success() || status == StatusCode::FORBIDDEN,
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_that_outlives_its_upload_never_changes_a_file_and_leaves_nothing() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn()
+            .backend(backend)
+            .var("PRESIGN_EXPIRY_SECS", "4")
+            .start()
+            .await;
+        let (account, key) = app.account_with_key("starter").await;
+        let data = fixtures::png(20_000);
+        let body =
+            |name: &str| json!({"filename": name, "content_type": "image/png", "size": data.len()});
+
+        // Completed, then written again through its URL.
+        let done: Value = presign(&app, &key, body("a.png"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            put(
+                done["url"].as_str().unwrap(),
+                &done["headers"],
+                data.clone()
+            )
+            .await
+            .is_success()
+        );
+        let resp = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({})).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?}");
+        let file: Value = resp.json().await.unwrap();
+        put_again(&done, data.len()).await;
+        // A complete after that answers the file as it was.
+        let again: Value = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["sha256"], file["sha256"]);
+
+        // Aborted, then written through its URL.
+        let aborted: Value = presign(&app, &key, body("b.png"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let resp = app
+            .request(
+                Method::DELETE,
+                &format!(
+                    "/upload/presigned/{}",
+                    aborted["upload_id"].as_str().unwrap()
+                ),
+            )
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        put_again(&aborted, data.len()).await;
+
+        // Failed verification (PDF bytes declared PNG), then written again.
+        let failed: Value = presign(&app, &key, body("c.png"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut pdf = fixtures::pdf(data.len());
+        pdf.truncate(data.len());
+        assert!(
+            put(failed["url"].as_str().unwrap(), &failed["headers"], pdf)
+                .await
+                .is_success()
+        );
+        let resp = complete(&app, &key, failed["upload_id"].as_str().unwrap(), json!({})).await;
+        assert_problem(
+            resp,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "upload_verification_failed",
+        )
+        .await;
+        put_again(&failed, data.len()).await;
+
+        // The file keeps exactly the bytes that were verified.
+        let id = file["id"].as_str().unwrap();
+        assert_eq!(app.download(&key, id).await, data, "{backend:?}");
+
+        // By the URLs' expiry plus one reaper pass, only the file is left.
+        for issued in [&done, &aborted, &failed] {
+            past(expires_at(issued), std::time::Duration::from_secs(6)).await;
+        }
+        intake::reap(&app.state).await.unwrap();
+        assert_eq!(
+            app.every_object().await,
+            vec![format!("u/{}/{}", account.id, id)],
+            "{backend:?}"
+        );
+        assert_eq!(
+            app.holdings(account.id).await,
+            Holdings::stored(1, data.len() as i64)
+        );
+        assert_eq!(app.download(&key, id).await, data, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_completes_of_one_upload_all_answer_the_same_file() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::mp4(17 * MIB);
+    let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let parts = json!({"parts": put_parts(&issued, &data).await});
+    let id = issued["upload_id"].as_str().unwrap();
+    let (a, b, c) = tokio::join!(
+        complete(&app, &key, id, parts.clone()),
+        complete(&app, &key, id, parts.clone()),
+        complete(&app, &key, id, parts.clone())
+    );
+    let mut ids = Vec::new();
+    for resp in [a, b, c] {
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let file: Value = resp.json().await.unwrap();
+        ids.push(file["id"].as_str().unwrap().to_owned());
+    }
+    assert!(ids.iter().all(|i| i == id), "{ids:?}");
+    // And once more, after the fact.
+    assert_eq!(
+        complete(&app, &key, id, parts).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+    assert_eq!(app.objects(account.id).await.len(), 1);
+    assert_eq!(app.download(&key, id).await, data);
+}
+
+#[tokio::test]
+async fn a_declared_sha256_is_checked_against_the_stored_bytes() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(50_000);
+    let sha = hex::encode(Sha256::digest(&data));
+    let issued: Value = presign(&app, &key, json!({"filename": "a.png", "content_type": "image/png", "size": data.len(), "sha256": sha}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Other bytes of the same length under the declared checksum: storage
+    // refuses them, but the S3 test server keeps them anyway.
+    let mut other = data.clone();
+    other[1000] ^= 1;
+    let status = put(issued["url"].as_str().unwrap(), &issued["headers"], other).await;
+    assert!(status.is_client_error(), "{status}");
+    let resp = complete(&app, &key, issued["upload_id"].as_str().unwrap(), json!({})).await;
+    let body = assert_problem(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "upload_verification_failed",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("sha256"),
+        "{body}"
+    );
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
+    assert!(app.objects(account.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_complete_with_ten_thousand_parts_is_read_and_a_larger_body_is_problem_json() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("enterprise").await;
+    let data = fixtures::mp4(9 * MIB);
+    let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = issued["upload_id"].as_str().unwrap();
+    // 10,000 parts (about 600 KB of JSON) are read; they are not this
+    // upload's parts, so completion fails verification.
+    let parts: Vec<Value> = (1..=10_000)
+        .map(|n| json!({"part_number": n, "etag": format!("\"{:032x}\"", n)}))
+        .collect();
+    let resp = complete(&app, &key, id, json!({"parts": parts})).await;
+    let body = assert_problem(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "upload_verification_failed",
+    )
+    .await;
+    assert!(
+        !body["detail"].as_str().unwrap().contains("object store"),
+        "{body}"
+    );
+    // A body far past any part list is refused, as problem+json.
+    let other: Value = presign(&app, &key, json!({"filename": "w.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let huge = vec![b' '; 8 * MIB];
+    let resp = app
+        .post(&format!(
+            "/upload/presigned/{}/complete",
+            other["upload_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    app.request(
+        Method::DELETE,
+        &format!("/upload/presigned/{}", other["upload_id"].as_str().unwrap()),
+    )
+    .bearer_auth(&key)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
+}
+
+#[tokio::test]
+async fn the_signed_type_is_the_normalised_one() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(10_000);
+    let issued: Value = presign(&app, &key, json!({"filename": "a.png", "content_type": "Image/PNG; charset=binary", "size": data.len()}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(issued["headers"]["content-type"], "image/png", "{issued}");
+    assert!(
+        put(issued["url"].as_str().unwrap(), &issued["headers"], data)
+            .await
+            .is_success()
+    );
+    let file: Value = complete(&app, &key, issued["upload_id"].as_str().unwrap(), json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(file["content_type"], "image/png");
+    let resp = presign(
+        &app,
+        &key,
+        json!({"filename": "a.png", "content_type": "image/png\u{1}", "size": 10}),
+    )
+    .await;
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_local_data_route_takes_one_writer_at_a_time_and_drops_a_stalled_one() {
+    let app = spawn()
+        .backend(Backend::Fs)
+        .var("UPLOAD_IDLE_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(100_000);
+    let issued: Value = presign(
+        &app,
+        &key,
+        json!({"filename": "a.png", "content_type": "image/png", "size": data.len()}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    // A writer that sends the first bytes and then nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tx.send(Ok(data[..1000].to_vec())).await.unwrap();
+    let mut stalled = reqwest::Client::new()
+        .put(issued["url"].as_str().unwrap())
+        .header("content-length", data.len())
+        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+    for (name, value) in issued["headers"].as_object().unwrap() {
+        if name != "content-length" {
+            stalled = stalled.header(name.as_str(), value.as_str().unwrap());
+        }
+    }
+    let stalled = tokio::spawn(stalled.send());
+    // While it holds the upload, a second writer is refused.
+    crate::helpers::eventually("the first writer holds the upload", || async {
+        app.scalar_i64("SELECT count(*) FROM presigned_uploads WHERE writer_until > now()")
+            .await
+            == 1
+    })
+    .await;
+    let url = issued["url"].as_str().unwrap().to_owned();
+    let headers = issued["headers"].clone();
+    assert_eq!(
+        put(&url, &headers, data.clone()).await,
+        StatusCode::CONFLICT
+    );
+    let resp = stalled.await.unwrap().unwrap();
+    assert_problem(resp, StatusCode::REQUEST_TIMEOUT, "invalid_request").await;
+    drop(tx);
+    // Then the upload takes a writer again, and completes.
+    assert!(put(&url, &headers, data.clone()).await.is_success());
+    let resp = complete(&app, &key, issued["upload_id"].as_str().unwrap(), json!({})).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+}
+
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
