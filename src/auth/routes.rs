@@ -25,8 +25,10 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Credentials {
     /// E-mail address.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// Password (8 to 1024 bytes at signup).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 

@@ -157,6 +157,7 @@ pub struct ListQuery {
     /// Case-insensitive substring of the filename or the description.
     pub q: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

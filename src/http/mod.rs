@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+mod problems;
 
 use axum::response::IntoResponse;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
@@ -96,7 +97,8 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
 /// (outermost first: request id, tracing, metrics, authentication and rate
 /// limit, body limit).
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_routes(&state.config).split_for_parts();
+    let (routes, mut doc) = api_routes(&state.config).split_for_parts();
+    problems::document(&mut doc);
     ops::set_openapi(&doc);
     let request_id = HeaderName::from_static("x-request-id");
     routes

@@ -65,11 +65,15 @@ const URL_CLOCK_SKEW_SECS: i64 = 5;
 pub struct PresignRequest {
     /// The file's name (display only).
     pub filename: String,
-    /// The file's type; the PUT must send exactly this `Content-Type`.
+    /// The file's type (normalised: the PUT must send exactly the
+    /// `Content-Type` the answer's headers give).
+    #[schema(min_length = 1)]
     pub content_type: String,
     /// Exact size in bytes.
+    #[schema(minimum = 1)]
     pub size: u64,
     /// SHA-256 of the content (hex); storage refuses other bytes.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub sha256: Option<String>,
     /// Ask for a multipart upload even at 5 GB or less.
     #[serde(default)]
