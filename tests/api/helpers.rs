@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
 pub const PASSWORD: &str = "correct horse battery";
 pub const S3_BUCKET: &str = "intake-test";
 
