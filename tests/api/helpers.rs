@@ -851,3 +851,37 @@ impl Proxy {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A server on 127.0.0.1 that accepts connections and never answers: storage
+/// (or anything) that has stopped responding without closing its sockets.
+pub struct Blackhole {
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Blackhole { addr, task }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestApp {
+    /// The server's address as `host:port`, for raw TCP tests.
+    pub fn socket_addr(&self) -> String {
+        self.addr.trim_start_matches("http://").to_owned()
+    }
+}
