@@ -166,3 +166,31 @@ async fn every_error_is_problem_json() {
         .unwrap();
     assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test]
+async fn a_junk_method_creates_no_metrics_series() {
+    let app = spawn_app().await;
+    let junk = Method::from_bytes(b"XJUNK001").unwrap();
+    let resp = app.request(junk, "/healthz").send().await.unwrap();
+    assert_problem(resp, StatusCode::METHOD_NOT_ALLOWED, "invalid_request").await;
+    let resp = app
+        .request(
+            Method::from_bytes(b"XJUNK002").unwrap(),
+            "/no/such/XJUNK003",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("XJUNK"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+}
