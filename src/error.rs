@@ -283,13 +283,18 @@ impl From<SniffError> for ApiError {
     }
 }
 
-/// A feature the backend lacks is the client's to route around (422); any
-/// other storage failure is logged and answered as a generic 500.
+/// A feature the backend lacks is the client's to route around (422);
+/// storage that does not answer is a 503 the client may retry; any other
+/// storage failure is logged and answered as a generic 500.
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Unsupported(what) => {
                 Self::unprocessable(format!("{what} need the S3 storage backend"))
+            }
+            StorageError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "object store unavailable");
+                Self::ServiceUnavailable("the object store did not answer; retry shortly".into())
             }
             other => Self::Internal(other.into()),
         }
