@@ -94,11 +94,57 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .merge(dashboard::routes(config))
 }
 
+/// Routes that neither read storage nor count against a rate limit, so
+/// they never answer 503 (readiness documents its own).
+const NEVER_UNAVAILABLE: [&str; 5] = [
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/",
+    "/assets/{build}/{file}",
+];
+
+/// Documents the statuses the server's own layers add to routes, which no
+/// handler's annotation shows: 408 wherever a body is read (the idle
+/// timeout of every body), and 503 wherever a dependency or a bound can
+/// refuse (the rate limiter's store with `RATE_LIMIT_FAIL_OPEN=false`,
+/// storage timeouts, password hashing at its bound).
+fn add_server_statuses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let response =
+        |description: &str| RefOr::T(ResponseBuilder::new().description(description).build());
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            if operation.request_body.is_some() {
+                responses.entry("408".into()).or_insert_with(|| {
+                    response("invalid_request: the request body sent nothing for UPLOAD_IDLE_TIMEOUT_SECS")
+                });
+            }
+            if !NEVER_UNAVAILABLE.contains(&path.as_str()) {
+                responses.entry("503".into()).or_insert_with(|| {
+                    response("service_unavailable: storage or the rate limiter did not answer, or the server is at a bound (then with Retry-After)")
+                });
+            }
+        }
+    }
+}
+
 /// Builds the application: routes, fallbacks and the middleware stack
 /// (outermost first: request id, tracing, metrics, authentication and rate
 /// limit, the body idle timeout, body limit).
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_routes(&state.config).split_for_parts();
+    let (routes, mut doc) = api_routes(&state.config).split_for_parts();
+    add_server_statuses(&mut doc);
     ops::set_openapi(&doc);
     let request_id = HeaderName::from_static("x-request-id");
     routes

@@ -194,3 +194,31 @@ async fn a_junk_method_creates_no_metrics_series() {
     assert!(text.contains("method=\"other\""), "{text}");
     assert!(text.contains("route=\"unmatched\""), "{text}");
 }
+
+#[tokio::test]
+async fn openapi_lists_the_statuses_the_server_layers_add() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let responses = |method: &str, path: &str| doc["paths"][path][method]["responses"].clone();
+    for (method, path) in [
+        ("post", "/auth/login"),
+        ("post", "/auth/signup"),
+        ("post", "/upload/stream"),
+        ("post", "/chat"),
+    ] {
+        let r = responses(method, path);
+        assert!(r["408"].is_object(), "{method} {path}: {r}");
+        assert!(r["503"].is_object(), "{method} {path}: {r}");
+    }
+    let r = responses("get", "/files/{id}/content");
+    assert!(r["503"].is_object() && r["408"].is_null(), "{r}");
+    let r = responses("get", "/healthz");
+    assert!(r["503"].is_null(), "{r}");
+}
