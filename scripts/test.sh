@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real Postgres cluster and the real S3
 # test server (s3s-fs), both started here, then the dashboard's browser
-# tests (scripts/lib/browser.sh); installs what is missing.
+# tests (scripts/lib/browser.sh), and checks docker-compose.yml
+# (scripts/check-compose.py); installs what is missing.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 # INTAKE_BROWSER_TESTS=0 skips the browser tests; =only runs nothing else;
 # BROWSER_TEST_ARGS go to Playwright (e.g. "--grep quota --project fs").
@@ -38,6 +39,9 @@ OUT=$(mktemp)
 status=0
 browser=${INTAKE_BROWSER_TESTS:-1}
 if [ "$browser" != only ]; then
+    log "checking docker-compose.yml"
+    python3 -c 'import yaml' 2>/dev/null || as_root apt-get install -y -qq python3-yaml >/dev/null
+    python3 scripts/check-compose.py || status=1
     log "running the test suite"
     cargo test --locked "$@" 2>&1 | tee "$OUT" || status=$?
 fi

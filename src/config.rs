@@ -80,6 +80,11 @@ pub struct S3Config {
     /// Prefix put before every object key, so several deployments (or
     /// tests) can share one bucket.
     pub key_prefix: String,
+    /// Bound on opening a connection to storage.
+    pub connect_timeout: Duration,
+    /// Bound on one storage call, its retries included (for a download, up
+    /// to its first bytes).
+    pub operation_timeout: Duration,
 }
 
 /// The OpenAI-compatible provider behind `/files/{id}/describe` and `/chat`.
@@ -153,8 +158,18 @@ pub struct Config {
     pub upload_part_bytes: u64,
     /// Lifetime of an upload lease between renewals.
     pub upload_lease_ttl: Duration,
-    /// How long a streaming upload may send nothing before it is ended.
+    /// How long any request body (an upload's or a JSON one) may send
+    /// nothing before the request ends with 408.
     pub upload_idle_timeout: Duration,
+    /// How long a connection may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; past it, new ones wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Password hashes (argon2, 19 MiB each) computed at once.
+    pub password_hash_concurrency: usize,
+    /// Password hashes that may wait for a free slot; past it, 503.
+    pub password_hash_queue: usize,
     /// Lifetime of presigned URLs.
     pub presign_expiry: Duration,
     /// Object storage.
@@ -198,6 +213,10 @@ impl Config {
                     secret_access_key: env.opt("S3_SECRET_ACCESS_KEY").map(Secret),
                     force_path_style,
                     key_prefix: env.opt("S3_KEY_PREFIX").unwrap_or_default(),
+                    connect_timeout: Duration::from_secs(
+                        env.positive("S3_CONNECT_TIMEOUT_SECS", 5)?,
+                    ),
+                    operation_timeout: Duration::from_secs(env.positive("S3_TIMEOUT_SECS", 60)?),
                 })
             }
             Some(other) => {
@@ -227,10 +246,17 @@ impl Config {
                 })?,
         };
         let jwt_secret = env.required("JWT_SECRET")?;
-        if jwt_secret.len() < 32 {
+        check_secret("JWT_SECRET", &jwt_secret)?;
+        let admin_token = env.opt("ADMIN_TOKEN");
+        if let Some(token) = &admin_token {
+            check_secret("ADMIN_TOKEN", token)?;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let password_hash_concurrency = env.parse_or("PASSWORD_HASH_CONCURRENCY", cores)?;
+        if password_hash_concurrency == 0 {
             return Err(ConfigError::Invalid {
-                name: "JWT_SECRET",
-                reason: "must be at least 32 characters".into(),
+                name: "PASSWORD_HASH_CONCURRENCY",
+                reason: "must be at least 1".into(),
             });
         }
         let upload_part_bytes = env.parse_or("UPLOAD_PART_BYTES", 8 * MB)?;
@@ -247,7 +273,7 @@ impl Config {
             jwt_secret: Secret(jwt_secret),
             bind_addr,
             public_base_url,
-            admin_token: env.opt("ADMIN_TOKEN").filter(|t| !t.is_empty()).map(Secret),
+            admin_token: admin_token.map(Secret),
             cookie_secure: env.parse_or("COOKIE_SECURE", true)?,
             session_ttl: Duration::from_secs(env.parse_or("SESSION_TTL_SECS", 7 * 24 * 3600)?),
             anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
@@ -260,7 +286,13 @@ impl Config {
             upload_lease_ttl: Duration::from_secs(
                 env.parse_or::<u64>("UPLOAD_LEASE_TTL_SECS", 30)?.max(2),
             ),
-            upload_idle_timeout: Duration::from_secs(env.parse_or("UPLOAD_IDLE_TIMEOUT_SECS", 30)?),
+            upload_idle_timeout: Duration::from_secs(env.positive("UPLOAD_IDLE_TIMEOUT_SECS", 30)?),
+            header_read_timeout: Duration::from_secs(env.positive("HEADER_READ_TIMEOUT_SECS", 10)?),
+            max_connections: usize::try_from(env.positive("MAX_CONNECTIONS", 10_000)?)
+                .unwrap_or(usize::MAX),
+            password_hash_concurrency,
+            password_hash_queue: env
+                .parse_or("PASSWORD_HASH_QUEUE", 4 * password_hash_concurrency)?,
             storage,
             log_format: match env.opt("LOG_FORMAT").as_deref() {
                 None | Some("text") => LogFormat::Text,
@@ -299,15 +331,7 @@ fn ai_config(env: &Env<'_>) -> Result<AiConfig, ConfigError> {
             })
         }
     };
-    let positive = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-        match env.parse_or(name, default)? {
-            0 => Err(ConfigError::Invalid {
-                name,
-                reason: "must be at least 1".into(),
-            }),
-            n => Ok(n),
-        }
-    };
+    let positive = |name, default| env.positive(name, default);
     Ok(AiConfig {
         provider,
         timeout: Duration::from_secs(positive("AI_TIMEOUT_SECS", 60)?),
@@ -328,6 +352,42 @@ fn ai_config(env: &Env<'_>) -> Result<AiConfig, ConfigError> {
     })
 }
 
+/// Values that documentation and examples put where a secret goes; a
+/// server started with one of them has a secret that anyone can read.
+const PLACEHOLDERS: [&str; 9] = [
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "placeholder",
+    "your-secret",
+    "your_secret",
+    "example",
+];
+
+/// Refuses a secret that is short or an obvious placeholder, naming the
+/// variable so the operator knows which one to set.
+fn check_secret(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.chars().count() < 32 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 32 characters".into(),
+        });
+    }
+    let lower = value.to_ascii_lowercase();
+    let mut chars = lower.chars();
+    let first = chars.next();
+    let one_character = chars.all(|c| Some(c) == first);
+    if one_character || PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "is a placeholder; set a random value (e.g. openssl rand -base64 48)".into(),
+        });
+    }
+    Ok(())
+}
+
 fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -345,6 +405,18 @@ impl Env<'_> {
 
     fn required(&self, name: &'static str) -> Result<String, ConfigError> {
         self.opt(name).ok_or(ConfigError::Missing(name))
+    }
+
+    /// A whole number of at least 1 (a duration or a count where 0 would
+    /// disable a bound by accident).
+    fn positive(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        match self.parse_or(name, default)? {
+            0 => Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
+        }
     }
 
     fn parse_or<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
@@ -415,11 +487,12 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let c = config(&[BASE[0], BASE[1], ("ADMIN_TOKEN", "admin-secret-token")]).unwrap();
+        let token = "admin-secret-token-9f8e7d6c5b4a3210";
+        let c = config(&[BASE[0], BASE[1], ("ADMIN_TOKEN", token)]).unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("0123456789abcdef"));
-        assert!(!shown.contains("admin-secret-token"));
+        assert!(!shown.contains(token));
     }
 
     #[test]
@@ -486,5 +559,90 @@ mod tests {
         .unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(config(&[BASE[0], BASE[1], ("TRUSTED_PROXIES", "nope")]).is_err());
+    }
+
+    #[test]
+    fn the_example_jwt_secret_and_other_placeholders_are_refused() {
+        let example = include_str!("../.env.example")
+            .lines()
+            .find_map(|l| l.strip_prefix("JWT_SECRET="))
+            .unwrap();
+        for secret in [
+            example,
+            "changeme-changeme-changeme-changeme",
+            "replace-me-with-a-random-string-of-32",
+            "your-secret-here-at-least-32-characters",
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        ] {
+            let err = config(&[BASE[0], ("JWT_SECRET", secret)]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("environment variable JWT_SECRET is invalid: is a placeholder"),
+                "{secret}: {err}"
+            );
+        }
+        assert!(config(&BASE).is_ok());
+    }
+
+    #[test]
+    fn an_admin_token_needs_32_characters_when_set() {
+        let err = config(&[
+            BASE[0],
+            BASE[1],
+            ("ADMIN_TOKEN", "0123456789abcdef0123456789abcde"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable ADMIN_TOKEN is invalid: must be at least 32 characters"
+        );
+        let err = config(&[
+            BASE[0],
+            BASE[1],
+            ("ADMIN_TOKEN", "change-me-to-a-long-random-admin-token"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("ADMIN_TOKEN"), "{err}");
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(c.admin_token.is_some());
+        // Unset or empty: the admin API is off, which needs no token.
+        let c = config(&[BASE[0], BASE[1], ("ADMIN_TOKEN", "")]).unwrap();
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn server_bounds_have_their_documented_defaults() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.upload_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_connections, 10_000);
+        assert!(c.password_hash_concurrency >= 1);
+        assert_eq!(c.password_hash_queue, 4 * c.password_hash_concurrency);
+        for zero in [
+            "HEADER_READ_TIMEOUT_SECS",
+            "MAX_CONNECTIONS",
+            "PASSWORD_HASH_CONCURRENCY",
+            "UPLOAD_IDLE_TIMEOUT_SECS",
+        ] {
+            let err = config(&[BASE[0], BASE[1], (zero, "0")]).unwrap_err();
+            assert!(err.to_string().contains(zero), "{err}");
+        }
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("STORAGE_BACKEND", "s3"),
+            ("S3_BUCKET", "b"),
+        ])
+        .unwrap();
+        let StorageConfig::S3(s3) = c.storage else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.connect_timeout, Duration::from_secs(5));
+        assert_eq!(s3.operation_timeout, Duration::from_secs(60));
     }
 }

@@ -121,6 +121,15 @@ pub enum ApiError {
     /// 503: a dependency (database, storage) is down.
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// 503 `service_unavailable` with `Retry-After`: the server is at a
+    /// bound it keeps to protect itself (e.g. password hashes at once).
+    #[error("{detail}")]
+    Busy {
+        /// What is busy.
+        detail: String,
+        /// Whole seconds after which a retry makes sense.
+        retry_after: u64,
+    },
     /// 500: logged with its cause, answered with a generic message.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -180,7 +189,7 @@ impl ApiError {
             Self::MonthlyQuotaExceeded { .. } => "monthly_quota_exceeded",
             Self::StorageQuotaExceeded { .. } => "storage_quota_exceeded",
             Self::AiUnavailable(_) => "ai_unavailable",
-            Self::ServiceUnavailable(_) => "service_unavailable",
+            Self::ServiceUnavailable(_) | Self::Busy { .. } => "service_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -209,7 +218,9 @@ impl ApiError {
             | Self::ConcurrentUploadLimit { .. }
             | Self::MonthlyQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::StorageQuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            Self::AiUnavailable(_) | Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AiUnavailable(_) | Self::ServiceUnavailable(_) | Self::Busy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -219,7 +230,8 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after, .. }
             | Self::ConcurrentUploadLimit { retry_after, .. }
-            | Self::MonthlyQuotaExceeded { retry_after, .. } => Some((*retry_after).max(1)),
+            | Self::MonthlyQuotaExceeded { retry_after, .. }
+            | Self::Busy { retry_after, .. } => Some((*retry_after).max(1)),
             _ => None,
         }
     }
@@ -264,6 +276,7 @@ impl ApiError {
             Self::StorageQuotaExceeded { limit, used } => {
                 vec![("limit", json!(limit)), ("used", json!(used))]
             }
+            Self::Busy { .. } => vec![("retry_after", json!(self.retry_after()))],
             _ => Vec::new(),
         }
     }
@@ -278,13 +291,18 @@ impl From<SniffError> for ApiError {
     }
 }
 
-/// A feature the backend lacks is the client's to route around (422); any
-/// other storage failure is logged and answered as a generic 500.
+/// A feature the backend lacks is the client's to route around (422);
+/// storage that does not answer is a 503 the client may retry; any other
+/// storage failure is logged and answered as a generic 500.
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Unsupported(what) => {
                 Self::unprocessable(format!("{what} need the S3 storage backend"))
+            }
+            StorageError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "object store unavailable");
+                Self::ServiceUnavailable("the object store did not answer; retry shortly".into())
             }
             other => Self::Internal(other.into()),
         }

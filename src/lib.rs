@@ -25,7 +25,7 @@ pub mod telemetry;
 pub mod tiers;
 pub mod upload;
 
-use std::{future::Future, net::SocketAddr};
+use std::future::Future;
 
 use tokio::net::TcpListener;
 
@@ -98,14 +98,13 @@ impl App {
                 token.cancel();
             });
         };
-        let result = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await;
+        let bounds = http::serve::Bounds {
+            header_read_timeout: state.config.header_read_timeout,
+            max_connections: state.config.max_connections,
+        };
+        http::serve::serve(self.listener, router, bounds, signal).await;
         housekeeping.abort();
-        result.map_err(Into::into)
+        Ok(())
     }
 }
 

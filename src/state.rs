@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ai::client::AiClient, auth::session::JwtKeys, config::Config, db, ratelimit::Limiter, storage,
-    storage::ObjectStore,
+    ai::client::AiClient, auth::password::Hasher, auth::session::JwtKeys, config::Config, db,
+    ratelimit::Limiter, storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -22,6 +22,8 @@ pub struct Inner {
     pub store: Arc<dyn ObjectStore>,
     /// Session JWT and CSRF keys.
     pub jwt: JwtKeys,
+    /// Password hashing, bounded in how many hashes run at once.
+    pub passwords: Hasher,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Per-minute rate limits (decided in the database, in batches).
@@ -61,6 +63,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             ai,
             jwt: JwtKeys::new(config.jwt_secret.expose()),
+            passwords: Hasher::new(config.password_hash_concurrency, config.password_hash_queue),
             metrics: crate::telemetry::handle(),
             shutdown: CancellationToken::new(),
             limiter: Limiter::spawn(db.clone()),

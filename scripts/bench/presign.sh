@@ -38,7 +38,7 @@ s3_start "$WORK/s3" "$S3_PORT" bench-key bench-secret
 PORT=$(free_port)
 export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA" STORAGE_BACKEND=s3 S3_REGION=us-east-1
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token
+export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
 export BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn DATABASE_MAX_CONNECTIONS=20
 "$BIN" serve >"$WORK/intake.log" 2>&1 &
 SERVER_PID=$!

@@ -23,7 +23,7 @@ SCHEMA=bench_$(date +%s)
 "$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
 export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
 export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz
-export ADMIN_TOKEN=bench-admin-token
+export ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
 export STORAGE_BACKEND=fs FS_ROOT=$(mktemp -d) LOG_FORMAT=json RUST_LOG=warn
 PORT=$(free_port)
 export BIND_ADDR=127.0.0.1:$PORT

@@ -51,7 +51,7 @@ PY
 
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
 export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA" STORAGE_BACKEND=s3 S3_REGION=us-east-1
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token
+export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
 export UPLOAD_PART_BYTES=$PART_BYTES PART_BYTES RUST_LOG=warn
 PORT=$(free_port)
 export BIND_ADDR=127.0.0.1:$PORT INTAKE_URL=http://127.0.0.1:$PORT

@@ -88,7 +88,8 @@ run_browser_tests() (
     local artifacts=$BROWSER_DIR/artifacts
     rm -rf "$artifacts" && mkdir -p "$artifacts/logs"
     BROWSER_LOGS=$PWD/$artifacts/logs
-    BROWSER_ADMIN_TOKEN=browser-admin-token-$RANDOM$RANDOM
+    # At least 32 characters, as intake requires of ADMIN_TOKEN.
+    BROWSER_ADMIN_TOKEN=browser-admin-token-$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
     INTAKE_PIDS=()
 
     local fs_port s3_port cors_port

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{
     auth::{
         Account, AccountView, AdminAuth, api_keys,
-        password::{self, Email, Password},
+        password::{Email, Password},
         routes::insert_account,
     },
     error::ApiError,
@@ -85,7 +85,7 @@ pub async fn create_account(
 ) -> Result<Account, ApiError> {
     let email = Email::parse(email)?;
     let hash = match password {
-        Some(p) => Some(password::hash(Password::parse(p)?).await?),
+        Some(p) => Some(state.passwords.hash(Password::parse(p)?).await?),
         None => None,
     };
     insert_account(state, &email, hash, tier).await

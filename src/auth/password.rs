@@ -1,7 +1,10 @@
 //! E-mail and password newtypes (parsed at the edge) and argon2id hashing,
-//! always off the async runtime.
+//! always off the async runtime and bounded: each hash holds 19 MiB, so a
+//! login flood must not run an unbounded number of them at once.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use argon2::{
     Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
@@ -81,36 +84,87 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// Hashes a password with argon2id on the blocking pool.
-pub async fn hash(password: Password) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.0.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
-    })
-    .await?
+/// Seconds a refused caller is told to wait: a hash takes well under one.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+/// Runs argon2id on the blocking pool, at most `concurrency` hashes at once
+/// and `queue` more waiting for a turn; past that a caller is refused with
+/// 503 at once, so memory stays bounded (one 19 MiB buffer per running
+/// hash) however many logins arrive.
+#[derive(Clone)]
+pub struct Hasher {
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
 }
 
-/// Checks a password against a stored hash on the blocking pool. With no
-/// stored hash (unknown e-mail, or an account without a password) it still
-/// spends the same time on a dummy hash, so answers do not reveal which
-/// e-mail addresses exist.
-pub async fn verify(password: String, stored: Option<String>) -> anyhow::Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let (phc, real) = match stored {
-            Some(phc) => (phc, true),
-            None => (dummy_hash().to_owned(), false),
-        };
-        let parsed =
-            PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("stored hash is invalid: {e}"))?;
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        Ok(ok && real)
-    })
-    .await?
+impl Hasher {
+    /// A hasher running `concurrency` hashes at once with `queue` waiting.
+    pub fn new(concurrency: usize, queue: usize) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(concurrency.max(1))),
+            admitted: Arc::new(Semaphore::new(concurrency.max(1).saturating_add(queue))),
+        }
+    }
+
+    /// A turn to hash: admitted (or refused) at once, then waiting for one
+    /// of the running slots.
+    async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+        let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("intake_password_hash_refused_total").increment(1);
+            ApiError::Busy {
+                detail: "too many password checks at once; retry shortly".into(),
+                retry_after: BUSY_RETRY_AFTER_SECS,
+            }
+        })?;
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Ok((admitted, running))
+    }
+
+    /// Hashes a password with argon2id.
+    pub async fn hash(&self, password: Password) -> Result<String, ApiError> {
+        let turn = self.turn().await?;
+        let hashed = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.0.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+        Ok(hashed)
+    }
+
+    /// Checks a password against a stored hash. With no stored hash
+    /// (unknown e-mail, or an account without a password) it still spends
+    /// the same time on a dummy hash, so answers do not reveal which e-mail
+    /// addresses exist.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
+        let turn = self.turn().await?;
+        let ok = tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the request is dropped.
+            let _turn = turn;
+            let (phc, real) = match stored {
+                Some(phc) => (phc, true),
+                None => (dummy_hash().to_owned(), false),
+            };
+            let parsed = PasswordHash::new(&phc)
+                .map_err(|e| anyhow::anyhow!("stored hash is invalid: {e}"))?;
+            let ok = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
+            anyhow::Ok(ok && real)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+        Ok(ok)
+    }
 }
 
 fn dummy_hash() -> &'static str {
@@ -157,16 +211,46 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_only_the_right_password() {
-        let phc = hash(Password::parse("correct horse".into()).unwrap())
+        let hasher = Hasher::new(2, 0);
+        let phc = hasher
+            .hash(Password::parse("correct horse".into()).unwrap())
             .await
             .unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(
-            verify("correct horse".into(), Some(phc.clone()))
+            hasher
+                .verify("correct horse".into(), Some(phc.clone()))
                 .await
                 .unwrap()
         );
-        assert!(!verify("wrong horse".into(), Some(phc)).await.unwrap());
-        assert!(!verify("not a real password".into(), None).await.unwrap());
+        assert!(
+            !hasher
+                .verify("wrong horse".into(), Some(phc))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("not a real password".into(), None)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_running_and_waiting_hashes_callers_are_refused_at_once() {
+        let hasher = Hasher::new(1, 1);
+        // One running, one waiting: the third is refused without waiting.
+        let (first, second) = (hasher.turn().await.unwrap(), hasher.clone());
+        let waiting = tokio::spawn(async move { second.turn().await.map(drop) });
+        while hasher.admitted.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = hasher.turn().await.map(drop).unwrap_err();
+        assert_eq!(refused.code(), "service_unavailable");
+        assert_eq!(refused.retry_after(), Some(1));
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        assert!(hasher.turn().await.is_ok(), "slots come back");
     }
 }

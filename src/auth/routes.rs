@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::{
     Account, AccountView, CurrentAccount, SessionAccount, api_keys,
-    password::{self, Email, Password},
+    password::{Email, Password},
     session,
 };
 use crate::{
@@ -88,7 +88,7 @@ pub async fn signup(
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let email = Email::parse(&body.email)?;
     let password = Password::parse(body.password)?;
-    let hash = password::hash(password).await?;
+    let hash = state.passwords.hash(password).await?;
     let account = insert_account(&state, &email, Some(hash), Tier::Free).await?;
     Ok((StatusCode::CREATED, Json(account.view())))
 }
@@ -120,7 +120,7 @@ pub async fn login(
     };
     let stored = row.as_ref().and_then(|r| r.password_hash.clone());
     let ok = body.password.len() <= Password::MAX_BYTES
-        && password::verify(body.password, stored).await?;
+        && state.passwords.verify(body.password, stored).await?;
     let (true, Some(row)) = (ok, row) else {
         return Err(ApiError::Unauthorized("wrong e-mail or password".into()));
     };

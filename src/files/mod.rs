@@ -176,13 +176,18 @@ fn encode_cursor(f: &FileView) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}.{}", f.created_at.timestamp_micros(), f.id))
 }
 
+/// The timestamps a cursor may carry: those a file row can have. chrono
+/// takes years Postgres refuses (before 4713 BC), which would fail the query.
+const CURSOR_MICROS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999;
+
 fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
     let (micros, id) = raw.split_once('.')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
+    let micros: i64 = micros.parse().ok()?;
+    if !CURSOR_MICROS.contains(&micros) {
+        return None;
+    }
+    Some((DateTime::from_timestamp_micros(micros)?, id.parse().ok()?))
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern.
@@ -436,6 +441,15 @@ mod tests {
         };
         assert_eq!(decode_cursor(&encode_cursor(&view)), Some((at, id)));
         assert_eq!(decode_cursor("not a cursor"), None);
+        for micros in [
+            i64::MIN,
+            -8_000_000_000_000_000_000,
+            -1,
+            253_402_300_800_000_000,
+        ] {
+            let c = URL_SAFE_NO_PAD.encode(format!("{micros}.{id}"));
+            assert_eq!(decode_cursor(&c), None, "{micros}");
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The HTTP surface: the router, its middleware stack and the OpenAPI
 //! document generated from the same route list.
 
+pub mod idle;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
 mod problems;
+pub mod serve;
 
 use axum::response::IntoResponse;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};
@@ -95,7 +97,7 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
 
 /// Builds the application: routes, fallbacks and the middleware stack
 /// (outermost first: request id, tracing, metrics, authentication and rate
-/// limit, body limit).
+/// limit, the body idle timeout, body limit).
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes(&state.config).split_for_parts();
     problems::document(&mut doc);
@@ -128,6 +130,7 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
                 }))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), idle::idle_bodies))
                 .layer(DefaultBodyLimit::max(crate::extract::JSON_BODY_LIMIT)),
         )
         .with_state(state)

@@ -50,7 +50,8 @@ const COMMON: &[(&str, &str)] = &[
     ),
 ];
 
-/// Operations on these paths answer no error of their own beyond 405/500.
+/// Operations on these paths read no storage, count against no limit and
+/// answer no error beyond 405/500 (readiness documents its own 503).
 const PLAIN: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 fn problem_schema() -> Schema {
@@ -72,8 +73,11 @@ fn problem_schema() -> Schema {
 
 fn add_common(path: &str, op: &mut Operation) {
     for (status, why) in COMMON {
-        let plain_ok = matches!(*status, "405" | "500" | "503");
-        if PLAIN.contains(&path) && !plain_ok {
+        if PLAIN.contains(&path) && !matches!(*status, "405" | "500") {
+            continue;
+        }
+        // Only a request with a body can stall in it.
+        if *status == "408" && op.request_body.is_none() {
             continue;
         }
         if op.responses.responses.contains_key(*status) {

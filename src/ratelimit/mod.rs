@@ -20,7 +20,7 @@ const WINDOW_NANOS: i64 = 60_000_000_000;
 /// What a request is counted against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Row key: `a:<account id>` or `ip:<address>`.
+    /// Row key: `a:<account id>`, `ip:<IPv4 address>` or `ip:<IPv6 network>/64`.
     pub key: String,
     /// Requests per minute (the burst too).
     pub limit: u32,
@@ -38,10 +38,20 @@ impl Policy {
         }
     }
 
-    /// The per-IP policy of anonymous requests.
+    /// The per-IP policy of anonymous requests. An IPv6 client is keyed by
+    /// its /64: one subscriber commonly holds a whole /64 and could rotate
+    /// through its 2^64 addresses to get a fresh budget per request. IPv4
+    /// (and IPv4-mapped IPv6) addresses stay whole.
     pub fn anonymous(ip: std::net::IpAddr, limit: u32) -> Self {
+        let subject = match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !(u128::MAX >> 64);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        };
         Self {
-            key: format!("ip:{ip}"),
+            key: format!("ip:{subject}"),
             limit,
             kind: "anonymous",
         }
@@ -333,6 +343,17 @@ pub async fn peek(db: &PgPool, policy: &Policy) -> Result<(u32, i64), sqlx::Erro
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_ipv4_ones_whole() {
+        let key = |ip: &str| Policy::anonymous(ip.parse().unwrap(), 60).key;
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2::ffff"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "ip:203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        assert_eq!(key("::ffff:203.0.113.7"), "ip:203.0.113.7");
+    }
 
     #[test]
     fn absurd_limits_do_not_divide_by_zero() {

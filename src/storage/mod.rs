@@ -31,6 +31,9 @@ pub enum StorageError {
     /// The backend cannot do this.
     #[error("not supported by this storage backend: {0}")]
     Unsupported(&'static str),
+    /// Storage did not answer in time, or could not be reached at all.
+    #[error("object store unavailable: {0}")]
+    Unavailable(#[source] anyhow::Error),
     /// Anything else: network, permissions, the server's own errors.
     #[error("object store error: {0}")]
     Backend(#[source] anyhow::Error),

@@ -14,7 +14,7 @@ use aws_sdk_s3::{
     Client,
     config::{
         BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation,
+        ResponseChecksumValidation, timeout::TimeoutConfig,
     },
     error::{ProvideErrorMetadata, SdkError},
     presigning::PresigningConfig,
@@ -61,7 +61,13 @@ impl S3Store {
                 "intake-config",
             ));
         }
-        let shared = loader.load().await;
+        // Every call is bounded, so storage that stops answering fails
+        // requests with 503 instead of holding them (and their slots) forever.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .operation_timeout(cfg.operation_timeout)
+            .build();
+        let shared = loader.timeout_config(timeouts).load().await;
         let client_for = |endpoint: Option<&String>| {
             let mut builder = aws_sdk_s3::config::Builder::from(&shared)
                 .force_path_style(cfg.force_path_style)
@@ -99,6 +105,14 @@ where
         Some(404) => return StorageError::NotFound,
         Some(416) => return StorageError::InvalidRange,
         _ => {}
+    }
+    let unreachable = match &err {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(failure) => failure.is_timeout() || failure.is_io(),
+        _ => false,
+    };
+    if unreachable {
+        return StorageError::Unavailable(err.into());
     }
     if let Some(code) = err.as_service_error().and_then(|e| e.code()) {
         match code {

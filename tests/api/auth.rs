@@ -552,3 +552,38 @@ async fn the_session_route_gives_a_reloaded_page_its_account_and_csrf_token() {
         .unwrap();
     assert_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
 }
+
+#[tokio::test]
+async fn a_login_flood_past_the_hash_bound_gets_503_with_retry_after() {
+    let app = crate::helpers::spawn()
+        .var("PASSWORD_HASH_CONCURRENCY", "1")
+        .var("PASSWORD_HASH_QUEUE", "1")
+        .var("ANON_RATE_LIMIT_PER_MINUTE", "1000")
+        .start()
+        .await;
+    let account = app.account("free").await;
+    let logins = (0..12).map(|_| {
+        app.post("/auth/login")
+            .json(&json!({"email": account.email, "password": PASSWORD}))
+            .send()
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let (mut ok, mut busy) = (0, 0);
+    for resp in answers {
+        let resp = resp.unwrap();
+        if resp.status() == StatusCode::OK {
+            ok += 1;
+            continue;
+        }
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body =
+            assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+        assert_eq!(body["retry_after"], 1);
+        busy += 1;
+    }
+    assert!(ok >= 1 && busy >= 1, "{ok} logged in, {busy} refused");
+    // Only the logins that were let through made sessions.
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, ok);
+    // The slots come back once the flood is over.
+    app.login(&account.email).await;
+}

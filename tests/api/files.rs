@@ -336,3 +336,27 @@ async fn usage_reports_stored_bytes() {
     assert_eq!(usage["usage"]["storage_bytes"]["reserved"], 0);
     assert_eq!(usage["usage"]["concurrent_uploads"]["active"], 0);
 }
+
+#[tokio::test]
+async fn a_cursor_with_an_out_of_range_timestamp_is_invalid_request() {
+    use base64::Engine as _;
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    let id = uuid::Uuid::now_v7();
+    // chrono accepts these years; Postgres does not (before 4713 BC), and
+    // i64::MAX is beyond chrono too.
+    for micros in [-8_000_000_000_000_000_000_i64, i64::MAX] {
+        let cursor =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}.{id}"));
+        let resp = app
+            .get(&format!("/files?cursor={cursor}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    // The listing itself still answers.
+    let resp = app.get("/files").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

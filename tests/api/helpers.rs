@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
 pub const PASSWORD: &str = "correct horse battery";
 pub const S3_BUCKET: &str = "intake-test";
 
@@ -880,5 +880,39 @@ impl Proxy {
     /// Lets connections through again.
     pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A server on 127.0.0.1 that accepts connections and never answers: storage
+/// (or anything) that has stopped responding without closing its sockets.
+pub struct Blackhole {
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Blackhole { addr, task }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestApp {
+    /// The server's address as `host:port`, for raw TCP tests.
+    pub fn socket_addr(&self) -> String {
+        self.addr.trim_start_matches("http://").to_owned()
     }
 }

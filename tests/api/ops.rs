@@ -166,3 +166,59 @@ async fn every_error_is_problem_json() {
         .unwrap();
     assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test]
+async fn a_junk_method_creates_no_metrics_series() {
+    let app = spawn_app().await;
+    let junk = Method::from_bytes(b"XJUNK001").unwrap();
+    let resp = app.request(junk, "/healthz").send().await.unwrap();
+    assert_problem(resp, StatusCode::METHOD_NOT_ALLOWED, "invalid_request").await;
+    let resp = app
+        .request(
+            Method::from_bytes(b"XJUNK002").unwrap(),
+            "/no/such/XJUNK003",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("XJUNK"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+}
+
+#[tokio::test]
+async fn openapi_lists_the_statuses_the_server_layers_add() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let responses = |method: &str, path: &str| doc["paths"][path][method]["responses"].clone();
+    for (method, path) in [
+        ("post", "/auth/login"),
+        ("post", "/auth/signup"),
+        ("post", "/upload/stream"),
+        ("post", "/chat"),
+    ] {
+        let r = responses(method, path);
+        assert!(r["408"].is_object(), "{method} {path}: {r}");
+        assert!(r["503"].is_object(), "{method} {path}: {r}");
+    }
+    let r = responses("get", "/files/{id}/content");
+    assert!(r["503"].is_object() && r["408"].is_null(), "{r}");
+    let r = responses("get", "/healthz");
+    assert!(r["503"].is_null(), "{r}");
+}

@@ -431,3 +431,35 @@ async fn limits_can_be_switched_off() {
         assert!(resp.headers().get("x-ratelimit-limit").is_none());
     }
 }
+
+#[tokio::test]
+async fn ipv6_clients_share_the_anonymous_budget_of_their_64() {
+    let app = spawn()
+        .var("TRUSTED_PROXIES", "127.0.0.1")
+        .var("ANON_RATE_LIMIT_PER_MINUTE", "2")
+        .start()
+        .await;
+    let from = |ip: &str| app.get("/limits").header("x-forwarded-for", ip).send();
+    assert_eq!(
+        from("2001:db8:1:2::1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        from("2001:db8:1:2::2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    // A third address of the same /64 is the same client.
+    let resp = from("2001:db8:1:2:ffff::3").await.unwrap();
+    assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another /64 has its own budget.
+    assert_eq!(
+        from("2001:db8:1:3::1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM rate_limits WHERE key LIKE 'ip:2001:%' ORDER BY key")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(keys, ["ip:2001:db8:1:2::/64", "ip:2001:db8:1:3::/64"]);
+}

@@ -284,3 +284,33 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
         "expired"
     );
 }
+
+#[tokio::test]
+async fn storage_that_never_answers_ends_requests_with_503() {
+    let blackhole = crate::helpers::Blackhole::start().await;
+    let app = spawn()
+        .var("S3_ENDPOINT", &blackhole.addr)
+        .var("S3_TIMEOUT_SECS", "1")
+        .var("S3_CONNECT_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let png = crate::helpers::fixtures::png(10_000);
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.upload(&key, "a.png", "image/png", &png),
+    )
+    .await
+    .expect("the upload is answered, not held");
+    crate::helpers::assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        .await;
+    let resp = tokio::time::timeout(Duration::from_secs(20), app.get("/readyz").send())
+        .await
+        .expect("readiness is answered")
+        .unwrap();
+    crate::helpers::assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        .await;
+    // Nothing is held or counted for the failed upload.
+    let h = app.settled(account.id).await;
+    assert_eq!((h.files, h.used, h.reserved, h.leases), (0, 0, 0, 0));
+}

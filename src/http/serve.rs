@@ -1,0 +1,91 @@
+//! The accept loop: HTTP/1 connections served by hyper with a header read
+//! timeout and a bound on connections at once, and graceful shutdown.
+//!
+//! `axum::serve` sets neither bound, so a client that sends half a request
+//! header holds its connection (and its file descriptor) forever, and enough
+//! of them exhaust the process.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tower::ServiceExt as _;
+
+/// The bounds of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// A connection whose request headers have not all arrived after this
+    /// long is closed (hyper answers 408 first when it can).
+    pub header_read_timeout: Duration,
+    /// Connections served at once. Past it the loop stops accepting, so new
+    /// connections wait in the listen backlog until one closes (and past the
+    /// backlog the operating system refuses them).
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then stops
+/// accepting (the listener is closed) and waits for every connection to
+/// finish its request in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    bounds: Bounds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first, then a connection: at the bound nothing is accepted.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of
+                    // spinning, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            let router = router.clone();
+            async move { router.oneshot(req.map(Body::new)).await }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        metrics::gauge!("intake_http_connections_open").increment(1.0);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Header timeouts, resets and the like: the client's doing.
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+            metrics::gauge!("intake_http_connections_open").decrement(1.0);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

@@ -1,0 +1,129 @@
+//! The server's own bounds on connections: header read timeout, body idle
+//! timeout, connections at once.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{assert_problem, spawn};
+
+/// Opens a connection and sends the first half of a request's headers.
+async fn half_a_header(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: intake\r\nX-Half: ")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; `None` if it has not
+/// within `bound`.
+async fn closed_within(stream: &mut TcpStream, bound: Duration) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(bound, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| seen)
+}
+
+#[tokio::test]
+async fn half_a_request_header_is_closed_after_the_header_timeout() {
+    let app = spawn().var("HEADER_READ_TIMEOUT_SECS", "1").start().await;
+    let mut stalled = half_a_header(&app.socket_addr()).await;
+    let seen = closed_within(&mut stalled, Duration::from_secs(10))
+        .await
+        .expect("the stalled connection is closed");
+    // hyper says why before closing, when it can; never a 200.
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // The server itself is unharmed.
+    let resp = app.get("/healthz").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_json_body_that_stalls_ends_with_408() {
+    let app = spawn().var("UPLOAD_IDLE_TIMEOUT_SECS", "1").start().await;
+    let account = app.account("free").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tx.send(Ok(format!(
+        "{{\"email\": \"{}\", \"password\": ",
+        account.email
+    )
+    .into_bytes()))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.post("/auth/login")
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    )
+    .await
+    .expect("the stalled body is answered")
+    .unwrap();
+    let body = assert_problem(resp, StatusCode::REQUEST_TIMEOUT, "invalid_request").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("sent nothing"),
+        "{body}"
+    );
+    drop(tx);
+    // Nothing was logged in.
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, 0);
+    // A body that arrives in time still works.
+    let resp = app
+        .post("/auth/login")
+        .json(&json!({"email": account.email, "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let app = spawn()
+        .var("MAX_CONNECTIONS", "2")
+        .var("HEADER_READ_TIMEOUT_SECS", "60")
+        .start()
+        .await;
+    // Both slots held by connections that never finish a request.
+    let first = half_a_header(&app.socket_addr()).await;
+    let _second = half_a_header(&app.socket_addr()).await;
+    let request = app.get("/healthz").send();
+    let mut waiting = tokio::spawn(request);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a third connection is served while two are held"
+    );
+    drop(first);
+    let resp = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
