@@ -151,6 +151,31 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         parts: &[(i32, String)],
     ) -> Result<(), StorageError>;
+    /// Starts an object that intake assembles itself from parts sent over
+    /// several requests (a resumable upload); returns the id of that
+    /// assembly (a multipart upload on S3).
+    async fn start_parts(&self, key: &str, content_type: &str) -> Result<String, StorageError>;
+    /// Stores part `number` (from 1) of such an object: exactly the bytes of
+    /// `body`, which sit at byte `start` of the object. Storing a part again
+    /// replaces it (and, on the local folder, whatever followed it).
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        start: u64,
+        body: Vec<Bytes>,
+    ) -> Result<(), StorageError>;
+    /// Makes the object of the first `parts` parts, `size` bytes in all,
+    /// visible under its key. Parts stored past `parts` (by a request whose
+    /// bytes were not kept) are left out.
+    async fn complete_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: i32,
+        size: u64,
+    ) -> Result<(), StorageError>;
     /// A URL that downloads the object as an attachment named `filename`.
     async fn presign_get(
         &self,
