@@ -188,6 +188,7 @@ impl Writer {
                 file: Box::new(file),
             });
         }
+        a.store_whole_part().await?;
         if received > 0 || a.flushed {
             a.save_tail().await?;
         }
@@ -395,6 +396,20 @@ impl<'a> Assembly<'a> {
         Some(part + continuation)
     }
 
+    /// At the end of a body that is not the file's last: a buffer of
+    /// exactly one part is stored as that part, not as a tail (clients that
+    /// send one part per PATCH then never write a tail at all). A text
+    /// document's part needs the bytes after it to end on a character, so it
+    /// waits for the next request.
+    async fn store_whole_part(&mut self) -> Result<(), Stop> {
+        let part = self.part_size();
+        if self.kind.as_ref().is_some_and(|k| !k.text) && self.buf.len == part {
+            let whole = self.buf.take(part);
+            self.store_part(whole).await?;
+        }
+        Ok(())
+    }
+
     /// Checks a part of a text document (whole characters, valid UTF-8).
     fn check_text(&self, part: &[Bytes]) -> Result<(), Stop> {
         let Some(kind) = self.kind.as_ref().filter(|k| k.text) else {
@@ -485,7 +500,11 @@ impl<'a> Assembly<'a> {
         else {
             return Err(lost());
         };
-        self.lease.renew(&state.db).await?;
+        // The lease holds the slot and the reservation: without it the
+        // upload is over, whatever its row says.
+        if !self.lease.renew(&state.db).await? {
+            return Err(lost());
+        }
         Ok(expires_at)
     }
 

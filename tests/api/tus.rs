@@ -1184,3 +1184,47 @@ async fn malformed_tus_requests_are_refused_and_keep_nothing() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     app.assert_left_with(account.id, 1).await;
 }
+
+#[tokio::test]
+async fn a_patch_of_exactly_one_part_is_stored_as_that_part_without_a_tail() {
+    let app = app_on(Backend::S3).await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::mp4(2 * PART + 10);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+    for n in 0..2 {
+        let resp = patch(
+            &app,
+            &path,
+            &key,
+            (n * PART) as u64,
+            data[n * PART..(n + 1) * PART].to_vec(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            side_objects(&app).await,
+            Vec::<String>::new(),
+            "no tail written"
+        );
+    }
+    let parts: i32 = sqlx::query_scalar("SELECT parts FROM tus_uploads WHERE id = $1")
+        .bind(upload_id(&path))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(parts, 2);
+    let resp = patch(
+        &app,
+        &path,
+        &key,
+        (2 * PART) as u64,
+        data[2 * PART..].to_vec(),
+    )
+    .await;
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.download(&key, &file_id).await, data);
+    assert_nothing_left(&app, account.id, 1).await;
+}
