@@ -270,8 +270,10 @@ impl ObjectStore for FsStore {
         upload_id: &str,
         _number: i32,
         start: u64,
-        body: Vec<Bytes>,
+        len: u64,
+        mut body: super::PartStream,
     ) -> Result<(), StorageError> {
+        use futures_util::StreamExt as _;
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .open(self.assembly(upload_id)?)
@@ -280,12 +282,28 @@ impl ObjectStore for FsStore {
         // were not kept: the part replaces it.
         file.set_len(start).await?;
         file.seek(SeekFrom::Start(start)).await?;
-        for chunk in &body {
-            file.write_all(chunk).await?;
+        let mut written: u64 = 0;
+        let result = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                written += chunk.len() as u64;
+                file.write_all(&chunk).await?;
+            }
+            if written != len {
+                return Err(StorageError::backend(anyhow::anyhow!(
+                    "a part of {len} bytes ended after {written}"
+                )));
+            }
+            file.flush().await?;
+            file.sync_data().await?;
+            Ok(())
         }
-        file.flush().await?;
-        file.sync_data().await?;
-        Ok(())
+        .await;
+        if result.is_err() {
+            // A part is whole or absent.
+            file.set_len(start).await?;
+        }
+        result
     }
 
     async fn complete_parts(

@@ -397,17 +397,18 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: i32,
         _start: u64,
-        body: Vec<Bytes>,
+        len: u64,
+        body: super::PartStream,
     ) -> Result<(), StorageError> {
-        let len: usize = body.iter().map(Bytes::len).sum();
+        let frames = body.map(|chunk| chunk.map(Frame::data));
         self.client
             .upload_part()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .upload_id(upload_id)
             .part_number(number)
-            .content_length(len as i64)
-            .body(chunk_body(body, None))
+            .content_length(i64::try_from(len).map_err(StorageError::backend)?)
+            .body(SdkByteStream::from_body_1_x(StreamBody::new(frames)))
             .customize()
             .disable_payload_signing()
             .send()

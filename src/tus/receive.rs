@@ -8,6 +8,12 @@
 //! breaks keeps every byte it stored), and when its body ends or breaks
 //! writes what is left as the new tail. At most one part is in memory.
 //!
+//! When the body's `Content-Length` says a part will fill, that part is
+//! sent to storage as its bytes arrive (receiving and sending overlap)
+//! while the same bytes stay in memory until storage has the part: if the
+//! body breaks first, the part fails and its bytes become the tail as any
+//! others would.
+//!
 //! A body with an `Upload-Checksum` is kept only as a whole: its parts are
 //! recorded when the checksum matches, so a mismatch (or a break) leaves the
 //! offset where it was; parts stored for it are overwritten by the next
@@ -164,14 +170,19 @@ impl Writer {
             };
             received += chunk.len() as u64;
             if received > remaining {
+                a.cancel_inflight().await;
                 return Err(past_length());
             }
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
+            a.feed(&chunk);
             a.buf.push(chunk);
-            a.advance().await?;
+            let body_left = self.content_length.map(|n| n.saturating_sub(received));
+            a.advance(body_left).await?;
         };
+        // A part still being sent did not fill: it fails, its bytes stay.
+        a.cancel_inflight().await;
         if let (Some(h), Some(want)) = (hasher, self.checksum.as_ref()) {
             if let Some(e) = broken {
                 // A part of a checksummed body cannot be verified: none is kept.
@@ -188,7 +199,6 @@ impl Writer {
                 file: Box::new(file),
             });
         }
-        a.store_whole_part().await?;
         if received > 0 || a.flushed {
             a.save_tail().await?;
         }
@@ -283,6 +293,30 @@ struct Assembly<'a> {
     multipart: Option<String>,
     /// Whether a part was stored by this request (the tail changes then).
     flushed: bool,
+    /// The next part, being sent while its bytes arrive.
+    inflight: Option<Inflight>,
+}
+
+/// A part sent to storage as its bytes arrive.
+struct Inflight {
+    tx: tokio::sync::mpsc::UnboundedSender<std::io::Result<Bytes>>,
+    len: usize,
+    sent: usize,
+    task: tokio::task::JoinHandle<Result<(), crate::storage::StorageError>>,
+}
+
+/// The receiving end of an [`Inflight`] part, as the body storage reads.
+struct PartBody(tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Bytes>>);
+
+impl futures_util::Stream for PartBody {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 impl<'a> Assembly<'a> {
@@ -323,6 +357,7 @@ impl<'a> Assembly<'a> {
             stored: u.stored.max(0) as u64,
             multipart: u.multipart_upload_id.clone(),
             flushed: false,
+            inflight: None,
         })
     }
 
@@ -334,8 +369,10 @@ impl<'a> Assembly<'a> {
         usize::try_from(self.w.upload.part_size).unwrap_or(usize::MAX)
     }
 
-    /// Sniffs once the first bytes are in, then stores every whole part.
-    async fn advance(&mut self) -> Result<(), Stop> {
+    /// Sniffs once the first bytes are in, starts sending a part that the
+    /// rest of the body (`body_left` bytes, when known) will fill, and
+    /// stores every whole part.
+    async fn advance(&mut self, body_left: Option<u64>) -> Result<(), Stop> {
         if self.kind.is_none() {
             let length = self.w.upload.length();
             let need = usize::try_from(length.min(SNIFF_BYTES as u64)).unwrap_or(SNIFF_BYTES);
@@ -345,14 +382,101 @@ impl<'a> Assembly<'a> {
             }
             self.decide(need, length <= SNIFF_BYTES as u64)?;
         }
+        if let Some(left) = body_left {
+            self.start_inflight(left).await?;
+        }
         while let Some(cut) = self.next_cut() {
             let part = self.buf.take(cut);
-            self.store_part(part).await?;
+            match self.inflight.take() {
+                Some(inflight) if inflight.len == cut => self.land(inflight, part).await?,
+                other => {
+                    self.inflight = other;
+                    self.store_part(part).await?;
+                }
+            }
             if self.w.checksum.is_none() {
                 self.commit(0).await?;
             }
         }
         Ok(())
+    }
+
+    /// Starts sending the next part now if the body will fill it (never the
+    /// file's last part, nor a text document's, whose parts end on a
+    /// character boundary only known once its bytes are in).
+    async fn start_inflight(&mut self, body_left: u64) -> Result<(), Stop> {
+        let part = self.part_size();
+        let binary = self.kind.as_ref().is_some_and(|k| !k.text);
+        let fills = self.buf.len as u64 + body_left >= part as u64;
+        let not_last = self.stored + (part as u64) < self.w.upload.length();
+        if self.inflight.is_some() || !binary || !fills || !not_last {
+            return Ok(());
+        }
+        let upload_id = match &self.multipart {
+            Some(id) => id.clone(),
+            None => self.start_parts().await?,
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (store, key) = (self.w.state.store.clone(), self.key.clone());
+        let (number, start) = (self.parts + 1, self.stored);
+        let task = tokio::spawn(async move {
+            store
+                .put_part(
+                    &key,
+                    &upload_id,
+                    number,
+                    start,
+                    part as u64,
+                    Box::pin(PartBody(rx)),
+                )
+                .await
+        });
+        let mut inflight = Inflight {
+            tx,
+            len: part,
+            sent: 0,
+            task,
+        };
+        for chunk in &self.buf.chunks {
+            feed_part(&mut inflight, chunk);
+        }
+        self.inflight = Some(inflight);
+        Ok(())
+    }
+
+    /// Hands newly received bytes to the part being sent, if any.
+    fn feed(&mut self, chunk: &Bytes) {
+        if let Some(inflight) = self.inflight.as_mut() {
+            feed_part(inflight, chunk);
+        }
+    }
+
+    /// Waits for storage to have the part sent as it arrived.
+    async fn land(&mut self, inflight: Inflight, part: Vec<Bytes>) -> Result<(), Stop> {
+        drop(inflight.tx);
+        inflight
+            .task
+            .await
+            .map_err(|e| Stop::Keep(ApiError::Internal(e.into())))??;
+        for chunk in &part {
+            self.sha.update(chunk);
+        }
+        self.parts += 1;
+        self.stored += part.iter().map(|c| c.len() as u64).sum::<u64>();
+        self.flushed = true;
+        Ok(())
+    }
+
+    /// Fails the part being sent (the body ended before filling it): its
+    /// bytes stay in the buffer.
+    async fn cancel_inflight(&mut self) {
+        if let Some(inflight) = self.inflight.take() {
+            let _ = inflight
+                .tx
+                .send(Err(std::io::Error::other("the body ended before the part")));
+            drop(inflight.tx);
+            let _ = inflight.task.await;
+        }
     }
 
     /// The type, from the first bytes, held to the declared type and name,
@@ -385,7 +509,10 @@ impl<'a> Assembly<'a> {
         let kind = self.kind.as_ref()?;
         let part = self.part_size();
         if !kind.text {
-            return (self.buf.len > part).then_some(part);
+            // A part that ends the file waits for completion (it may be
+            // the only part, stored with one PUT).
+            let not_last = self.stored + (part as u64) < self.w.upload.length();
+            return (self.buf.len >= part && not_last).then_some(part);
         }
         if self.buf.len < part.saturating_add(4) {
             return None;
@@ -394,20 +521,6 @@ impl<'a> Assembly<'a> {
             .take_while(|&i| self.buf.byte_at(i).is_some_and(|b| b & 0xC0 == 0x80))
             .count();
         Some(part + continuation)
-    }
-
-    /// At the end of a body that is not the file's last: a buffer of
-    /// exactly one part is stored as that part, not as a tail (clients that
-    /// send one part per PATCH then never write a tail at all). A text
-    /// document's part needs the bytes after it to end on a character, so it
-    /// waits for the next request.
-    async fn store_whole_part(&mut self) -> Result<(), Stop> {
-        let part = self.part_size();
-        if self.kind.as_ref().is_some_and(|k| !k.text) && self.buf.len == part {
-            let whole = self.buf.take(part);
-            self.store_part(whole).await?;
-        }
-        Ok(())
     }
 
     /// Checks a part of a text document (whole characters, valid UTF-8).
@@ -433,10 +546,18 @@ impl<'a> Assembly<'a> {
         for chunk in &part {
             self.sha.update(chunk);
         }
+        let body = futures_util::stream::iter(part.into_iter().map(Ok));
         self.w
             .state
             .store
-            .put_part(&self.key, &upload_id, self.parts + 1, self.stored, part)
+            .put_part(
+                &self.key,
+                &upload_id,
+                self.parts + 1,
+                self.stored,
+                len,
+                Box::pin(body),
+            )
             .await?;
         self.parts += 1;
         self.stored += len;
@@ -569,6 +690,15 @@ impl<'a> Assembly<'a> {
             .complete_parts(&self.key, &upload_id, self.parts, self.w.upload.length())
             .await?;
         Ok(())
+    }
+}
+
+fn feed_part(inflight: &mut Inflight, chunk: &Bytes) {
+    let take = (inflight.len - inflight.sent).min(chunk.len());
+    if take > 0 {
+        // A closed channel means the part failed; landing it says why.
+        let _ = inflight.tx.send(Ok(chunk.slice(..take)));
+        inflight.sent += take;
     }
 }
 
