@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real Postgres cluster and the real S3
-# test server (s3s-fs), both started here, then the dashboard's browser
+# test server (s3s-fs), both started here, a stock tus client (tuspy,
+# from PyPI, in a virtualenv of its own), then the dashboard's browser
 # tests (scripts/lib/browser.sh), and checks docker-compose.yml
 # (scripts/check-compose.py); installs what is missing.
 # Extra arguments go to `cargo test` (e.g. a test name filter).
@@ -34,6 +35,16 @@ export TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
 export TEST_S3_ACCESS_KEY_ID=intake-test
 export TEST_S3_SECRET_ACCESS_KEY=intake-test-secret
 export TEST_S3_ROOT=$S3_ROOT
+
+# The stock tus client the resumable-upload tests drive (tests/tuspy).
+TUSPY_VERSION=1.1.0
+TUS_VENV=${INTAKE_TUS_VENV:-$HOME/.cache/intake-tuspy}
+if ! "$TUS_VENV/bin/python" -c "import tusclient" 2>/dev/null; then
+    log "installing tuspy $TUSPY_VERSION into $TUS_VENV"
+    python3 -m venv "$TUS_VENV"
+    "$TUS_VENV/bin/pip" install -q "tuspy==$TUSPY_VERSION"
+fi
+export TUS_PYTHON=$TUS_VENV/bin/python
 
 OUT=$(mktemp)
 status=0

@@ -172,6 +172,9 @@ pub struct Config {
     pub password_hash_queue: usize,
     /// Lifetime of presigned URLs.
     pub presign_expiry: Duration,
+    /// How long an unfinished resumable (tus) upload lives after its last
+    /// byte; then the reaper gives back everything it held.
+    pub tus_expiry: Duration,
     /// Object storage.
     pub storage: StorageConfig,
     /// Log format.
@@ -283,6 +286,7 @@ impl Config {
             stream_max_file_bytes: env.parse_or("STREAM_MAX_FILE_BYTES", 100 * MB)?,
             upload_part_bytes,
             presign_expiry: Duration::from_secs(env.parse_or("PRESIGN_EXPIRY_SECS", 3600)?),
+            tus_expiry: Duration::from_secs(env.parse_or::<u64>("TUS_EXPIRY_SECS", 86_400)?.max(1)),
             upload_lease_ttl: Duration::from_secs(
                 env.parse_or::<u64>("UPLOAD_LEASE_TTL_SECS", 30)?.max(2),
             ),
@@ -480,6 +484,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.stream_max_file_bytes, 100 * MB);
         assert_eq!(c.upload_part_bytes, 8 * MB);
+        assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert!(c.rate_limit_fail_open && c.cookie_secure);
         assert!(matches!(c.storage, StorageConfig::Fs { .. }));

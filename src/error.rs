@@ -40,6 +40,15 @@ pub enum ApiError {
     /// 410.
     #[error("{0}")]
     Gone(String),
+    /// 412: a tus request without `Tus-Resumable: 1.0.0`.
+    #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
+    TusVersionUnsupported,
+    /// 423: another request is writing this resumable upload right now.
+    #[error("{0}")]
+    UploadLocked(String),
+    /// 460: the body does not match its `Upload-Checksum`.
+    #[error("the body does not match its Upload-Checksum; nothing of it was kept")]
+    ChecksumMismatch,
     /// 400 (malformed) or 422 (well-formed but invalid).
     #[error("{detail}")]
     InvalidRequest {
@@ -176,6 +185,9 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
+            Self::TusVersionUnsupported => "tus_version_unsupported",
+            Self::UploadLocked(_) => "upload_locked",
+            Self::ChecksumMismatch => "checksum_mismatch",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::FileTooLarge { .. } => "file_too_large",
@@ -205,6 +217,10 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
+            Self::TusVersionUnsupported => StatusCode::PRECONDITION_FAILED,
+            Self::UploadLocked(_) => StatusCode::LOCKED,
+            // tus's checksum extension: 460 Checksum Mismatch.
+            Self::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             Self::InvalidRequest { status, .. } => *status,
             Self::PayloadTooLarge { .. }
             | Self::FileTooLarge { .. }
@@ -247,7 +263,10 @@ impl ApiError {
         body.insert("type".into(), json!(format!("/problems/{}", self.code())));
         body.insert(
             "title".into(),
-            json!(status.canonical_reason().unwrap_or("Error")),
+            json!(status.canonical_reason().unwrap_or(match self {
+                Self::ChecksumMismatch => "Checksum Mismatch",
+                _ => "Error",
+            })),
         );
         body.insert("status".into(), json!(status.as_u16()));
         body.insert("detail".into(), json!(detail));
@@ -325,6 +344,10 @@ impl IntoResponse for ApiError {
             return status.into_response();
         };
         let mut problem = ProblemDetails::from_status_code(status);
+        problem.title = fields
+            .get("title")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         problem.detail = fields
             .get("detail")
             .and_then(Value::as_str)

@@ -23,6 +23,7 @@ pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod tiers;
+pub mod tus;
 pub mod upload;
 
 use std::future::Future;

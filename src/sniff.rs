@@ -324,6 +324,27 @@ pub fn announced(declared: &str, filename: &str) -> Result<Kind, SniffError> {
     Ok(kind)
 }
 
+/// The canonical form of a MIME type intake accepts (as [`Kind::mime`]),
+/// for a type read back from storage of state.
+pub fn canonical(mime: &str) -> Option<&'static str> {
+    BINARY_TYPES
+        .iter()
+        .map(|(m, _)| *m)
+        .chain(TEXT_TYPES.iter().map(|(m, _)| *m))
+        .find(|m| *m == mime)
+}
+
+/// The category an upload will have, as far as its declared type and
+/// filename tell before any byte is seen (a resumable upload at creation):
+/// `None` when they say nothing; an error when they name a type intake does
+/// not accept or contradict each other. The bytes decide later ([`sniff`]).
+pub fn expected_category(declared: &str, filename: &str) -> Result<Option<Category>, SniffError> {
+    if is_generic(&normalize(declared)) {
+        return Ok(extension(filename).as_deref().and_then(extension_category));
+    }
+    announced(declared, filename).map(|kind| Some(kind.category))
+}
+
 /// Whether `bytes` is valid UTF-8, allowing a sequence cut at the end when
 /// more bytes follow.
 fn utf8_prefix_valid(bytes: &[u8], complete: bool) -> bool {

@@ -24,12 +24,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     admin, ai, auth, config::Config, dashboard, error::ApiError, files, presign, quota,
-    state::AppState, upload,
+    state::AppState, tus, upload,
 };
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "intake", description = "Self-hostable upload API: streaming and presigned uploads within tier limits."),
+    info(title = "intake", description = "Self-hostable upload API: streaming, presigned and resumable (tus) uploads within tier limits."),
     modifiers(&SecuritySchemes),
     security(("api_key" = []), ("session" = []))
 )]
@@ -77,6 +77,7 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(presign::complete))
         .routes(routes!(presign::abort))
         .routes(routes!(presign::data))
+        .merge(tus_routes())
         .routes(routes!(files::list))
         .routes(routes!(files::get, files::remove))
         .routes(routes!(files::content))
@@ -93,6 +94,19 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .merge(dashboard::routes(config))
+}
+
+/// The tus routes, each wrapped in the protocol's own checks and headers.
+fn tus_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(tus::discover, tus::create))
+        .routes(routes!(
+            tus::discover_upload,
+            tus::status,
+            tus::append,
+            tus::terminate
+        ))
+        .route_layer(axum::middleware::from_fn(tus::protocol))
 }
 
 /// Builds the application: routes, fallbacks and the middleware stack

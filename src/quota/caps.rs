@@ -73,6 +73,17 @@ impl Cap {
         }
     }
 
+    /// The largest cap any file may have on `route` under `limits`: what a
+    /// file of a type not known yet is held to (a resumable upload before
+    /// its first bytes arrive, `Tus-Max-Size`).
+    pub fn largest(limits: &Limits, route: Route, stream_max: u64) -> Self {
+        [Category::Image, Category::Document, Category::Video]
+            .into_iter()
+            .map(|c| Self::new(limits, c, route, stream_max))
+            .max_by_key(|cap| cap.limit)
+            .unwrap_or_else(|| Self::new(limits, Category::Video, route, stream_max))
+    }
+
     /// A cap of a length already agreed and checked (the declared size of
     /// a presigned or resumable upload, whose bytes are verified later).
     pub fn exactly(size: u64) -> Self {
@@ -193,6 +204,12 @@ mod tests {
         assert!(image.check(25 * MIB).is_ok());
         let direct = Cap::new(&free, Category::Video, Route::Direct, 100 * MIB);
         assert_eq!(direct.limit(), 1024 * MIB);
+        let largest = Cap::largest(&free, Route::Direct, 100 * MIB);
+        assert_eq!(largest.limit(), 1024 * MIB);
+        assert_eq!(
+            largest.check(1024 * MIB + 1),
+            Err(CapError::TooLarge { limit: 1024 * MIB })
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum UploadKind {
     Stream,
     /// A presigned upload, from issue to completion.
     Presigned,
+    /// A resumable (tus) upload, from creation to completion, termination
+    /// or expiry.
+    Tus,
 }
 
 impl UploadKind {
@@ -41,6 +44,7 @@ impl UploadKind {
         match self {
             Self::Stream => "stream",
             Self::Presigned => "presigned",
+            Self::Tus => "tus",
         }
     }
 }
@@ -109,6 +113,23 @@ impl Lease {
         .execute(db)
         .await?;
         Ok(())
+    }
+
+    /// Records a side object the upload keeps while it runs (a resumable
+    /// upload's unfinished tail), so that ending the lease removes it too.
+    pub async fn track_tail(&self, db: &PgPool, tail_key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE upload_leases SET tail_key = $2 WHERE id = $1")
+            .bind(self.id)
+            .bind(tail_key)
+            .execute(db)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the lease to its ttl from now (never shortening it), for an
+    /// upload whose bytes flow across requests; `false` when it is gone.
+    pub async fn renew(&self, db: &PgPool) -> Result<bool, sqlx::Error> {
+        renew(db, self.id, self.ttl).await
     }
 }
 
@@ -301,21 +322,28 @@ async fn finish(
     let sql = match mode {
         Mode::Own => {
             "DELETE FROM upload_leases WHERE id = $1
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key, tail_key"
         }
         Mode::Expired => {
             "DELETE FROM upload_leases WHERE id = (
                SELECT id FROM upload_leases WHERE id = $1 AND expires_at < now()
                FOR UPDATE SKIP LOCKED)
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key, tail_key"
         }
     };
-    type Ended = (Uuid, i64, Option<String>, Option<String>, Option<String>);
+    type Ended = (
+        Uuid,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     let ended: Option<Ended> = sqlx::query_as(sql)
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?;
-    let Some((account_id, reserved, key, upload_id, finishing)) = ended else {
+    let Some((account_id, reserved, key, upload_id, finishing, tail)) = ended else {
         return Ok(false);
     };
     // Keys are cleared in the transaction that records a file, so a key
@@ -323,6 +351,10 @@ async fn finish(
     let mut doomed = Vec::new();
     if let Some(finishing) = finishing {
         doomed.push(Doomed::object(finishing));
+    }
+    // A resumable upload's tail is never a file's object.
+    if let Some(tail) = tail {
+        doomed.push(Doomed::object(tail));
     }
     if let Some(key) = key {
         doomed.push(Doomed {

@@ -1,7 +1,10 @@
 //! The local-folder backend: objects are files below a root folder.
 //!
 //! Writes go to a temporary file in `<root>/.tmp` and are renamed into place
-//! once complete and synced, so a reader never sees half an object. Presigned
+//! once complete and synced, so a reader never sees half an object. Objects
+//! assembled over several requests (resumable uploads) grow by appending to
+//! `<root>/.tus/<id>`, synced after every part, and are renamed into place
+//! when complete. Presigned
 //! URLs point back to intake itself and carry an HMAC-signed, expiring token.
 
 use std::{
@@ -31,11 +34,13 @@ pub struct FsStore {
 }
 
 const TMP_DIR: &str = ".tmp";
+const TUS_DIR: &str = ".tus";
 
 impl FsStore {
     /// Opens (and creates) the root folder.
     pub async fn new(root: PathBuf, public_base_url: &str, secret: &str) -> anyhow::Result<Self> {
         tokio::fs::create_dir_all(root.join(TMP_DIR)).await?;
+        tokio::fs::create_dir_all(root.join(TUS_DIR)).await?;
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"intake fs presign v1")?;
         mac.update(secret.as_bytes());
         Ok(Self {
@@ -48,9 +53,9 @@ impl FsStore {
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         let valid = !key.is_empty()
             && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg != TMP_DIR)
+            && key.split('/').all(|seg| {
+                !seg.is_empty() && seg != "." && seg != ".." && seg != TMP_DIR && seg != TUS_DIR
+            })
             && key
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
@@ -108,6 +113,12 @@ impl FsStore {
         )
     }
 
+    /// The assembly file of a resumable upload, from its id (a UUID).
+    fn assembly(&self, upload_id: &str) -> Result<PathBuf, StorageError> {
+        check_upload_id(upload_id)?;
+        Ok(self.root.join(TUS_DIR).join(upload_id))
+    }
+
     async fn temp_file(&self) -> Result<(PathBuf, tokio::fs::File), StorageError> {
         let path = self
             .root
@@ -116,6 +127,19 @@ impl FsStore {
         let file = tokio::fs::File::create(&path).await?;
         Ok((path, file))
     }
+}
+
+fn check_upload_id(upload_id: &str) -> Result<(), StorageError> {
+    if upload_id.is_empty()
+        || !upload_id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        return Err(StorageError::backend(anyhow::anyhow!(
+            "invalid upload id {upload_id:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {
@@ -237,19 +261,90 @@ impl ObjectStore for FsStore {
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StorageError> {
-        if upload_id.is_empty()
-            || !upload_id
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b'-')
-        {
+        check_upload_id(upload_id)?;
+        // A writer's temporary file, or a resumable upload's assembly file.
+        for dir in [TMP_DIR, TUS_DIR] {
+            match tokio::fs::remove_file(self.root.join(dir).join(upload_id)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_parts(&self, key: &str, _content_type: &str) -> Result<String, StorageError> {
+        self.path(key)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let file = tokio::fs::File::create(self.assembly(&id)?).await?;
+        file.sync_all().await?;
+        Ok(id)
+    }
+
+    async fn put_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        _number: i32,
+        start: u64,
+        len: u64,
+        mut body: super::PartStream,
+    ) -> Result<(), StorageError> {
+        use futures_util::StreamExt as _;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(self.assembly(upload_id)?)
+            .await?;
+        // Whatever followed `start` was written by a request whose bytes
+        // were not kept: the part replaces it.
+        file.set_len(start).await?;
+        file.seek(SeekFrom::Start(start)).await?;
+        let mut written: u64 = 0;
+        let result = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                written += chunk.len() as u64;
+                file.write_all(&chunk).await?;
+            }
+            if written != len {
+                return Err(StorageError::backend(anyhow::anyhow!(
+                    "a part of {len} bytes ended after {written}"
+                )));
+            }
+            file.flush().await?;
+            file.sync_data().await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // A part is whole or absent.
+            file.set_len(start).await?;
+        }
+        result
+    }
+
+    async fn complete_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        _parts: i32,
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let assembly = self.assembly(upload_id)?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&assembly)
+            .await?;
+        let len = file.metadata().await?.len();
+        if len < size {
             return Err(StorageError::backend(anyhow::anyhow!(
-                "invalid upload id {upload_id:?}"
+                "the assembly holds {len} bytes, not {size}"
             )));
         }
-        match tokio::fs::remove_file(self.root.join(TMP_DIR).join(upload_id)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        file.set_len(size).await?;
+        file.sync_all().await?;
+        drop(file);
+        place(&assembly, &dest).await
     }
 
     async fn create_multipart(

@@ -58,6 +58,10 @@ impl From<std::io::Error> for StorageError {
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// The bytes of one part as they arrive (`Sync`, as the S3 client's bodies
+/// must be). An error, or an end before the part's length, fails the part.
+pub type PartStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
+
 /// An object (or a range of it) being read.
 pub struct ObjectBody {
     /// Bytes this body will yield.
@@ -156,6 +160,33 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
+    ) -> Result<(), StorageError>;
+    /// Starts an object that intake assembles itself from parts sent over
+    /// several requests (a resumable upload); returns the id of that
+    /// assembly (a multipart upload on S3).
+    async fn start_parts(&self, key: &str, content_type: &str) -> Result<String, StorageError>;
+    /// Stores part `number` (from 1) of such an object: the `len` bytes of
+    /// `body`, sent as they come, which sit at byte `start` of the object.
+    /// A body that fails or ends short stores nothing. Storing a part again
+    /// replaces it (and, on the local folder, whatever followed it).
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        start: u64,
+        len: u64,
+        body: PartStream,
+    ) -> Result<(), StorageError>;
+    /// Makes the object of the first `parts` parts, `size` bytes in all,
+    /// visible under its key. Parts stored past `parts` (by a request whose
+    /// bytes were not kept) are left out.
+    async fn complete_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: i32,
+        size: u64,
     ) -> Result<(), StorageError>;
     /// A URL that downloads the object as an attachment named `filename`.
     async fn presign_get(

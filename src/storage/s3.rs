@@ -444,6 +444,111 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn start_parts(&self, key: &str, content_type: &str) -> Result<String, StorageError> {
+        self.create_multipart(key, content_type).await
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        _start: u64,
+        len: u64,
+        body: super::PartStream,
+    ) -> Result<(), StorageError> {
+        let frames = body.map(|chunk| chunk.map(Frame::data));
+        self.client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(len).map_err(StorageError::backend)?)
+            .body(SdkByteStream::from_body_1_x(StreamBody::new(frames)))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn complete_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: i32,
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let full_key = self.full_key(key);
+        // The ETags come from storage itself: ListParts, a page (1,000 parts
+        // on AWS and MinIO) at a time.
+        let mut listed: Vec<(i32, String, Option<i64>)> = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .upload_id(upload_id)
+                .max_parts(1000)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(map_err)?;
+            listed.extend(out.parts().iter().map(|p| {
+                (
+                    p.part_number().unwrap_or(0),
+                    unquote(p.e_tag().unwrap_or_default()),
+                    p.size(),
+                )
+            }));
+            match (out.is_truncated(), out.next_part_number_marker()) {
+                (Some(true), Some(next)) if !next.is_empty() => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        listed.retain(|(n, _, _)| (1..=parts).contains(n));
+        listed.sort_unstable_by_key(|(n, _, _)| *n);
+        listed.dedup_by_key(|(n, _, _)| *n);
+        let numbered = listed.len() == usize::try_from(parts).unwrap_or(0)
+            && listed.iter().zip(1..).all(|((n, _, _), want)| *n == want);
+        let sizes: Option<i64> = listed.iter().map(|(_, _, s)| *s).sum();
+        if !numbered || sizes.is_some_and(|total| u64::try_from(total).ok() != Some(size)) {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "storage holds parts {:?}, not the {parts} parts of {size} bytes recorded",
+                listed.iter().map(|(n, _, s)| (*n, *s)).collect::<Vec<_>>()
+            )));
+        }
+        let completed: Vec<CompletedPart> = listed
+            .into_iter()
+            .map(|(n, etag, _)| {
+                // Some S3-compatible servers list parts without ETags (and do
+                // not check them at completion).
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag((!etag.is_empty()).then_some(etag))
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn presign_get(
         &self,
         key: &str,

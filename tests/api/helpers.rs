@@ -179,6 +179,72 @@ impl Spawn {
     }
 }
 
+/// An instance on a runtime of its own, that a test can kill outright: its
+/// tasks stop wherever they are, nothing of it cleans up, as when the
+/// process dies.
+pub struct Killable {
+    pub addr: String,
+    kill: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Killable {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// Stops the instance's runtime at once.
+    pub fn kill(&mut self) {
+        self.kill.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Spawn {
+    /// Starts a second instance (after [`Spawn::sharing`]) that can be killed.
+    pub fn start_killable(self) -> Killable {
+        assert!(
+            self.schema.is_some(),
+            "a killable instance shares another's schema"
+        );
+        let vars = self.vars.clone();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+                let app = App::build(config).await.expect("app builds");
+                port_tx.send(app.port()).unwrap();
+                tokio::spawn(async move {
+                    let _ = app.run_until(std::future::pending()).await;
+                });
+            });
+            // Until killed; then every task is dropped where it stands.
+            let _ = kill_rx.recv();
+            rt.shutdown_background();
+        });
+        let port = port_rx.recv().expect("the killable instance started");
+        Killable {
+            addr: format!("http://127.0.0.1:{port}"),
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
 /// The S3 client tests use to look into the bucket (never to upload on the
 /// API's behalf).
 pub async fn s3_client() -> aws_sdk_s3::Client {

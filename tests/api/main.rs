@@ -17,4 +17,5 @@ mod ops;
 mod presign;
 mod ratelimit;
 mod storage;
+mod tus;
 mod upload;

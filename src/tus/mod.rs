@@ -1,0 +1,470 @@
+//! Resumable uploads with the tus 1.0 protocol (core, creation,
+//! creation-with-upload, termination, expiration, checksum), so that a large
+//! file on a flaky connection resumes where it broke, on any instance,
+//! within exactly the limits of the other upload paths.
+//!
+//! A creation takes a concurrent-upload slot ([`quota::slots`]), checks the
+//! declared length against the cap ([`quota::caps`]) and reserves all of it
+//! ([`quota::reservations`]); the slot is handed over to the upload until it
+//! completes, is terminated or expires. Each PATCH writes the bytes into
+//! storage ([`receive`]): the type is sniffed on the first bytes, and the
+//! last byte records the file. The state lives in `tus_uploads`
+//! ([`uploads`]) and the bytes in the object store, never on an instance.
+
+mod headers;
+mod receive;
+mod sha;
+mod uploads;
+
+use axum::{
+    Extension,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use uuid::Uuid;
+
+use crate::{
+    auth::{Account, CurrentAccount, Principal},
+    error::ApiError,
+    extract::Path,
+    files,
+    quota::{
+        caps::{Cap, Route},
+        reservations,
+        slots::{self, Lease, Slot, UploadKind},
+    },
+    sniff,
+    state::AppState,
+    upload::sanitize_filename,
+};
+use headers::{Checksum, Metadata, TUS_CHECKSUMS, TUS_EXTENSIONS, TUS_VERSION};
+use receive::{Outcome, Writer};
+use uploads::{NewUpload, State as UploadState, Upload};
+
+/// The header that names the recorded file on the final PATCH's answer.
+const FILE_ID_HEADER: &str = "intake-file-id";
+
+/// Headers a browser client must be able to read on a cross-origin answer.
+const EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Expires, \
+     Upload-Metadata, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, \
+     Tus-Checksum-Algorithm, Intake-File-Id, X-RateLimit-Limit, X-RateLimit-Remaining, \
+     X-RateLimit-Reset, RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
+
+/// Headers a browser client may send (answered to CORS preflights).
+const ALLOW_HEADERS: &str = "Authorization, X-API-Key, X-CSRF-Token, Content-Type, \
+     Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, Upload-Checksum, \
+     X-Requested-With, X-Request-Id";
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Wraps every tus route: `Tus-Resumable: 1.0.0` is required on every
+/// request but `OPTIONS` (412 otherwise), every answer says which version
+/// intake speaks, and carries the CORS headers a browser client reads.
+pub async fn protocol(req: Request, next: Next) -> Response {
+    let mut response = if req.method() != Method::OPTIONS && !headers::speaks_tus(req.headers()) {
+        let mut r = ApiError::TusVersionUnsupported.into_response();
+        r.headers_mut()
+            .insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = response.headers_mut();
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    // API keys travel in a header, not a cookie: any origin may use them.
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
+    response
+}
+
+fn answer(status: StatusCode, pairs: Vec<(&'static str, HeaderValue)>) -> Response {
+    let mut response = status.into_response();
+    for (name, v) in pairs {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(name), v);
+    }
+    response
+}
+
+/// What `OPTIONS` advertises; `Tus-Max-Size` only to a known caller (it is
+/// the caller's largest cap), as tus lets `OPTIONS` go unauthenticated.
+fn discovery(state: &AppState, principal: Option<&Principal>) -> Response {
+    let account = match principal {
+        Some(Principal::ApiKey { account, .. } | Principal::Session { account, .. }) => {
+            Some(account)
+        }
+        _ => None,
+    };
+    let mut pairs = vec![
+        ("tus-version", HeaderValue::from_static(TUS_VERSION)),
+        ("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS)),
+        (
+            "tus-checksum-algorithm",
+            HeaderValue::from_static(TUS_CHECKSUMS),
+        ),
+        (
+            "access-control-allow-methods",
+            HeaderValue::from_static("POST, HEAD, PATCH, DELETE, OPTIONS"),
+        ),
+        (
+            "access-control-allow-headers",
+            HeaderValue::from_static(ALLOW_HEADERS),
+        ),
+        ("access-control-max-age", HeaderValue::from_static("86400")),
+    ];
+    if let Some(account) = account {
+        let cap = Cap::largest(
+            &account.limits(),
+            Route::Direct,
+            state.config.stream_max_file_bytes,
+        );
+        pairs.push(("tus-max-size", HeaderValue::from(cap.limit())));
+    }
+    answer(StatusCode::NO_CONTENT, pairs)
+}
+
+/// What intake speaks (tus discovery, and the CORS preflight of the
+/// creation). No credentials needed; with them, `Tus-Max-Size` is the
+/// caller's largest cap.
+#[utoipa::path(options, path = "/upload/tus", tag = "tus",
+    responses((status = 204, description = "the protocol intake speaks",
+        headers(("Tus-Version" = String, description = "1.0.0"),
+                ("Tus-Extension" = String, description = "creation,creation-with-upload,termination,expiration,checksum"),
+                ("Tus-Checksum-Algorithm" = String, description = "sha1,sha256"),
+                ("Tus-Max-Size" = u64, description = "the caller's largest cap, in bytes (only with credentials)")))),
+    security((), ("api_key" = []), ("session" = [])))]
+pub async fn discover(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
+    discovery(&state, principal.as_deref())
+}
+
+/// The CORS preflight of an upload's own URL (and tus discovery there too).
+#[utoipa::path(options, path = "/upload/tus/{id}", tag = "tus", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "the protocol intake speaks")),
+    security((), ("api_key" = []), ("session" = [])))]
+pub async fn discover_upload(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
+    discovery(&state, principal.as_deref())
+}
+
+/// A creation request, parsed and held to the caller's cap.
+struct Creation {
+    length: u64,
+    metadata: Metadata,
+    filename: String,
+    declared: String,
+}
+
+impl Creation {
+    fn parse(headers: &HeaderMap, account: &Account, stream_max: u64) -> Result<Self, ApiError> {
+        let length = headers::upload_length(headers)?;
+        let metadata = Metadata::parse(headers)?;
+        let filename = sanitize_filename(metadata.filename.as_deref().unwrap_or_default());
+        let declared = metadata.filetype.clone().unwrap_or_default();
+        // The bytes decide the category later (and the cap again); until then
+        // the declared type or name does, or else the largest cap.
+        let limits = account.limits();
+        let cap = match sniff::expected_category(&declared, &filename)? {
+            Some(category) => Cap::new(&limits, category, Route::Direct, stream_max),
+            None => Cap::largest(&limits, Route::Direct, stream_max),
+        };
+        cap.check(length)?;
+        Ok(Self {
+            length,
+            metadata,
+            filename,
+            declared,
+        })
+    }
+}
+
+/// Creates an upload: its slot, its whole length reserved, its row; the
+/// slot is handed over to the upload only once all of that succeeded.
+async fn create_upload(
+    state: &AppState,
+    account: &Account,
+    c: &Creation,
+) -> Result<Upload, ApiError> {
+    let limits = account.limits();
+    let slot = Slot::take(
+        &state.db,
+        &state.store,
+        account.id,
+        UploadKind::Tus,
+        limits.concurrent_uploads,
+        state.config.tus_expiry,
+        false,
+    )
+    .await?;
+    match open(state, slot.lease(), limits.storage_bytes, c).await {
+        Ok(upload) => {
+            slot.hand_over();
+            Ok(upload)
+        }
+        Err(e) => {
+            slot.release().await;
+            Err(e)
+        }
+    }
+}
+
+async fn open(
+    state: &AppState,
+    lease: &Lease,
+    quota: Option<u64>,
+    c: &Creation,
+) -> Result<Upload, ApiError> {
+    let id = Uuid::now_v7();
+    let key = files::object_key(lease.account_id, id);
+    reservations::reserve(&state.db, lease, c.length, quota, Some(&key)).await?;
+    lease.track_tail(&state.db, &uploads::tail_key(id)).await?;
+    Ok(uploads::insert(
+        &state.db,
+        &NewUpload {
+            id,
+            account_id: lease.account_id,
+            lease_id: lease.id,
+            filename: &c.filename,
+            declared_type: &c.declared,
+            metadata: &c.metadata.raw,
+            length: c.length,
+            part_size: state.config.upload_part_bytes,
+            expiry: state.config.tus_expiry,
+        },
+    )
+    .await?)
+}
+
+/// Writes a request's body at `offset` of the account's upload `id`, as the
+/// one writer of it.
+async fn write(
+    state: &AppState,
+    account: &Account,
+    id: Uuid,
+    offset: u64,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Outcome, ApiError> {
+    let checksum = Checksum::parse(headers)?;
+    let token = Uuid::new_v4();
+    let hold = state.config.upload_lease_ttl;
+    let Some(upload) = uploads::lock(&state.db, id, account.id, token, hold).await? else {
+        let upload = uploads::find(&state.db, id, account.id).await?;
+        return Err(uploads::not_writable(&upload));
+    };
+    if offset != upload.offset() {
+        uploads::unlock(&state.db, id, token).await?;
+        return Err(ApiError::Conflict(format!(
+            "Upload-Offset is {offset} but the upload is at {}: HEAD it and resume from there",
+            upload.offset()
+        )));
+    }
+    let writer = Writer {
+        state: state.clone(),
+        upload,
+        token,
+        limits: account.limits(),
+        content_length: headers::content_length(headers),
+        checksum,
+    };
+    // In a task of its own: a client that goes away mid-body ends its
+    // request, not the bookkeeping of the bytes it did send.
+    tokio::spawn(writer.run(body))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+fn location(state: &AppState, id: Uuid) -> HeaderValue {
+    value(&format!("{}/upload/tus/{id}", state.config.public_base_url))
+}
+
+fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
+    match outcome {
+        Outcome::Stored { offset, expires_at } => vec![
+            ("upload-offset", HeaderValue::from(*offset)),
+            ("upload-expires", headers::http_date(*expires_at)),
+        ],
+        Outcome::Completed { offset, file } => vec![
+            ("upload-offset", HeaderValue::from(*offset)),
+            (FILE_ID_HEADER, value(&file.id.to_string())),
+        ],
+    }
+}
+
+/// Creates an upload (tus creation; with a body, creation-with-upload).
+#[utoipa::path(post, path = "/upload/tus", tag = "tus",
+    params(("Tus-Resumable" = String, Header, description = "1.0.0"),
+           ("Upload-Length" = u64, Header, description = "the file's size in bytes, at least 1 (deferred lengths are not supported)"),
+           ("Upload-Metadata" = Option<String>, Header, description = "`filename` and `filetype`, base64"),
+           ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <base64>` or `sha256 <base64>` of a creation-with-upload body")),
+    request_body(content_type = "application/offset+octet-stream", description = "optional: the first bytes (creation-with-upload)"),
+    responses(
+        (status = 201, description = "created",
+            headers(("Location" = String, description = "the upload's URL"),
+                    ("Upload-Offset" = u64, description = "bytes kept from the body, with one"),
+                    ("Upload-Expires" = String, description = "when it expires without more bytes"),
+                    ("Intake-File-Id" = String, description = "the file, when the body was the whole file"))),
+        (status = 400, description = "missing or malformed Upload-Length or Upload-Metadata"),
+        (status = 401), (status = 412, description = "tus_version_unsupported"),
+        (status = 413, description = "file_too_large: above the category cap"),
+        (status = 415, description = "unsupported_media_type, type_mismatch"),
+        (status = 429, description = "concurrent_upload_limit, rate_limited"),
+        (status = 460, description = "checksum_mismatch"),
+        (status = 507, description = "storage_quota_exceeded")))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let creation = Creation::parse(&headers, &auth.account, state.config.stream_max_file_bytes)?;
+    let with_body = headers::is_offset_stream(&headers);
+    let upload = create_upload(&state, &auth.account, &creation).await?;
+    metrics::counter!("intake_tus_created_total").increment(1);
+    let mut pairs = vec![("location", location(&state, upload.id))];
+    if !with_body {
+        pairs.push(("upload-expires", headers::http_date(upload.expires_at)));
+        return Ok(answer(StatusCode::CREATED, pairs));
+    }
+    match write(&state, &auth.account, upload.id, 0, &headers, body).await {
+        Ok(outcome) => {
+            pairs.extend(outcome_headers(&outcome));
+            Ok(answer(StatusCode::CREATED, pairs))
+        }
+        // The upload exists either way: say where, so it can be resumed.
+        Err(e) => {
+            let mut response = e.into_response();
+            for (name, v) in pairs {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), v);
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// An upload's offset (tus core `HEAD`).
+#[utoipa::path(head, path = "/upload/tus/{id}", tag = "tus",
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    responses(
+        (status = 200, description = "the upload's state",
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Expires" = String),
+                    ("Upload-Metadata" = String), ("Cache-Control" = String, description = "no-store"),
+                    ("Intake-File-Id" = String, description = "once complete"))),
+        (status = 401), (status = 404, description = "not_found (or another account's)"),
+        (status = 410, description = "gone: expired, terminated or refused"),
+        (status = 412, description = "tus_version_unsupported")))]
+pub async fn status(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let upload = uploads::find(&state.db, id, auth.account.id).await?;
+    let mut pairs = vec![
+        ("upload-length", HeaderValue::from(upload.length())),
+        ("cache-control", HeaderValue::from_static("no-store")),
+    ];
+    if !upload.metadata.is_empty() {
+        pairs.push(("upload-metadata", value(&upload.metadata)));
+    }
+    match upload.state {
+        UploadState::Open if !upload.expired => {
+            pairs.push(("upload-offset", HeaderValue::from(upload.offset())));
+            pairs.push(("upload-expires", headers::http_date(upload.expires_at)));
+        }
+        UploadState::Completed => {
+            pairs.push(("upload-offset", HeaderValue::from(upload.length())));
+            pairs.push((FILE_ID_HEADER, value(&upload.id.to_string())));
+        }
+        _ => return Err(uploads::not_writable(&upload)),
+    }
+    Ok(answer(StatusCode::OK, pairs))
+}
+
+/// Appends bytes at the upload's offset (tus core `PATCH`); the last byte
+/// records the file.
+#[utoipa::path(patch, path = "/upload/tus/{id}", tag = "tus",
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0"),
+           ("Upload-Offset" = u64, Header, description = "must equal the upload's offset"),
+           ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <base64>` or `sha256 <base64>` of the body")),
+    request_body(content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "bytes kept",
+            headers(("Upload-Offset" = u64), ("Upload-Expires" = String),
+                    ("Intake-File-Id" = String, description = "the recorded file, on the last PATCH"))),
+        (status = 400, description = "invalid_request: bad headers, a body past Upload-Length, a broken body"),
+        (status = 401), (status = 404, description = "not_found"),
+        (status = 408, description = "invalid_request: the body stalled"),
+        (status = 409, description = "conflict: Upload-Offset is not the upload's offset, or the upload is complete"),
+        (status = 410, description = "gone: expired, terminated or refused"),
+        (status = 412, description = "tus_version_unsupported"),
+        (status = 413, description = "file_too_large: the bytes are of a category with a smaller cap"),
+        (status = 415, description = "unsupported_media_type (Content-Type, or the content), type_mismatch"),
+        (status = 423, description = "upload_locked: another PATCH is writing it"),
+        (status = 429, description = "rate_limited"),
+        (status = 460, description = "checksum_mismatch: nothing of the body kept")))]
+pub async fn append(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !headers::is_offset_stream(&headers) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "a PATCH body is {}",
+            headers::OFFSET_OCTET_STREAM
+        )));
+    }
+    let offset = headers::upload_offset(&headers)?;
+    let outcome = write(&state, &auth.account, id, offset, &headers, body).await?;
+    if matches!(outcome, Outcome::Completed { .. }) {
+        metrics::counter!("intake_tus_completed_total").increment(1);
+    }
+    Ok(answer(StatusCode::NO_CONTENT, outcome_headers(&outcome)))
+}
+
+/// Ends an upload (tus termination): its stored bytes go, its reservation
+/// and slot come back.
+#[utoipa::path(delete, path = "/upload/tus/{id}", tag = "tus",
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    responses((status = 204, description = "terminated"), (status = 401),
+        (status = 404, description = "not_found"),
+        (status = 409, description = "conflict: complete (delete the file instead)"),
+        (status = 410, description = "gone: already expired, terminated or refused"),
+        (status = 412, description = "tus_version_unsupported"),
+        (status = 423, description = "upload_locked: a PATCH is writing it")))]
+pub async fn terminate(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    // Held like a PATCH, so no request writes bytes after it ended.
+    let token = Uuid::new_v4();
+    let hold = state.config.upload_lease_ttl;
+    let Some(upload) = uploads::lock(&state.db, id, auth.account.id, token, hold).await? else {
+        let upload = uploads::find(&state.db, id, auth.account.id).await?;
+        return Err(uploads::not_writable(&upload));
+    };
+    uploads::leave_open(&state.db, upload.id, UploadState::Terminated).await?;
+    slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+    metrics::counter!("intake_tus_terminated_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,333 @@
+//! The `tus_uploads` table: a resumable upload's protocol state (how many
+//! bytes are stored where, the running hash, the type once sniffed), the
+//! one PATCH allowed to write it, and where it stands. Only this module
+//! writes it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::sha::Sha256State;
+use crate::{
+    error::ApiError,
+    files,
+    sniff::{Category, Kind},
+};
+
+/// Where a resumable upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum State {
+    /// Accepting bytes.
+    Open,
+    /// Recorded as a file.
+    Completed,
+    /// Ended by its client (DELETE).
+    Terminated,
+    /// Refused (its type or size), everything given back.
+    Failed,
+}
+
+/// A resumable upload's row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Upload {
+    /// Also the id of the file it becomes.
+    pub id: Uuid,
+    /// The owner.
+    pub account_id: Uuid,
+    /// The lease that holds its slot and reservation.
+    pub lease_id: Uuid,
+    /// Display name (cleaned).
+    pub filename: String,
+    /// The client's `filetype` ('' when none).
+    pub declared_type: String,
+    /// The raw `Upload-Metadata`.
+    pub metadata: String,
+    /// `Upload-Length`.
+    pub length: i64,
+    /// Storage's multipart upload, once the first part is stored.
+    pub multipart_upload_id: Option<String>,
+    /// Bytes per part.
+    pub part_size: i64,
+    /// Whole parts stored.
+    pub parts: i32,
+    /// Bytes in those parts.
+    pub stored: i64,
+    /// Bytes in the tail object.
+    pub tail_len: i64,
+    /// SHA-256 state words of the stored parts.
+    pub sha_state: Vec<u8>,
+    /// The unfinished SHA-256 block.
+    pub sha_rest: Vec<u8>,
+    /// The sniffed type.
+    pub content_type: Option<String>,
+    /// The sniffed category.
+    pub category: Option<Category>,
+    /// Whether it is a text document (UTF-8 checked).
+    pub is_text: Option<bool>,
+    /// Where it stands.
+    pub state: State,
+    /// When it expires unless more bytes arrive.
+    pub expires_at: DateTime<Utc>,
+    /// Whether it has expired.
+    pub expired: bool,
+}
+
+impl Upload {
+    /// Its file's object key.
+    pub fn key(&self) -> String {
+        files::object_key(self.account_id, self.id)
+    }
+
+    /// Bytes received and kept.
+    pub fn offset(&self) -> u64 {
+        (self.stored + self.tail_len).max(0) as u64
+    }
+
+    /// `Upload-Length`.
+    pub fn length(&self) -> u64 {
+        self.length.max(0) as u64
+    }
+
+    /// The running hash of the stored parts.
+    pub fn sha(&self) -> Option<Sha256State> {
+        Sha256State::from_parts(&self.sha_state, &self.sha_rest, self.stored.max(0) as u64)
+    }
+
+    /// The type decided from the first bytes, once it is.
+    pub fn kind(&self) -> Option<Kind> {
+        let mime = crate::sniff::canonical(self.content_type.as_deref()?)?;
+        Some(Kind {
+            mime,
+            category: self.category?,
+            text: self.is_text?,
+        })
+    }
+}
+
+/// The key of an upload's tail object: its bytes past the last whole part.
+pub fn tail_key(id: Uuid) -> String {
+    format!("t/{id}/tail")
+}
+
+/// What a creation writes.
+pub struct NewUpload<'a> {
+    /// Upload (and file) id.
+    pub id: Uuid,
+    /// The owner.
+    pub account_id: Uuid,
+    /// Its lease.
+    pub lease_id: Uuid,
+    /// Display name.
+    pub filename: &'a str,
+    /// Declared type.
+    pub declared_type: &'a str,
+    /// Raw metadata.
+    pub metadata: &'a str,
+    /// `Upload-Length`.
+    pub length: u64,
+    /// Bytes per part.
+    pub part_size: u64,
+    /// How long it lives without bytes.
+    pub expiry: Duration,
+}
+
+const COLUMNS: &str = "id, account_id, lease_id, filename, declared_type, metadata, length, \
+     multipart_upload_id, part_size, parts, stored, tail_len, sha_state, sha_rest, content_type, \
+     category, is_text, state, expires_at, expires_at < now() AS expired";
+
+fn bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Records a created upload.
+pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<Upload, sqlx::Error> {
+    let (words, rest) = Sha256State::default().to_parts();
+    sqlx::query_as(&format!(
+        "INSERT INTO tus_uploads (id, account_id, lease_id, filename, declared_type, metadata,
+                                  length, part_size, sha_state, sha_rest, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
+         RETURNING {COLUMNS}"
+    ))
+    .bind(u.id)
+    .bind(u.account_id)
+    .bind(u.lease_id)
+    .bind(u.filename)
+    .bind(u.declared_type)
+    .bind(u.metadata)
+    .bind(bigint(u.length))
+    .bind(bigint(u.part_size))
+    .bind(words)
+    .bind(rest)
+    .bind(u.expiry.as_secs_f64())
+    .fetch_one(db)
+    .await
+}
+
+/// The account's upload by id (another account's upload is not found).
+pub async fn find(db: &PgPool, id: Uuid, account_id: Uuid) -> Result<Upload, ApiError> {
+    let row: Option<Upload> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tus_uploads WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await?;
+    row.ok_or_else(|| ApiError::not_found("upload"))
+}
+
+/// Why an upload cannot be written now.
+pub fn not_writable(upload: &Upload) -> ApiError {
+    match upload.state {
+        State::Open if upload.expired => {
+            ApiError::Gone("this upload expired; start a new one".into())
+        }
+        State::Open => ApiError::UploadLocked(
+            "another request is sending bytes to this upload; retry when it ends".into(),
+        ),
+        State::Completed => ApiError::Conflict("this upload is complete".into()),
+        State::Terminated => ApiError::Gone("this upload was terminated".into()),
+        State::Failed => ApiError::Gone("this upload was refused; start a new one".into()),
+    }
+}
+
+/// Makes `token` the one writer of an open, unexpired upload for `hold`
+/// (one conditional update: of two PATCHes racing, one wins). `None` when
+/// the upload is not the account's, not open, expired or held by another.
+pub async fn lock(
+    db: &PgPool,
+    id: Uuid,
+    account_id: Uuid,
+    token: Uuid,
+    hold: Duration,
+) -> Result<Option<Upload>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE tus_uploads SET patch_token = $3, patch_until = now() + make_interval(secs => $4)
+         WHERE id = $1 AND account_id = $2 AND state = 'open' AND expires_at > now()
+           AND (patch_until IS NULL OR patch_until < now())
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .bind(token)
+    .bind(hold.as_secs_f64())
+    .fetch_optional(db)
+    .await
+}
+
+/// Extends the writer's hold and the upload's expiry while its bytes flow;
+/// `false` when the writer no longer holds it.
+pub async fn renew(
+    db: &PgPool,
+    id: Uuid,
+    token: Uuid,
+    hold: Duration,
+    expiry: Duration,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE tus_uploads SET patch_until = now() + make_interval(secs => $3),
+                                expires_at = greatest(expires_at, now() + make_interval(secs => $4))
+         WHERE id = $1 AND patch_token = $2 AND state = 'open'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(hold.as_secs_f64())
+    .bind(expiry.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Lets another request write the upload.
+pub async fn unlock(db: &PgPool, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tus_uploads SET patch_token = NULL, patch_until = NULL
+         WHERE id = $1 AND patch_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records the multipart upload that the parts go to.
+pub async fn set_multipart(
+    db: &PgPool,
+    id: Uuid,
+    token: Uuid,
+    upload_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE tus_uploads SET multipart_upload_id = $3 WHERE id = $1 AND patch_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(upload_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What has been stored durably, to be recorded.
+pub struct Progress<'a> {
+    /// Whole parts stored.
+    pub parts: i32,
+    /// Bytes in them.
+    pub stored: u64,
+    /// Bytes in the tail object.
+    pub tail_len: u64,
+    /// The hash of the stored parts.
+    pub sha: &'a Sha256State,
+    /// The type, once sniffed.
+    pub kind: Option<&'a Kind>,
+}
+
+/// Records the writer's progress and pushes the expiry out to `expiry`
+/// from now; `false` when the writer no longer holds the upload (nothing
+/// is recorded then). Returns the new expiry.
+pub async fn commit(
+    db: &PgPool,
+    id: Uuid,
+    token: Uuid,
+    p: &Progress<'_>,
+    expiry: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let (words, rest) = p.sha.to_parts();
+    sqlx::query_scalar(
+        "UPDATE tus_uploads SET parts = $3, stored = $4, tail_len = $5, sha_state = $6,
+                                sha_rest = $7, content_type = $8, category = $9, is_text = $10,
+                                expires_at = now() + make_interval(secs => $11)
+         WHERE id = $1 AND patch_token = $2 AND state = 'open'
+         RETURNING expires_at",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(p.parts)
+    .bind(bigint(p.stored))
+    .bind(bigint(p.tail_len))
+    .bind(words)
+    .bind(rest)
+    .bind(p.kind.map(|k| k.mime))
+    .bind(p.kind.map(|k| k.category))
+    .bind(p.kind.map(|k| k.text))
+    .bind(expiry.as_secs_f64())
+    .fetch_optional(db)
+    .await
+}
+
+/// Moves an open upload to `to` (and drops any writer's hold); `false`
+/// when it was no longer open.
+pub async fn leave_open(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE tus_uploads SET state = $2, patch_token = NULL, patch_until = NULL
+         WHERE id = $1 AND state = 'open'",
+    )
+    .bind(id)
+    .bind(to)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,1242 @@
+//! Resumable uploads (tus 1.0): the protocol, every limit, faults, and a
+//! stock tus client (tuspy) resuming across instances.
+
+use std::time::Duration;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::helpers::{
+    Backend, Proxy, S3_BUCKET, TestApp, assert_problem, fixtures, s3_client, s3_keys, spawn,
+};
+
+const MIB: usize = 1024 * 1024;
+/// The smallest part S3 takes, so that tests cross part boundaries quickly.
+const PART: usize = 5 * MIB;
+
+/// An app whose parts are 5 MiB.
+async fn app_on(backend: Backend) -> TestApp {
+    spawn()
+        .backend(backend)
+        .var("UPLOAD_PART_BYTES", &PART.to_string())
+        .start()
+        .await
+}
+
+fn metadata(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k} {}", STANDARD.encode(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+    app.request(method, path)
+        .bearer_auth(key)
+        .header("tus-resumable", "1.0.0")
+}
+
+/// POST /upload/tus with a length and metadata.
+async fn create(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) -> Response {
+    tus(app, Method::POST, "/upload/tus", key)
+        .header("upload-length", length.to_string())
+        .header("upload-metadata", metadata(meta))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Creates an upload and returns its path (`/upload/tus/<id>`).
+async fn created(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) -> String {
+    let resp = create(app, key, length, meta).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("http://"),
+        "absolute Location: {location}"
+    );
+    assert!(resp.headers().contains_key("upload-expires"));
+    location[location.find("/upload/tus/").unwrap()..].to_owned()
+}
+
+async fn patch(app: &TestApp, path: &str, key: &str, offset: u64, body: Vec<u8>) -> Response {
+    tus(app, Method::PATCH, path, key)
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn offset_of(app: &TestApp, path: &str, key: &str) -> u64 {
+    let resp = tus(app, Method::HEAD, path, key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    resp.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn upload_id(path: &str) -> Uuid {
+    path.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Objects a resumable upload keeps on the side while it runs (its tail,
+/// the local folder's assembly files), whatever the backend.
+async fn side_objects(app: &TestApp) -> Vec<String> {
+    match app.backend {
+        Backend::S3 => s3_keys(&format!("{}t/", app.prefix)).await,
+        Backend::Fs => {
+            let root = app.fs_root.as_ref().unwrap().path();
+            let mut found = Vec::new();
+            for dir in ["t", ".tus"] {
+                for entry in walk(&root.join(dir)) {
+                    found.push(entry);
+                }
+            }
+            found
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether storage still knows the upload's multipart upload (S3).
+async fn multipart_alive(app: &TestApp, id: Uuid, account: Uuid) -> bool {
+    let upload_id: Option<String> =
+        sqlx::query_scalar("SELECT multipart_upload_id FROM tus_uploads WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    let Some(upload_id) = upload_id else {
+        return false;
+    };
+    if app.backend == Backend::Fs {
+        let root = app.fs_root.as_ref().unwrap().path();
+        return root.join(".tus").join(upload_id).exists();
+    }
+    // Aborted: NoSuchUpload on AWS and MinIO, no parts left on s3s-fs.
+    s3_client()
+        .await
+        .list_parts()
+        .bucket(S3_BUCKET)
+        .key(format!("{}u/{account}/{id}", app.prefix))
+        .upload_id(upload_id)
+        .send()
+        .await
+        .is_ok_and(|out| !out.parts().is_empty())
+}
+
+/// A STARTER account whose per-minute limit leaves room for polling.
+async fn polling_account(app: &TestApp) -> (crate::helpers::TestAccount, String) {
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        serde_json::json!({"custom_limits": {"requests_per_minute": 100000}}),
+    )
+    .await;
+    (account, key)
+}
+
+/// Waits (up to 10 s) until the account holds nothing and no side object
+/// is left, then asserts it.
+async fn assert_nothing_left(app: &TestApp, account: Uuid, files: i64) {
+    app.assert_left_with(account, files).await;
+    for _ in 0..100 {
+        if side_objects(app).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        side_objects(app).await,
+        Vec::<String>::new(),
+        "side objects"
+    );
+}
+
+async fn usage(app: &TestApp, key: &str) -> Value {
+    app.get("/usage")
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_in_uneven_patches_becomes_the_file_on_both_backends() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = app.account_with_key("starter").await;
+        // Parts, a tail carried over two PATCHes, and a short last part.
+        let data = fixtures::png(2 * PART + 1234);
+        let path = created(
+            &app,
+            &key,
+            data.len() as u64,
+            &[("filename", "../../big.png"), ("filetype", "image/png")],
+        )
+        .await;
+        let usage_now = usage(&app, &key).await;
+        assert_eq!(
+            usage_now["usage"]["storage_bytes"]["reserved"],
+            data.len() as u64
+        );
+        assert_eq!(usage_now["usage"]["concurrent_uploads"]["active"], 1);
+        let cuts = [0, 3 * MIB, 4 * MIB, 8 * MIB, data.len()];
+        let mut file_id = None;
+        for pair in cuts.windows(2) {
+            let resp = patch(
+                &app,
+                &path,
+                &key,
+                pair[0] as u64,
+                data[pair[0]..pair[1]].to_vec(),
+            )
+            .await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::NO_CONTENT,
+                "{:?}",
+                resp.text().await
+            );
+            assert_eq!(
+                resp.headers()["upload-offset"],
+                pair[1].to_string().as_str()
+            );
+            if pair[1] < data.len() {
+                assert!(resp.headers().contains_key("upload-expires"));
+                assert_eq!(offset_of(&app, &path, &key).await, pair[1] as u64);
+            } else {
+                file_id = Some(
+                    resp.headers()["intake-file-id"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+        }
+        let file_id = file_id.unwrap();
+        assert_eq!(file_id, upload_id(&path).to_string());
+        let file: Value = app
+            .get(&format!("/files/{file_id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(file["filename"], "big.png");
+        assert_eq!(file["content_type"], "image/png");
+        assert_eq!(file["size"], data.len());
+        assert_eq!(file["sha256"], sha256_hex(&data));
+        assert_eq!(app.download(&key, &file_id).await, data);
+        // Complete: HEAD says so, and the file owns what the lease held.
+        assert_eq!(offset_of(&app, &path, &key).await, data.len() as u64);
+        assert_nothing_left(&app, account.id, 1).await;
+        let after = usage(&app, &key).await;
+        assert_eq!(after["usage"]["storage_bytes"]["used"], data.len() as u64);
+        assert_eq!(after["usage"]["concurrent_uploads"]["active"], 0);
+    }
+}
+
+/// The tuspy driver (tests/tuspy/upload.py) under the Python that has
+/// tuspy (`TUS_PYTHON`, set by scripts/test.sh).
+fn tuspy(args: &[&str]) -> tokio::process::Command {
+    let python = std::env::var("TUS_PYTHON").unwrap_or_else(|_| {
+        panic!("TUS_PYTHON is not set: run the suite with scripts/test.sh, which installs tuspy")
+    });
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tuspy/upload.py"
+    ))
+    .args(args)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn a_stock_tus_client_killed_midway_resumes_through_another_instance() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let first = spawn().start().await;
+    let second = first.second_instance().await;
+    let (account, key) = first.account_with_key("starter").await;
+    let data = fixtures::mp4(30 * MIB);
+    let dir = crate::helpers::tempfile_dir::TempDir::new();
+    let file = dir.path().join("clip.mp4");
+    std::fs::write(&file, &data).unwrap();
+    let file = file.display().to_string();
+    let chunk = (5 * MIB).to_string();
+
+    // Two 5 MiB chunks through the first instance, then the client dies.
+    let create_url = first.url("/upload/tus");
+    let mut client = tuspy(&["start", &create_url, &key, &file, &chunk, "2"])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut url = String::new();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the client exited early");
+        if let Some(u) = line.strip_prefix("url ") {
+            url = u.to_owned();
+        }
+        if line == format!("offset {}", 10 * MIB) {
+            break;
+        }
+    }
+    client.kill().await.unwrap();
+    let path = url[url.find("/upload/tus/").unwrap()..].to_owned();
+    assert_eq!(offset_of(&second, &path, &key).await, 10 * MIB as u64);
+
+    // The same upload, resumed by a new client through the second instance.
+    let resumed = tuspy(&["resume", &second.url(&path), &key, &file, &chunk])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&resumed.stdout).into_owned();
+    assert!(resumed.status.success(), "client failed: {out}");
+    assert!(
+        out.starts_with(&format!("resumed-at {}", 10 * MIB)),
+        "{out}"
+    );
+    let file_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("file-id "))
+        .expect("the last answer names the file")
+        .to_owned();
+    let stored = second.download(&key, &file_id).await;
+    assert_eq!(sha256_hex(&stored), sha256_hex(&data));
+    assert_eq!(stored.len(), data.len());
+    let view: Value = second
+        .get(&format!("/files/{file_id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["sha256"], sha256_hex(&data));
+    assert_eq!(view["category"], "video");
+    assert_nothing_left(&first, account.id, 1).await;
+}
+
+#[tokio::test]
+async fn options_advertise_the_protocol_and_the_callers_largest_cap() {
+    let app = spawn().start().await;
+    let (_, key) = app.account_with_key("starter").await;
+    let anonymous = app
+        .request(Method::OPTIONS, "/upload/tus")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::NO_CONTENT);
+    let h = anonymous.headers();
+    assert_eq!(h["tus-resumable"], "1.0.0");
+    assert_eq!(h["tus-version"], "1.0.0");
+    let extensions = h["tus-extension"].to_str().unwrap();
+    for ext in [
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "expiration",
+        "checksum",
+    ] {
+        assert!(extensions.split(',').any(|e| e == ext), "{extensions}");
+    }
+    assert_eq!(h["tus-checksum-algorithm"], "sha1,sha256");
+    assert!(!h.contains_key("tus-max-size"), "no caller, no cap");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH")
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "tus-resumable",
+        "upload-offset",
+        "upload-length",
+        "upload-metadata",
+        "authorization",
+    ] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    let exposed = h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "location",
+        "upload-offset",
+        "upload-length",
+        "upload-expires",
+        "tus-resumable",
+        "intake-file-id",
+        "x-ratelimit-remaining",
+    ] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    // The preflight of an upload's own URL is answered too.
+    let preflight = app
+        .request(Method::OPTIONS, &format!("/upload/tus/{}", Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(preflight.headers()["tus-version"], "1.0.0");
+    // STARTER's largest cap is its video cap (2 GiB), not the streaming cap.
+    let known = tus(&app, Method::OPTIONS, "/upload/tus", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        known.headers()["tus-max-size"],
+        (2u64 << 30).to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_length_one_byte_over_the_cap_is_refused_at_creation() {
+    let app = spawn().start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let image_cap: u64 = 50 << 20;
+    let resp = create(
+        &app,
+        &key,
+        image_cap + 1,
+        &[("filename", "a.png"), ("filetype", "image/png")],
+    )
+    .await;
+    let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    assert_eq!(body["limit"], image_cap);
+    // Named as an image without a type: the extension decides.
+    let resp = create(&app, &key, image_cap + 1, &[("filename", "a.png")]).await;
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    // Nothing declared: the largest cap (the video cap), and no more.
+    let video_cap: u64 = 2 << 30;
+    let resp = create(&app, &key, video_cap + 1, &[]).await;
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    app.assert_left_with(account.id, 0).await;
+    // At the cap exactly: created, and the streaming cap does not apply.
+    created(
+        &app,
+        &key,
+        image_cap,
+        &[("filename", "a.png"), ("filetype", "image/png")],
+    )
+    .await;
+    created(
+        &app,
+        &key,
+        video_cap,
+        &[("filename", "v.mp4"), ("filetype", "video/mp4")],
+    )
+    .await;
+    let u = usage(&app, &key).await;
+    assert_eq!(
+        u["usage"]["storage_bytes"]["reserved"],
+        image_cap + video_cap
+    );
+    assert_eq!(u["usage"]["concurrent_uploads"]["active"], 2);
+}
+
+#[tokio::test]
+async fn bytes_of_a_category_with_a_smaller_cap_end_the_upload() {
+    // Named as nothing, 2 MiB is within the largest cap; the bytes are a
+    // PNG, whose cap here is 1 MiB: refused once the type is known.
+    let app = app_on(Backend::S3).await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        serde_json::json!({"custom_limits": {"max_image_bytes": 1048576}}),
+    )
+    .await;
+    let path = created(&app, &key, 2 * MIB as u64, &[("filename", "blob")]).await;
+    let resp = patch(&app, &path, &key, 0, fixtures::png(100 * 1024)).await;
+    assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    let resp = tus(&app, Method::HEAD, &path, &key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert_nothing_left(&app, account.id, 0).await;
+}
+
+#[tokio::test]
+async fn the_whole_length_is_reserved_at_creation_within_the_quota() {
+    let app = spawn().start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        serde_json::json!({"custom_limits": {"storage_bytes": 3 * MIB}}),
+    )
+    .await;
+    let path = created(&app, &key, 2 * MIB as u64, &[("filename", "a.pdf")]).await;
+    let resp = create(&app, &key, MIB as u64 + 1, &[("filename", "b.pdf")]).await;
+    let body = assert_problem(
+        resp,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "storage_quota_exceeded",
+    )
+    .await;
+    assert_eq!(body["limit"], 3 * MIB);
+    assert_eq!(body["used"], 2 * MIB);
+    // The refused creation left nothing; the other upload holds its bytes.
+    let crate::helpers::Holdings {
+        used,
+        reserved,
+        leases,
+        ..
+    } = app.holdings(account.id).await;
+    assert_eq!((used, reserved, leases), (0, 2 * MIB as i64, 1));
+    // Exactly what is left fits.
+    created(&app, &key, MIB as u64, &[("filename", "c.pdf")]).await;
+    let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let crate::helpers::Holdings {
+        reserved, leases, ..
+    } = app.holdings(account.id).await;
+    assert_eq!((reserved, leases), (MIB as i64, 1));
+}
+
+#[tokio::test]
+async fn each_open_upload_holds_a_slot_until_it_ends() {
+    let app = spawn().start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        account.id,
+        serde_json::json!({"custom_limits": {"concurrent_uploads": 2}}),
+    )
+    .await;
+    let a = created(&app, &key, 100, &[("filename", "a.txt")]).await;
+    let _b = created(&app, &key, 100, &[("filename", "b.txt")]).await;
+    let resp = create(&app, &key, 100, &[("filename", "c.txt")]).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    let body = assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_upload_limit",
+    )
+    .await;
+    assert_eq!(body["limit"], 2);
+    // Other paths share the same slots.
+    let resp = app.upload(&key, "d.txt", "text/plain", b"hello").await;
+    assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_upload_limit",
+    )
+    .await;
+    // Completing one gives its slot back.
+    let resp = patch(&app, &a, &key, 0, vec![b'a'; 100]).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(resp.headers().contains_key("intake-file-id"));
+    created(&app, &key, 100, &[("filename", "c.txt")]).await;
+    let crate::helpers::Holdings {
+        reserved,
+        leases,
+        files,
+        ..
+    } = app.holdings(account.id).await;
+    assert_eq!((reserved, leases, files), (200, 2, 1));
+}
+
+#[tokio::test]
+async fn a_png_declared_but_an_executable_sent_is_refused_and_nothing_is_left() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = app.account_with_key("starter").await;
+        let exe = fixtures::elf(6 * MIB);
+        let path = created(
+            &app,
+            &key,
+            exe.len() as u64,
+            &[("filename", "cat.png"), ("filetype", "image/png")],
+        )
+        .await;
+        // The first 64 KiB arrive over two PATCHes: the tail carries them.
+        let resp = patch(&app, &path, &key, 0, exe[..40_000].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(side_objects(&app).await.len(), 1, "the tail object");
+        let resp = patch(&app, &path, &key, 40_000, exe[40_000..].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            ["unsupported_media_type", "type_mismatch"].contains(&body["code"].as_str().unwrap()),
+            "{body}"
+        );
+        let resp = tus(&app, Method::HEAD, &path, &key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::GONE);
+        let resp = patch(&app, &path, &key, 40_000, exe[40_000..].to_vec()).await;
+        assert_problem(resp, StatusCode::GONE, "gone").await;
+        assert_nothing_left(&app, account.id, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn every_tus_answer_carries_the_rate_limit_headers() {
+    let app = spawn().start().await;
+    let (_, key) = app.account_with_key("professional").await;
+    let path = created(&app, &key, 10, &[("filename", "a.txt")]).await;
+    let unknown = format!("/upload/tus/{}", Uuid::now_v7());
+    let answers = vec![
+        tus(&app, Method::OPTIONS, "/upload/tus", &key)
+            .send()
+            .await
+            .unwrap(),
+        create(&app, &key, 10, &[("filename", "b.txt")]).await,
+        tus(&app, Method::HEAD, &path, &key).send().await.unwrap(),
+        patch(&app, &path, &key, 3, b"xx".to_vec()).await,
+        patch(&app, &path, &key, 0, b"0123456789".to_vec()).await,
+        tus(&app, Method::HEAD, &unknown, &key)
+            .send()
+            .await
+            .unwrap(),
+        app.request(Method::HEAD, &path)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        tus(&app, Method::DELETE, &unknown, &key)
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [204, 201, 200, 409, 204, 404, 412, 404]);
+    let mut remaining = Vec::new();
+    for resp in &answers {
+        let h = resp.headers();
+        assert_eq!(h["x-ratelimit-limit"], "100", "{:?}", resp.status());
+        assert!(h.contains_key("x-ratelimit-reset") && h.contains_key("ratelimit-policy"));
+        assert_eq!(h["tus-resumable"], "1.0.0");
+        remaining.push(
+            h["x-ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    // Each of them counted as one request.
+    assert!(remaining.windows(2).all(|w| w[1] < w[0]), "{remaining:?}");
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_keeps_nothing_of_the_body() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = app.account_with_key("starter").await;
+        let data = fixtures::pdf(PART + 3 * MIB);
+        let path = created(&app, &key, data.len() as u64, &[("filename", "a.pdf")]).await;
+        let first = &data[..2 * MIB];
+        let ok = tus(&app, Method::PATCH, &path, &key)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-checksum",
+                format!("sha256 {}", STANDARD.encode(Sha256::digest(first))),
+            )
+            .body(first.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+        // A body that crosses a part boundary, with the wrong checksum.
+        let rest = &data[2 * MIB..];
+        let bad = tus(&app, Method::PATCH, &path, &key)
+            .header("upload-offset", (2 * MIB).to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-checksum",
+                format!("sha1 {}", STANDARD.encode(sha1_of(b"other bytes"))),
+            )
+            .body(rest.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(!bad.headers().contains_key("upload-offset"));
+        let body =
+            assert_problem(bad, StatusCode::from_u16(460).unwrap(), "checksum_mismatch").await;
+        assert_eq!(body["title"], "Checksum Mismatch");
+        assert_eq!(offset_of(&app, &path, &key).await, 2 * MIB as u64);
+        // An unknown algorithm is 400; the right checksum completes the file.
+        let unknown = tus(&app, Method::PATCH, &path, &key)
+            .header("upload-offset", (2 * MIB).to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-checksum", "md5 AAAAAAAAAAAAAAAAAAAAAA==")
+            .body(rest.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(unknown, StatusCode::BAD_REQUEST, "invalid_request").await;
+        let good = tus(&app, Method::PATCH, &path, &key)
+            .header("upload-offset", (2 * MIB).to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-checksum",
+                format!("sha1 {}", STANDARD.encode(sha1_of(rest))),
+            )
+            .body(rest.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(good.status(), StatusCode::NO_CONTENT);
+        let file_id = good.headers()["intake-file-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(app.download(&key, &file_id).await, data);
+        assert_nothing_left(&app, account.id, 1).await;
+    }
+}
+
+fn sha1_of(data: &[u8]) -> Vec<u8> {
+    use sha1::Digest as _;
+    sha1::Sha1::digest(data).to_vec()
+}
+
+/// A PATCH whose body sends `sent` and then stalls, as a client whose
+/// connection is about to break; `length` is the Content-Length it claims.
+fn stalled_patch(
+    client: &reqwest::Client,
+    url: String,
+    key: &str,
+    offset: u64,
+    sent: Vec<u8>,
+    length: u64,
+) -> tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>> {
+    use futures_util::StreamExt as _;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        sent.chunks(256 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let body = futures_util::stream::iter(chunks).chain(futures_util::stream::pending());
+    let request = client
+        .patch(url)
+        .bearer_auth(key)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .header("content-length", length.to_string())
+        .body(reqwest::Body::wrap_stream(body));
+    tokio::spawn(request.send())
+}
+
+/// Waits (up to 20 s) until HEAD reports `want`.
+async fn wait_for_offset(app: &TestApp, path: &str, key: &str, want: u64) {
+    let mut last = 0;
+    for _ in 0..200 {
+        last = offset_of(app, path, key).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the offset stayed at {last}, not {want}");
+}
+
+/// PATCHes until the upload's writer is no longer held by a dead request.
+async fn patch_when_free(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    offset: u64,
+    body: &[u8],
+) -> Response {
+    for _ in 0..300 {
+        let resp = patch(app, path, key, offset, body.to_vec()).await;
+        if resp.status() != StatusCode::LOCKED {
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the upload stayed locked");
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_patch_keeps_every_byte_that_arrived() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = polling_account(&app).await;
+        let data = fixtures::mp4(3 * PART);
+        let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+        let proxy = Proxy::start(&app.addr).await;
+        // A whole part and some more, then the connection breaks.
+        let sent = PART + 123_457;
+        let request = stalled_patch(
+            &app.client,
+            format!("{}{path}", proxy.addr),
+            &key,
+            0,
+            data[..sent].to_vec(),
+            data.len() as u64,
+        );
+        wait_for_offset(&app, &path, &key, PART as u64).await;
+        proxy.cut();
+        let _ = request.await;
+        // What arrived after the part is the tail now.
+        wait_for_offset(&app, &path, &key, sent as u64).await;
+        let resp = patch_when_free(&app, &path, &key, sent as u64, &data[sent..]).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let file_id = resp.headers()["intake-file-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(app.download(&key, &file_id).await, data);
+        assert_nothing_left(&app, account.id, 1).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_killed_mid_patch_leaves_the_stored_parts_for_another() {
+    let app = spawn()
+        .var("UPLOAD_PART_BYTES", &PART.to_string())
+        .var("UPLOAD_LEASE_TTL_SECS", "3")
+        .start()
+        .await;
+    let mut doomed = spawn().sharing(&app).start_killable();
+    let (account, key) = polling_account(&app).await;
+    let data = fixtures::mp4(2 * PART + 999);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+    let request = stalled_patch(
+        &app.client,
+        doomed.url(&path),
+        &key,
+        0,
+        data[..PART + 4096].to_vec(),
+        data.len() as u64,
+    );
+    wait_for_offset(&app, &path, &key, PART as u64).await;
+    doomed.kill();
+    let _ = request.await;
+    // The part it stored counts; the bytes it held in memory do not.
+    assert_eq!(offset_of(&app, &path, &key).await, PART as u64);
+    let resp = patch_when_free(&app, &path, &key, PART as u64, &data[PART..]).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let stored = app.download(&key, &file_id).await;
+    assert_eq!(sha256_hex(&stored), sha256_hex(&data));
+    assert_nothing_left(&app, account.id, 1).await;
+}
+
+#[tokio::test]
+async fn an_expired_upload_is_reclaimed_whole_by_the_reaper() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn()
+            .backend(backend)
+            .var("UPLOAD_PART_BYTES", &PART.to_string())
+            .var("TUS_EXPIRY_SECS", "2")
+            .start()
+            .await;
+        let (account, key) = polling_account(&app).await;
+        let data = fixtures::png(2 * PART);
+        let path = created(&app, &key, data.len() as u64, &[("filename", "a.png")]).await;
+        let resp = patch(&app, &path, &key, 0, data[..PART + 1000].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let id = upload_id(&path);
+        assert!(
+            multipart_alive(&app, id, account.id).await,
+            "a part is stored"
+        );
+        assert!(!side_objects(&app).await.is_empty(), "the tail is stored");
+        // Past its expiry: gone for the client at once…
+        let mut status = StatusCode::OK;
+        for _ in 0..100 {
+            status = tus(&app, Method::HEAD, &path, &key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == StatusCode::GONE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, StatusCode::GONE);
+        let resp = patch(
+            &app,
+            &path,
+            &key,
+            (PART + 1000) as u64,
+            data[PART + 1000..].to_vec(),
+        )
+        .await;
+        assert_problem(resp, StatusCode::GONE, "gone").await;
+        // …and the reaper gives back everything it held.
+        for _ in 0..100 {
+            intake::reap(&app.state).await.unwrap();
+            if app.holdings(account.id).await.leases == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let u = usage(&app, &key).await;
+        assert_eq!(u["usage"]["storage_bytes"]["used"], 0);
+        assert_eq!(u["usage"]["storage_bytes"]["reserved"], 0);
+        assert_eq!(u["usage"]["concurrent_uploads"]["active"], 0);
+        assert_nothing_left(&app, account.id, 0).await;
+        assert!(
+            !multipart_alive(&app, id, account.id).await,
+            "the multipart upload is aborted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn termination_gives_back_reservation_slot_parts_and_objects() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = polling_account(&app).await;
+        let data = fixtures::jpeg(2 * PART);
+        let path = created(&app, &key, data.len() as u64, &[("filename", "a.jpg")]).await;
+        let resp = patch(&app, &path, &key, 0, data[..PART + 77].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let id = upload_id(&path);
+        assert!(multipart_alive(&app, id, account.id).await);
+        let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(resp.headers()["tus-resumable"], "1.0.0");
+        assert_nothing_left(&app, account.id, 0).await;
+        assert!(!multipart_alive(&app, id, account.id).await);
+        let resp = tus(&app, Method::HEAD, &path, &key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::GONE);
+        let resp = patch(&app, &path, &key, (PART + 77) as u64, vec![0; 10]).await;
+        assert_problem(resp, StatusCode::GONE, "gone").await;
+        let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+        assert_problem(resp, StatusCode::GONE, "gone").await;
+    }
+}
+
+#[tokio::test]
+async fn one_request_writes_an_upload_at_a_time() {
+    let app = app_on(Backend::S3).await;
+    let (account, key) = polling_account(&app).await;
+    let data = fixtures::pdf(MIB);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "a.pdf")]).await;
+    let first = stalled_patch(
+        &app.client,
+        app.url(&path),
+        &key,
+        0,
+        data[..1000].to_vec(),
+        data.len() as u64,
+    );
+    // Held by the stalled request once it is in: others wait for it.
+    let id = upload_id(&path);
+    for _ in 0..100 {
+        let held: bool =
+            sqlx::query_scalar("SELECT patch_token IS NOT NULL FROM tus_uploads WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.state.db)
+                .await
+                .unwrap();
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = patch(&app, &path, &key, 0, data[..10].to_vec()).await;
+    assert_problem(resp, StatusCode::LOCKED, "upload_locked").await;
+    let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+    assert_problem(resp, StatusCode::LOCKED, "upload_locked").await;
+    // The stalled client gives up: what it sent is kept, the upload is free.
+    first.abort();
+    wait_for_offset(&app, &path, &key, 1000).await;
+    let resp = patch_when_free(&app, &path, &key, 1000, &data[1000..]).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(resp.headers().contains_key("intake-file-id"));
+    app.assert_left_with(account.id, 1).await;
+}
+
+#[tokio::test]
+async fn creation_with_upload_stores_the_first_bytes_or_the_whole_file() {
+    let app = app_on(Backend::S3).await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(300_000);
+    let whole = tus(&app, Method::POST, "/upload/tus", &key)
+        .header("upload-length", data.len().to_string())
+        .header("upload-metadata", metadata(&[("filename", "small.png")]))
+        .header("content-type", "application/offset+octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), StatusCode::CREATED);
+    assert_eq!(
+        whole.headers()["upload-offset"],
+        data.len().to_string().as_str()
+    );
+    let file_id = whole.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.download(&key, &file_id).await, data);
+    let part = tus(&app, Method::POST, "/upload/tus", &key)
+        .header("upload-length", data.len().to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::CREATED);
+    assert_eq!(part.headers()["upload-offset"], "100000");
+    let location = part.headers()["location"].to_str().unwrap();
+    let path = &location[location.find("/upload/tus/").unwrap()..];
+    let resp = patch(&app, path, &key, 100_000, data[100_000..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_nothing_left(&app, account.id, 2).await;
+}
+
+#[tokio::test]
+async fn a_text_document_stays_checked_across_parts_and_requests() {
+    let app = app_on(Backend::Fs).await;
+    let (account, key) = app.account_with_key("starter").await;
+    // "Zürich" on every row: parts and requests cut inside characters.
+    let csv = fixtures::csv(330_000);
+    assert!(csv.len() > PART + 100);
+    let path = created(&app, &key, csv.len() as u64, &[("filename", "cities.csv")]).await;
+    let cuts = [0, 40_001, PART - 1, PART + 2, csv.len()];
+    let mut last = None;
+    for pair in cuts.windows(2) {
+        last = Some(
+            patch(
+                &app,
+                &path,
+                &key,
+                pair[0] as u64,
+                csv[pair[0]..pair[1]].to_vec(),
+            )
+            .await,
+        );
+        assert_eq!(last.as_ref().unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    let file_id = last.unwrap().headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.download(&key, &file_id).await, csv);
+    // Invalid UTF-8 past the first 64 KiB is found where it lands.
+    let mut bad = fixtures::csv(330_000);
+    bad[PART + 10] = 0xff;
+    let path = created(&app, &key, bad.len() as u64, &[("filename", "bad.csv")]).await;
+    let resp = patch(&app, &path, &key, 0, bad.clone()).await;
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_nothing_left(&app, account.id, 1).await;
+}
+
+#[tokio::test]
+async fn malformed_tus_requests_are_refused_and_keep_nothing() {
+    let app = spawn().start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let (_, other_key) = app.account_with_key("starter").await;
+    // No or another protocol version: 412 with the version intake speaks.
+    for version in [None, Some("0.2.2")] {
+        let mut req = app
+            .post("/upload/tus")
+            .bearer_auth(&key)
+            .header("upload-length", "10");
+        if let Some(v) = version {
+            req = req.header("tus-resumable", v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.headers()["tus-version"], "1.0.0");
+        assert_problem(
+            resp,
+            StatusCode::PRECONDITION_FAILED,
+            "tus_version_unsupported",
+        )
+        .await;
+    }
+    // Lengths: missing, negative, not a number, absurd, deferred, zero.
+    for length in [
+        None,
+        Some("-1"),
+        Some("ten"),
+        Some("99999999999999999999999"),
+        Some("0"),
+    ] {
+        let mut req = tus(&app, Method::POST, "/upload/tus", &key);
+        if let Some(l) = length {
+            req = req.header("upload-length", l);
+        }
+        let resp = req.send().await.unwrap();
+        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    let resp = tus(&app, Method::POST, "/upload/tus", &key)
+        .header("upload-defer-length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    for meta in [
+        "filename not*base64",
+        "filename YQ==,filename Yg==",
+        "filename /w==",
+    ] {
+        let resp = tus(&app, Method::POST, "/upload/tus", &key)
+            .header("upload-length", "10")
+            .header("upload-metadata", meta)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    // A declared type intake does not take is refused before anything is held.
+    let resp = create(
+        &app,
+        &key,
+        10,
+        &[
+            ("filename", "a.exe"),
+            ("filetype", "application/x-msdownload"),
+        ],
+    )
+    .await;
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    app.assert_left_with(account.id, 0).await;
+
+    let path = created(&app, &key, 10, &[("filename", "a.txt")]).await;
+    // The wrong offset, the wrong body type, a body past the length.
+    let resp = patch(&app, &path, &key, 5, b"hello".to_vec()).await;
+    assert_problem(resp, StatusCode::CONFLICT, "conflict").await;
+    let resp = tus(&app, Method::PATCH, &path, &key)
+        .header("upload-offset", "0")
+        .header("content-type", "application/octet-stream")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        resp,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let resp = patch(&app, &path, &key, 0, b"more than ten bytes".to_vec()).await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let resp = tus(&app, Method::PATCH, &path, &key)
+        .header("content-type", "application/offset+octet-stream")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(offset_of(&app, &path, &key).await, 0);
+    // Another account's upload, and an unknown one, are not found.
+    let unknown = format!("/upload/tus/{}", Uuid::now_v7());
+    for p in [path.as_str(), unknown.as_str()] {
+        let who = if p == path { &other_key } else { &key };
+        let resp = tus(&app, Method::HEAD, p, who).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = patch(&app, p, who, 0, b"hello".to_vec()).await;
+        assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
+        let resp = tus(&app, Method::DELETE, p, who).send().await.unwrap();
+        assert_problem(resp, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    // The upload is untouched by all of that.
+    let resp = patch(&app, &path, &key, 0, b"0123456789".to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    app.assert_left_with(account.id, 1).await;
+}
+
+#[tokio::test]
+async fn a_patch_of_exactly_one_part_is_stored_as_that_part_without_a_tail() {
+    let app = app_on(Backend::S3).await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::mp4(2 * PART + 10);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+    for n in 0..2 {
+        let resp = patch(
+            &app,
+            &path,
+            &key,
+            (n * PART) as u64,
+            data[n * PART..(n + 1) * PART].to_vec(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            side_objects(&app).await,
+            Vec::<String>::new(),
+            "no tail written"
+        );
+    }
+    let parts: i32 = sqlx::query_scalar("SELECT parts FROM tus_uploads WHERE id = $1")
+        .bind(upload_id(&path))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(parts, 2);
+    let resp = patch(
+        &app,
+        &path,
+        &key,
+        (2 * PART) as u64,
+        data[2 * PART..].to_vec(),
+    )
+    .await;
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.download(&key, &file_id).await, data);
+    assert_nothing_left(&app, account.id, 1).await;
+}
