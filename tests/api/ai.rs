@@ -1098,9 +1098,11 @@ async fn openapi_documents_every_status_of_the_ai_routes() {
         ),
     ] {
         let responses = doc["paths"][path]["post"]["responses"].as_object().unwrap();
-        let mut listed: Vec<&str> = responses.keys().map(String::as_str).collect();
-        listed.sort_unstable();
-        assert_eq!(listed, statuses, "{path}");
+        // Every status the route answers is documented (the common error
+        // answers of every route may come on top).
+        for status in statuses {
+            assert!(responses.contains_key(*status), "{path}: {status}");
+        }
     }
     let chat = &doc["components"]["schemas"]["ChatRequest"]["properties"];
     assert_eq!(chat["message"]["maxLength"], 8000);
