@@ -21,7 +21,9 @@
 # missing or short object fails the run.
 #
 # TUS_BENCH_DIR=<dir> keeps the npm install there between runs; without it
-# the packages go to a temporary folder removed at exit.
+# the packages go to a temporary folder removed at exit. TUS_BENCH_FILE=<file>
+# uploads that file (at least 100 MiB) instead of fresh random bytes, so
+# another server can be measured with the very same bytes.
 set -euo pipefail
 
 if [ $# -ne 5 ]; then
@@ -55,7 +57,11 @@ for pkg in @tus/server @tus/s3-store @tus/utils @aws-sdk/client-s3; do
 done
 
 # One source file of random bytes; the 20 MiB uploads read its first 20 MiB.
-head -c $((100 * MIB)) /dev/urandom >"$WORK/data.bin"
+if [ -n "${TUS_BENCH_FILE:-}" ]; then
+    ln -s "$TUS_BENCH_FILE" "$WORK/data.bin"
+else
+    head -c $((100 * MIB)) /dev/urandom >"$WORK/data.bin"
+fi
 # S3Store spools every part to a file in the OS temp dir before sending it;
 # keep those files in our work folder so cleanup removes any leftovers.
 mkdir -p "$WORK/tmp"
@@ -107,7 +113,7 @@ run_case() {
     local name=$1 count=$2 mib=$3 out seconds ids rss
     start_server
     echo "case $name: $count x $mib MiB to $(cat "$WORK/port")" >&2
-    if ! out=$(node "$NODE_DIR/client.mjs" "http://127.0.0.1:$(cat "$WORK/port")" "$WORK/data.bin" \
+    if ! out=$(node "$NODE_DIR/client.mjs" "http://127.0.0.1:$(cat "$WORK/port")/files" "$WORK/data.bin" \
             $((mib * MIB)) "$count" "$TUS_PART_BYTES"); then
         echo "case $name: upload failed; server log:" >&2; cat "$WORK/server.log" >&2; return 1
     fi

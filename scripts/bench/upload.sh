@@ -6,16 +6,21 @@
 #     single direct PUT for reference; intake's CPU seconds per GiB;
 #   - peak RSS of intake under 20 concurrent 100 MiB uploads and under 10
 #     concurrent 20 MiB uploads;
-#   - the tus reference server (@tus/server + @tus/s3-store) on the same S3
-#     server with the same 100 MiB file and the same 10 x 20 MiB load;
+#   - the tus reference server (@tus/server + @tus/s3-store) and intake's own
+#     /upload/tus, driven by the same tus client (tus/client.mjs, PATCHes of
+#     one part each) with the same 100 MiB file and the same 10 x 20 MiB
+#     load, each case on a fresh server process for its peak RSS;
 #   - a batch of 50 x 1 MiB files vs 50 direct PUTs.
 #
 #   scripts/bench/upload.sh          (REPEAT=3 runs of each timed case; median)
+#   CASES=tus scripts/bench/upload.sh   only the tus comparison and the
+#                                    streaming baseline it is held against
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
 
 REPEAT=${REPEAT:-3}
+CASES=${CASES:-all}
 PART_BYTES=${PART_BYTES:-8388608}
 ensure_rust
 ensure_s3s_fs
@@ -99,30 +104,38 @@ median() {
 rate() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 
 # 1. One 100 MiB file: direct multipart, direct PUT, intake (with its CPU).
-direct_mp=$(median direct-multipart 1 100)
-direct_put=$(median direct-put 1 100)
+if [ "$CASES" = all ]; then
+    direct_mp=$(median direct-multipart 1 100)
+    direct_put=$(median direct-put 1 100)
+fi
 t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
 t1=$(cpu_ticks)
 cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
 
-# 2. Batch of 50 x 1 MiB vs 50 direct PUTs.
-direct_puts=$(median direct-puts 50 1)
-intake_batch=$(median intake-batch 50 1)
-stop_intake
+if [ "$CASES" = all ]; then
+    # 2. Batch of 50 x 1 MiB vs 50 direct PUTs.
+    direct_puts=$(median direct-puts 50 1)
+    intake_batch=$(median intake-batch 50 1)
+    stop_intake
 
-# 3. Peak RSS under concurrency, each on a fresh process.
-start_intake
-c20=$("$CLIENT" intake-concurrent 20 100 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
-rss20=$(peak_rss_mib)
-stop_intake; empty_bucket
-start_intake
-c10=$("$CLIENT" intake-concurrent 10 20 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
-rss10=$(peak_rss_mib)
+    # 3. Peak RSS under concurrency, each on a fresh process.
+    start_intake
+    c20=$("$CLIENT" intake-concurrent 20 100 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+    rss20=$(peak_rss_mib)
+    stop_intake; empty_bucket
+    start_intake
+    c10=$("$CLIENT" intake-concurrent 10 20 | sed -E 's/.*seconds=([0-9.]+).*/\1/')
+    rss10=$(peak_rss_mib)
+fi
 stop_intake; empty_bucket
 
-# 4. The tus reference server on the same S3 server.
-tus=$(scripts/bench/tus.sh "$S3_ENDPOINT" bench-key bench-secret bench "$PART_BYTES")
+# 4. The tus reference server and intake's /upload/tus, with the same client
+# and the same file (an MP4 header, so that intake accepts it, then random
+# bytes).
+TUS_FILE=$WORK/clip.bin
+{ printf '\0\0\0\030ftypmp42\0\0\0\0mp42isom'; head -c $((100 * 1048576 - 24)) /dev/urandom; } >"$TUS_FILE"
+tus=$(TUS_BENCH_FILE=$TUS_FILE scripts/bench/tus.sh "$S3_ENDPOINT" bench-key bench-secret bench "$PART_BYTES")
 tus_single=$(printf '%s\n' "$tus" | awk '/^tus single/' | sed -E 's/.*seconds=([0-9.]+).*/\1/')
 tus_single_rss=$(printf '%s\n' "$tus" | awk '/^tus single/' | sed -E 's/.*peak_rss_mib=([0-9.]+).*/\1/')
 tus_c10=$(printf '%s\n' "$tus" | awk '/^tus 10x20/' | sed -E 's/.*seconds=([0-9.]+).*/\1/')
@@ -132,7 +145,54 @@ start_intake
 rss_single=$(peak_rss_mib)
 stop_intake; empty_bucket
 
+# intake_tus COUNT MIB: one run on a fresh intake; prints "seconds rss".
+# Every upload must have become a file of the full size.
+intake_tus() {
+    local count=$1 mib=$2 out seconds rss files
+    start_intake
+    out=$(TUS_AUTHORIZATION="Bearer $INTAKE_KEY" node scripts/bench/tus/client.mjs \
+        "$INTAKE_URL/upload/tus" "$TUS_FILE" $((mib * 1048576)) "$count" "$PART_BYTES")
+    rss=$(peak_rss_mib)
+    stop_intake
+    files=$("$PG_BIN/psql" "$DB_URL" -tAc "SELECT count(*) FROM $SCHEMA.files
+        WHERE filename LIKE 'bench-%.bin' AND size = $((mib * 1048576)) AND sha256 IS NOT NULL")
+    if [ "$files" != "$count" ]; then
+        echo "intake tus $count x $mib MiB: $files files recorded, not $count" >&2; return 1
+    fi
+    "$PG_BIN/psql" "$DB_URL" -qc "DELETE FROM $SCHEMA.files WHERE filename LIKE 'bench-%.bin'"
+    empty_bucket
+    seconds=$(node -p "JSON.parse(process.argv[1]).seconds" "$out")
+    printf '%.3f %s\n' "$seconds" "$rss"
+}
+read -r itus_single itus_single_rss < <(intake_tus 1 100)
+read -r itus_c10 itus_c10_rss < <(intake_tus 10 20)
+
 part_mib=$((PART_BYTES / 1048576))
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+tus_summary() {
+    cat <<OUT
+intake /upload/tus, 100 MiB            $(printf '%7s %8s %12s' "$itus_single" "$(rate 100 "$itus_single")" "$itus_single_rss")
+intake tus 10 x 20 MiB concurrent      $(printf '%7s %8s %12s' "$itus_c10" "$(rate 200 "$itus_c10")" "$itus_c10_rss")
+
+intake-tus / tus-reference throughput, 100 MiB:     $(ratio "$tus_single" "$itus_single")   goal >= 2
+intake-tus / tus-reference throughput, 10 x 20 MiB: $(ratio "$tus_c10" "$itus_c10")   goal >= 2
+intake-tus / tus-reference peak RSS, 100 MiB:       $(ratio "$itus_single_rss" "$tus_single_rss")   goal < 0.5
+intake-tus / tus-reference peak RSS, 10 x 20 MiB:   $(ratio "$itus_c10_rss" "$tus_c10_rss")   goal < 0.5
+intake-tus / intake-stream throughput, 100 MiB:     $(ratio "$intake_one" "$itus_single")
+OUT
+}
+if [ "$CASES" = tus ]; then
+    cat <<OUT
+
+case                                   seconds    MiB/s   peak RSS MiB
+intake /upload/stream, 100 MiB         $(printf '%7s %8s %12s' "$intake_one" "$(rate 100 "$intake_one")" "$rss_single")
+tus, 100 MiB                           $(printf '%7s %8s %12s' "$tus_single" "$(rate 100 "$tus_single")" "$tus_single_rss")
+tus 10 x 20 MiB concurrent             $(printf '%7s %8s %12s' "$tus_c10" "$(rate 200 "$tus_c10")" "$tus_c10_rss")
+$(tus_summary)
+(median of $REPEAT runs for /upload/stream, one run for each tus case; part size $part_mib MiB; $(nproc) cores shared by client, intake and s3s-fs)
+OUT
+    exit 0
+fi
 cat <<OUT
 
 case                                   seconds    MiB/s   peak RSS MiB
@@ -153,5 +213,6 @@ peak RSS, 10 x 20 MiB:                 $rss10 MiB   goal <= 100 MiB
 intake / tus throughput, 100 MiB:      $(python3 -c "print(f'{$tus_single / $intake_one:.2f}')")   goal >= 2
 intake / tus throughput, 10 x 20 MiB:  $(python3 -c "print(f'{$tus_c10 / $c10:.2f}')")   goal >= 2
 intake / direct, batch 50 x 1 MiB:     $(python3 -c "print(f'{$direct_puts / $intake_batch:.2f}')")   goal >= 0.80
+$(tus_summary)
 (median of $REPEAT runs for single cases; part size $part_mib MiB; $(nproc) cores shared by client, intake and s3s-fs)
 OUT
