@@ -51,7 +51,7 @@ from botocore.config import Config
 
 port, s3_port, size_mib, concurrent = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 base = f"http://127.0.0.1:{port}"
-admin = {"Authorization": "Bearer bench-admin-token"}
+admin = {"Authorization": "Bearer " + os.environ["ADMIN_TOKEN"]}
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
                   aws_access_key_id="bench-key", aws_secret_access_key="bench-secret",
                   config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",

@@ -55,11 +55,11 @@ start_server true
 # Accounts with a limit far above what the machine can send, so every request
 # takes the allowed path and the limiter's cost is what is measured.
 python3 - "$PORT" "$ACCOUNTS" "$WORK/keys.txt" <<'PY'
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 port, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def call(method, path, body):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-        data=json.dumps(body).encode(), headers={"Authorization": "Bearer bench-admin-token",
+        data=json.dumps(body).encode(), headers={"Authorization": "Bearer " + os.environ["ADMIN_TOKEN"],
         "Content-Type": "application/json"})
     return json.load(urllib.request.urlopen(req))
 keys = []

@@ -78,11 +78,11 @@ empty_bucket() { rm -rf "${WORK:?}/s3/bench/"*; }
 
 start_intake
 INTAKE_KEY=$(python3 - "$INTAKE_URL" <<'PY'
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 base = sys.argv[1]
 def call(method, path, body):
     req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode(),
-        headers={"Authorization": "Bearer bench-admin-token", "Content-Type": "application/json"})
+        headers={"Authorization": "Bearer " + os.environ["ADMIN_TOKEN"], "Content-Type": "application/json"})
     return json.load(urllib.request.urlopen(req))
 acct = call("POST", "/admin/accounts", {"email": "bench@example.com", "tier": "enterprise"})
 call("PATCH", f"/admin/accounts/{acct['id']}", {"custom_limits": {
