@@ -35,7 +35,20 @@ BIN=$CARGO_TARGET_DIR/release/intake
 "$BIN" migrate
 if [ ! -f .data/demo-account ]; then
     DEMO_EMAIL=${DEMO_EMAIL:-demo@example.com}
-    account=$("$BIN" admin create-account --email "$DEMO_EMAIL" --tier starter --password "${DEMO_PASSWORD:-demo-password}")
+    # The cluster may outlive this checkout (as root it lives outside it):
+    # an account made by an earlier run is kept, not made again.
+    if ! account=$("$BIN" admin create-account --email "$DEMO_EMAIL" --tier starter \
+            --password "${DEMO_PASSWORD:-demo-password}" 2>.data/demo-account.err); then
+        if grep -q "already exists" .data/demo-account.err; then
+            log "the demo account $DEMO_EMAIL exists already (its API key was shown when it was made)"
+            : > .data/demo-account
+            rm -f .data/demo-account.err
+            exec "$BIN" serve
+        fi
+        cat .data/demo-account.err >&2
+        exit 1
+    fi
+    rm -f .data/demo-account.err
     id=$(printf '%s' "$account" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     key=$("$BIN" admin create-api-key --account "$id" --name demo)
     printf '%s\n' "$id" > .data/demo-account
