@@ -1240,3 +1240,167 @@ async fn a_patch_of_exactly_one_part_is_stored_as_that_part_without_a_tail() {
     assert_eq!(app.download(&key, &file_id).await, data);
     assert_nothing_left(&app, account.id, 1).await;
 }
+
+/// A tus request with a dashboard session (its cookie, and its CSRF token
+/// when `csrf` is given) instead of an API key.
+fn tus_session(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    session: &crate::helpers::Session,
+    csrf: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = app
+        .request(method, path)
+        .header("cookie", &session.cookie)
+        .header("tus-resumable", "1.0.0");
+    match csrf {
+        Some(token) => request.header("x-csrf-token", token),
+        None => request,
+    }
+}
+
+async fn session_usage(app: &TestApp, session: &crate::helpers::Session) -> Value {
+    let resp = app
+        .get("/usage")
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_free_account_without_api_keys_uploads_through_tus_with_its_session() {
+    let app = app_on(Backend::Fs).await;
+    // FREE accounts have no API keys: the dashboard's session is their way in.
+    let account = app.account("free").await;
+    let session = app.login(&account.email).await;
+    let csrf = Some(session.csrf.as_str());
+    let data = fixtures::png(PART + 4321);
+    let resp = tus_session(&app, Method::POST, "/upload/tus", &session, csrf)
+        .header("upload-length", data.len().to_string())
+        .header(
+            "upload-metadata",
+            metadata(&[("filename", "holiday.png"), ("filetype", "image/png")]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let location = resp.headers()["location"].to_str().unwrap();
+    let path = location[location.find("/upload/tus/").unwrap()..].to_owned();
+    let now = session_usage(&app, &session).await;
+    assert_eq!(now["usage"]["storage_bytes"]["reserved"], data.len() as u64);
+    assert_eq!(now["usage"]["concurrent_uploads"]["active"], 1);
+
+    let half = 3 * MIB;
+    let resp = tus_session(&app, Method::PATCH, &path, &session, csrf)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[..half].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // HEAD changes nothing: the cookie alone is enough, as for any GET.
+    let head = tus_session(&app, Method::HEAD, &path, &session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["upload-offset"], half.to_string().as_str());
+
+    let resp = tus_session(&app, Method::PATCH, &path, &session, csrf)
+        .header("upload-offset", half.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[half..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let file: Value = app
+        .get(&format!("/files/{file_id}"))
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(file["filename"], "holiday.png");
+    assert_eq!(file["sha256"], sha256_hex(&data));
+    let after = session_usage(&app, &session).await;
+    assert_eq!(after["usage"]["storage_bytes"]["used"], data.len() as u64);
+    assert_eq!(after["usage"]["storage_bytes"]["reserved"], 0);
+    assert_eq!(after["usage"]["concurrent_uploads"]["active"], 0);
+    app.assert_left_with(account.id, 1).await;
+}
+
+#[tokio::test]
+async fn tus_requests_of_a_session_without_its_csrf_token_are_refused_and_change_nothing() {
+    let app = app_on(Backend::Fs).await;
+    let account = app.account("free").await;
+    let session = app.login(&account.email).await;
+    let data = fixtures::png(64 * 1024);
+    let creation = |csrf: Option<&str>| {
+        tus_session(&app, Method::POST, "/upload/tus", &session, csrf)
+            .header("upload-length", data.len().to_string())
+            .header(
+                "upload-metadata",
+                metadata(&[("filename", "a.png"), ("filetype", "image/png")]),
+            )
+    };
+    for csrf in [None, Some("not-the-token")] {
+        let resp = creation(csrf).send().await.unwrap();
+        assert_problem(resp, StatusCode::FORBIDDEN, "csrf_token_required").await;
+    }
+    let untouched = session_usage(&app, &session).await;
+    assert_eq!(untouched["usage"]["storage_bytes"]["reserved"], 0);
+    assert_eq!(untouched["usage"]["concurrent_uploads"]["active"], 0);
+
+    // An upload made with the token takes no bytes, and no ending, without it.
+    let resp = creation(Some(&session.csrf)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let location = resp.headers()["location"].to_str().unwrap();
+    let path = location[location.find("/upload/tus/").unwrap()..].to_owned();
+    let resp = tus_session(&app, Method::PATCH, &path, &session, None)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::FORBIDDEN, "csrf_token_required").await;
+    let resp = tus_session(&app, Method::DELETE, &path, &session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::FORBIDDEN, "csrf_token_required").await;
+    let head = tus_session(&app, Method::HEAD, &path, &session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["upload-offset"], "0");
+    let open = session_usage(&app, &session).await;
+    assert_eq!(
+        open["usage"]["storage_bytes"]["reserved"],
+        data.len() as u64
+    );
+    assert_eq!(open["usage"]["storage_bytes"]["used"], 0);
+    assert_eq!(open["usage"]["concurrent_uploads"]["active"], 1);
+
+    // With the token, termination gives everything back.
+    let resp = tus_session(&app, Method::DELETE, &path, &session, Some(&session.csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_nothing_left(&app, account.id, 0).await;
+}
