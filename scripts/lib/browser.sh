@@ -36,6 +36,23 @@ ensure_browser_deps() {
     printf '%s\n' "$want" > "$stamp"
 }
 
+# The dashboard's one vendored script, tus-js-client's browser build: the
+# lockfile pins it, the embedded copy in src/dashboard/assets must be that
+# file. Outside CI a differing copy is refreshed (commit it); in CI it fails.
+vendor_dashboard_assets() {
+    local pkg=$BROWSER_DIR/node_modules/tus-js-client assets=src/dashboard/assets
+    if cmp -s "$pkg/dist/tus.min.js" "$assets/tus.min.js" && cmp -s "$pkg/LICENSE" "$assets/tus-js-client.LICENSE"; then
+        return 0
+    fi
+    if [ -n "${CI:-}" ]; then
+        log "$assets/tus.min.js is not the lockfile's tus-js-client: run scripts/test.sh and commit it"
+        return 1
+    fi
+    log "refreshing $assets/tus.min.js from the lockfile's tus-js-client (commit it)"
+    cp "$pkg/dist/tus.min.js" "$assets/tus.min.js"
+    cp "$pkg/LICENSE" "$assets/tus-js-client.LICENSE"
+}
+
 # A fresh database on the test cluster; prints its URL.
 fresh_database() {
     local name=$1 base=$TEST_DATABASE_URL bin
@@ -70,9 +87,9 @@ stop_browser_servers() {
     for pid in "${INTAKE_PIDS[@]:-}"; do
         [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
     done
-    [ -n "${CORS_PID:-}" ] && kill "$CORS_PID" 2>/dev/null || true
+    [ -n "${AI_PID:-}" ] && kill "$AI_PID" 2>/dev/null || true
     INTAKE_PIDS=()
-    CORS_PID=
+    AI_PID=
 }
 
 # Runs the browser tests; prints `browser: N passed, N failed` last. A
@@ -82,6 +99,7 @@ run_browser_tests() (
     ensure_chromium
     ensure_node
     ensure_browser_deps
+    vendor_dashboard_assets || return 1
     command -v curl >/dev/null 2>&1 || { as_root apt-get install -y -qq curl >/dev/null; }
     log "building intake for the browser tests"
     cargo build --locked --bin intake
@@ -92,28 +110,32 @@ run_browser_tests() (
     BROWSER_ADMIN_TOKEN=browser-admin-token-$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
     INTAKE_PIDS=()
 
-    local fs_port s3_port cors_port
-    fs_port=$(free_port); s3_port=$(free_port); cors_port=$(free_port)
+    local fs_port s3_port ai_port
+    fs_port=$(free_port); s3_port=$(free_port); ai_port=$(free_port)
+    # The AI provider is a third-party service: a stand-in speaking its
+    # protocol, shared by both servers.
+    node "$BROWSER_DIR/support/ai-provider.mjs" "$ai_port" >"$BROWSER_LOGS/ai-provider.log" 2>&1 &
+    AI_PID=$!
+    local ai=(AI_BASE_URL="http://127.0.0.1:$ai_port/v1" AI_MODEL=stand-in-vision AI_API_KEY=stand-in-key)
     local fs_root=$artifacts/objects
     mkdir -p "$fs_root"
-    start_intake fs "$fs_port" STORAGE_BACKEND=fs FS_ROOT="$PWD/$fs_root"
+    start_intake fs "$fs_port" STORAGE_BACKEND=fs FS_ROOT="$PWD/$fs_root" "${ai[@]}"
 
-    # Browsers reach storage cross-origin: presigned URLs name a stand-in
-    # for a bucket with the CORS rule the dashboard needs.
+    # The page sends every request to intake (uploads through tus); only
+    # download redirects and thumbnails point at the bucket, which need no
+    # CORS rule.
     node "$BROWSER_DIR/support/create-bucket.mjs" "$TEST_S3_ENDPOINT" intake-browser
-    node "$BROWSER_DIR/support/cors-proxy.mjs" "$cors_port" "${TEST_S3_ENDPOINT##*:}" \
-        >"$BROWSER_LOGS/cors-proxy.log" 2>&1 &
-    CORS_PID=$!
     start_intake s3 "$s3_port" STORAGE_BACKEND=s3 S3_BUCKET=intake-browser \
-        S3_ENDPOINT="$TEST_S3_ENDPOINT" S3_PUBLIC_ENDPOINT="http://127.0.0.1:$cors_port" \
+        S3_ENDPOINT="$TEST_S3_ENDPOINT" \
         S3_ACCESS_KEY_ID="$TEST_S3_ACCESS_KEY_ID" S3_SECRET_ACCESS_KEY="$TEST_S3_SECRET_ACCESS_KEY" \
-        S3_KEY_PREFIX="browser-$$/"
+        S3_KEY_PREFIX="browser-$$/" "${ai[@]}"
 
     log "running the browser tests"
     local status=0
     # shellcheck disable=SC2086 # BROWSER_TEST_ARGS is a list of arguments
     (cd "$BROWSER_DIR" && INTAKE_FS_URL="http://127.0.0.1:$fs_port" INTAKE_S3_URL="http://127.0.0.1:$s3_port" \
-        INTAKE_ADMIN_TOKEN="$BROWSER_ADMIN_TOKEN" npx playwright test ${BROWSER_TEST_ARGS:-}) || status=$?
+        INTAKE_ADMIN_TOKEN="$BROWSER_ADMIN_TOKEN" INTAKE_AI_STANDIN_URL="http://127.0.0.1:$ai_port" \
+        npx playwright test ${BROWSER_TEST_ARGS:-}) || status=$?
     stop_browser_servers
     rm -rf "$fs_root"
     node -e '

@@ -50,6 +50,13 @@ const ASSETS: &[Asset] = &[
         content_type: JS,
         body: include_bytes!("assets/ui.js"),
     },
+    // tus-js-client's browser build, vendored from npm through the browser
+    // tests' lockfile (scripts/lib/browser.sh checks it is that file).
+    Asset {
+        name: "tus.min.js",
+        content_type: JS,
+        body: include_bytes!("assets/tus.min.js"),
+    },
     Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
@@ -106,14 +113,15 @@ fn storage_source(config: &Config) -> Option<String> {
 }
 
 /// The page's policy: scripts and styles from intake only, no inline script,
-/// no framing; images and uploads may also reach the object store.
+/// no framing; images may also come from the object store (download
+/// redirects), while every request the page makes goes to intake.
 fn content_security_policy(config: &Config) -> String {
     let storage = storage_source(config)
         .map(|s| format!(" {s}"))
         .unwrap_or_default();
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:{storage}; \
-         connect-src 'self'{storage}; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; \
+         connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; \
          form-action 'self'"
     )
 }

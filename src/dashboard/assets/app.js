@@ -5,7 +5,6 @@ import { api, setCsrf, whenUnauthorized } from './api.js';
 import { uploadFiles } from './upload.js';
 import { $, clear, confirmAction, el, formatBytes, formatCount, formatDate, showAlert } from './ui.js';
 
-const storage = document.querySelector('meta[name="intake-storage"]').content;
 const TIER_ORDER = ['free', 'starter', 'professional', 'enterprise'];
 const PAGE_SIZE = 20;
 // A hint only (no secret): whether this browser probably holds a session,
@@ -171,7 +170,7 @@ function renderLimits() {
       'tr',
       {},
       el('th', { scope: 'row', text: 'Streaming upload cap' }),
-      el('td', { text: `${formatBytes(state.table.stream_max_file_bytes)} (larger files go straight to storage)` }),
+      el('td', { text: `${formatBytes(state.table.stream_max_file_bytes)} (larger files upload resumably)` }),
     ),
   );
   $('limits-title').textContent = `Your limits (${tier.toUpperCase()})`;
@@ -267,7 +266,7 @@ async function loadUsage() {
   const batch = limits.batch_size;
   $('upload-hint').textContent =
     `Up to ${formatBytes(state.table.stream_max_file_bytes)} a file streams through intake, ${batch} files a request; ` +
-    `larger files go straight to storage. Images up to ${formatBytes(limits.max_image_bytes)}, ` +
+    `larger files upload resumably, with pause and resume. Images up to ${formatBytes(limits.max_image_bytes)}, ` +
     `documents up to ${formatBytes(limits.max_document_bytes)}, videos up to ${formatBytes(limits.max_video_bytes)}.`;
 }
 
@@ -282,7 +281,6 @@ async function startUpload(fileList) {
     list: $('upload-list'),
     batchSize: state.usage.limits.batch_size,
     streamMax: state.table.stream_max_file_bytes,
-    storage,
   });
   // The concurrent-uploads meter shows the slots these uploads hold.
   setTimeout(loadUsage, 300);

@@ -1,21 +1,13 @@
-// The uploader: one function per upload path, so another path (tus, for
-// resumable uploads) is one more function and one more branch in routeFor.
+// The uploader: one function per upload path.
 //
-//   streamBatch       files up to the streaming cap, in batches of at most
-//                     the tier's batch size, one request per batch
-//   presignedSingle   larger files, one PUT to the presigned URL (the local
-//                     folder backend, which supports nothing else)
-//   presignedMultipart larger files on S3: parts in parallel, pausable at
-//                     part boundaries, then completion
+//   streamBatch  files up to the streaming cap, in batches of at most the
+//                tier's batch size, one request per batch
+//   resumable    larger files through /upload/tus (tus 1.0) with
+//                tus-js-client, pausable and resumable, also after a reload
+//                (choosing the same file again picks up where it stopped)
 
 import { api, csrfHeaders, networkError, noteStatus, problemOf } from './api.js';
 import { el, formatBytes } from './ui.js';
-
-const PARALLEL_PARTS = 4;
-
-// Headers a page may not set itself; the browser sends the right ones.
-const FORBIDDEN_HEADERS = new Set(['content-length', 'host', 'connection']);
-
 // One file's row in the upload list: name, progress bar, state, alert.
 class Item {
   constructor(file, list) {
@@ -89,9 +81,10 @@ class Item {
     this.bar.remove();
     this.setState('Failed');
     this.row.classList.add('failed');
-    this.row.append(
-      el('div', { role: 'alert', class: 'alert' }, `${this.file.name}: ${error.message}`),
-    );
+    // The problem's code rides along for scripts (and tests) that branch on it.
+    const attrs = { role: 'alert', class: 'alert' };
+    if (error.code) attrs['data-code'] = error.code;
+    this.row.append(el('div', attrs, `${this.file.name}: ${error.message}`));
   }
 }
 
@@ -154,189 +147,117 @@ async function streamBatch(items) {
   }
 }
 
-// PUTs bytes to a presigned URL with progress; resolves with the XHR.
-function put(url, headers, body, onProgress) {
-  const xhr = new XMLHttpRequest();
-  xhr.open('PUT', url);
-  for (const [k, v] of Object.entries(headers || {})) {
-    if (!FORBIDDEN_HEADERS.has(k.toLowerCase())) xhr.setRequestHeader(k, v);
+// tus-js-client (vendored from npm: see docs/dashboard.md), loaded by the
+// page as a classic script before this module, so it is `window.tus`.
+const tus = window.tus;
+
+// Statuses worth another try: none (the connection broke), an offset that
+// moved under us (409: tus-js-client asks with HEAD and goes on from
+// there), the upload still held by the request a pause broke off (423),
+// and a server or proxy hiccup. Never a refusal such as 507.
+const RETRY_STATUSES = new Set([0, 409, 423, 500, 502, 503, 504]);
+
+function tusStatus(error) {
+  return error.originalResponse ? error.originalResponse.getStatus() : 0;
+}
+
+function tusProblem(error) {
+  const response = error.originalResponse;
+  if (!response) return networkError();
+  noteStatus(response.getStatus());
+  return problemOf(response.getStatus(), response.getBody());
+}
+
+// intake answers a creation with an absolute Location built from
+// PUBLIC_BASE_URL; the page sends it to its own origin instead, so the
+// session cookie goes along whatever host name the page was opened under.
+class SameOriginStack {
+  constructor() {
+    this.inner = new tus.DefaultHttpStack();
   }
-  const done = send(xhr, body, onProgress).then((answer) => {
-    if (answer.status < 200 || answer.status >= 300) {
-      throw problemOf(answer.status, answer.responseText);
-    }
-    return answer;
-  });
-  return { xhr, done };
+
+  createRequest(method, url) {
+    const parsed = new URL(url, window.location.href);
+    return this.inner.createRequest(method, parsed.pathname + parsed.search);
+  }
+
+  getName() {
+    return 'intake-same-origin';
+  }
 }
 
-// The local-folder backend's URLs point back to intake itself: sent to the
-// page's own origin, whatever host name the server believes it has.
-function sameOriginIfLocal(url, storage) {
-  if (storage !== 'fs') return url;
-  const parsed = new URL(url, window.location.href);
-  return parsed.pathname + parsed.search;
-}
-
-async function issue(item, multipart) {
+async function resumable(item) {
+  if (!tus || !tus.isSupported) throw new Error('this browser cannot send resumable uploads');
   const file = item.file;
-  return api('POST', '/upload/presigned', {
-    filename: file.name,
-    content_type: file.type || 'application/octet-stream',
-    size: file.size,
-    multipart,
-  });
-}
-
-// Ends an upload that will not finish, so its slot and reservation are
-// given back at once rather than at expiry.
-function abandon(uploadId) {
-  api('DELETE', `/upload/presigned/${uploadId}`).catch(() => {});
-}
-
-async function presignedSingle(item, ctx) {
-  const issued = await issue(item, false);
-  item.setState('Uploading');
-  const request = put(sameOriginIfLocal(issued.url, ctx.storage), issued.headers, item.file, (loaded, total) =>
-    item.progress(Math.min(0.99, loaded / total)),
-  );
-  item.control('Cancel', () => request.xhr.abort());
-  try {
-    await request.done;
-  } catch (error) {
-    abandon(issued.upload_id);
-    throw error.aborted ? new Error('cancelled') : error;
-  }
-  item.setState('Checking');
-  await api('POST', `/upload/presigned/${issued.upload_id}/complete`, {});
-}
-
-async function presignedMultipart(item, ctx) {
-  const issued = await issue(item, true);
-  const size = item.file.size;
-  const parts = issued.parts.map((p) => {
-    const start = (p.part_number - 1) * issued.part_size;
-    return { ...p, start, end: Math.min(size, start + issued.part_size), loaded: 0, etag: null, request: null };
-  });
-  const report = () => item.progress(Math.min(0.99, parts.reduce((n, p) => n + p.loaded, 0) / size));
-  item.setState('Uploading');
+  let settle;
   const finished = new Promise((resolve, reject) => {
-    let failed = false;
-    const pump = () => {
-      if (failed) return;
-      if (parts.every((p) => p.etag)) {
-        resolve();
-        return;
-      }
-      let active = parts.filter((p) => p.request).length;
-      while (!item.paused && active < PARALLEL_PARTS) {
-        const part = parts.find((p) => !p.etag && !p.request);
-        if (!part) break;
-        active += 1;
-        const url = sameOriginIfLocal(part.url, ctx.storage);
-        part.request = put(url, {}, item.file.slice(part.start, part.end), (loaded) => {
-          part.loaded = Math.min(loaded, part.end - part.start);
-          report();
-        });
-        part.request.done.then(
-          (xhr) => {
-            part.request = null;
-            part.etag = xhr.getResponseHeader('ETag');
-            part.loaded = part.end - part.start;
-            if (!part.etag) {
-              failed = true;
-              reject(new Error('storage did not expose the part’s ETag header (its CORS rule must expose ETag)'));
-              return;
-            }
-            pump();
-          },
-          (error) => {
-            part.request = null;
-            part.loaded = 0;
-            report();
-            if (error.aborted && !item.cancelled) {
-              pump();
-              return;
-            }
-            if (!failed) {
-              failed = true;
-              parts.forEach((p) => p.request && p.request.xhr.abort());
-              reject(error.aborted ? new Error('cancelled') : error);
-            }
-          },
-        );
-      }
-    };
-    // Pausing drops the parts in flight; resuming sends them again, so at
-    // most one part's worth per connection is re-sent.
-    const pause = item.control('Pause', () => {
-      item.paused = !item.paused;
-      pause.textContent = item.paused ? 'Resume' : 'Pause';
-      pause.setAttribute('aria-label', `${item.paused ? 'Resume' : 'Pause'} ${item.file.name}`);
-      if (item.paused) {
-        item.setState('Paused');
-        parts.forEach((p) => p.request && p.request.xhr.abort());
-      } else {
-        item.setState('Uploading');
-        pump();
-      }
-    });
-    item.control('Cancel', () => {
-      item.cancelled = true;
-      item.paused = false;
-      if (parts.some((p) => p.request)) parts.forEach((p) => p.request && p.request.xhr.abort());
-      else if (!failed) {
-        failed = true;
-        reject(new Error('cancelled'));
-      }
-    });
-    pump();
+    settle = { resolve, reject };
   });
-  try {
-    await finished;
-  } catch (error) {
-    abandon(issued.upload_id);
-    throw error;
-  }
-  item.controls.replaceChildren();
-  item.setState('Checking');
-  await api('POST', `/upload/presigned/${issued.upload_id}/complete`, {
-    parts: parts.map((p) => ({ part_number: p.part_number, etag: p.etag })),
+  const upload = new tus.Upload(file, {
+    endpoint: '/upload/tus',
+    httpStack: new SameOriginStack(),
+    metadata: { filename: file.name, filetype: file.type || 'application/octet-stream' },
+    // One PATCH for the whole file: intake keeps every byte of a broken
+    // body, so a pause loses nothing and nothing is sent twice.
+    retryDelays: [0, 1000, 3000, 5000],
+    onShouldRetry: (error) => RETRY_STATUSES.has(tusStatus(error)),
+    removeFingerprintOnSuccess: true,
+    onBeforeRequest: (request) => {
+      for (const [k, v] of Object.entries(csrfHeaders())) request.setHeader(k, v);
+    },
+    onProgress: (sent, total) => item.progress(Math.min(0.99, sent / total)),
+    onSuccess: () => settle.resolve(),
+    onError: (error) => settle.reject(tusProblem(error)),
   });
+  const previous = await upload.findPreviousUploads();
+  if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+  item.setState(previous.length ? 'Resuming' : 'Uploading');
+  const pause = item.control('Pause', () => {
+    item.paused = !item.paused;
+    const label = item.paused ? 'Resume' : 'Pause';
+    pause.textContent = label;
+    pause.setAttribute('aria-label', `${label} ${file.name}`);
+    if (item.paused) {
+      item.setState(`Paused at ${item.bar.getAttribute('aria-valuenow')}%`);
+      upload.abort();
+    } else {
+      item.setState('Uploading');
+      upload.start();
+    }
+  });
+  item.control('Cancel', () => {
+    // Terminating gives back the upload's slot and reservation at once.
+    upload.abort(true).catch(() => {});
+    settle.reject(new Error('cancelled'));
+  });
+  upload.start();
+  await finished;
 }
 
-// Which path a file takes.
-export function routeFor(file, ctx) {
-  if (file.size <= ctx.streamMax) return 'stream';
-  return ctx.storage === 's3' ? 'multipart' : 'single';
-}
-
-const LARGE_PATHS = { single: presignedSingle, multipart: presignedMultipart };
-
-// Uploads `files`; ctx = { list, batchSize, streamMax, storage }. Streaming
-// batches and large files go in two lanes at once, each one request at a
-// time, so an upload holds at most two of the account's slots.
+// Uploads `files`; ctx = { list, batchSize, streamMax }. Streaming batches
+// and resumable uploads go in two lanes at once, each one upload at a time,
+// so a drop holds at most two of the account's slots.
 export async function uploadFiles(files, ctx) {
   const small = [];
   const large = [];
   for (const file of files) {
     const item = new Item(file, ctx.list);
-    (routeFor(file, ctx) === 'stream' ? small : large).push(item);
+    (file.size <= ctx.streamMax ? small : large).push(item);
   }
   const batches = [];
   for (let i = 0; i < small.length; i += ctx.batchSize) batches.push(small.slice(i, i + ctx.batchSize));
   const streaming = (async () => {
     for (const batch of batches) await streamBatch(batch);
   })();
-  const presigned = (async () => {
+  const resumables = (async () => {
     for (const item of large) {
       try {
-        await LARGE_PATHS[routeFor(item.file, ctx)](item, ctx);
+        await resumable(item);
         item.done();
       } catch (error) {
         item.fail(error);
       }
     }
   })();
-  await Promise.all([streaming, presigned]);
+  await Promise.all([streaming, resumables]);
 }

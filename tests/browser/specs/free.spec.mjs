@@ -95,7 +95,7 @@ test('a FREE account signs up, uploads, finds, downloads and deletes files', asy
   await page.getByRole('button', { name: 'Delete notes.md' }).click();
   const dialog = page.getByRole('dialog');
   await expect(dialog).toContainText('Delete notes.md?');
-  await screenshots(page, testInfo, 'confirm-delete');
+  await screenshots(page, testInfo, 'confirm-delete', { fullPage: false });
   await dialog.getByRole('button', { name: 'Cancel' }).click();
   await expect(page.getByRole('button', { name: 'Delete notes.md' })).toBeVisible();
   await page.getByRole('button', { name: 'Delete notes.md' }).click();

@@ -63,13 +63,17 @@ export async function logIn(page, email) {
   await expect(page.getByRole('button', { name: 'Log out' })).toBeVisible();
 }
 
-// Full-page screenshots at a phone's width and a desktop's.
-export async function screenshots(page, testInfo, view) {
+// Screenshots at a phone's width and a desktop's: the full page, or what
+// the viewport shows (for a modal dialog, whose backdrop covers only that).
+// At either width nothing may stick out sideways.
+export async function screenshots(page, testInfo, view, { fullPage = true } = {}) {
   const dir = new URL('../artifacts/screenshots/', import.meta.url).pathname;
   await mkdir(dir, { recursive: true });
   for (const width of [375, 1280]) {
     await page.setViewportSize({ width, height: 900 });
-    await page.screenshot({ path: `${dir}${testInfo.project.name}-${view}-${width}.png`, fullPage: true });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    expect(overflow, `the ${view} view fits ${width} px without sideways scrolling`).toBe(0);
+    await page.screenshot({ path: `${dir}${testInfo.project.name}-${view}-${width}.png`, fullPage });
   }
   await page.setViewportSize({ width: 1280, height: 900 });
 }
