@@ -93,19 +93,25 @@ if [ "$browser" != only ]; then
     python3 -c 'import yaml' 2>/dev/null || as_root apt-get install -y -qq python3-yaml >/dev/null
     python3 scripts/check-compose.py || status=1
     log "running the test suite on ${stores[0]}"
+    started=$SECONDS
     cargo test --locked "$@" 2>&1 | tee "$OUT" || status=$?
+    log "the suite on ${stores[0]} took $((SECONDS - started)) s"
     for store in "${stores[@]:1}"; do
         use_store "$store"
         log "running the storage-facing tests on $store"
+        started=$SECONDS
         if [ $# -gt 0 ]; then
             cargo test --locked "$@" 2>&1 | tee -a "$OUT" || status=$?
         else
             # shellcheck disable=SC2086 # one filter a word
             cargo test --locked --test api -- $STORE_SUITE 2>&1 | tee -a "$OUT" || status=$?
         fi
+        log "the tests on $store took $((SECONDS - started)) s"
     done
+    use_store "${stores[0]}"
     if has_store garage && [ $# -eq 0 ] && [ "${INTAKE_GARAGE_CLUSTER:-1}" != 0 ]; then
         log "a three-node Garage cluster loses a node under uploads"
+        started=$SECONDS
         CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/intake-garage-cluster.XXXXXX")
         read -r CLUSTER_KEY CLUSTER_SECRET < <(garage_keypair)
         if garage_cluster_start "$CLUSTER_DIR" "$CLUSTER_KEY" "$CLUSTER_SECRET" intake-test 3; then
@@ -118,6 +124,7 @@ if [ "$browser" != only ]; then
         else
             log "the Garage cluster did not start"; status=1
         fi
+        log "the cluster test took $((SECONDS - started)) s"
     fi
 fi
 if [ "$browser" != 0 ]; then

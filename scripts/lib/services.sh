@@ -284,7 +284,7 @@ garage_cluster_start() {
     done
     garage_cluster_cli key import --yes -n intake "$access" "$secret" >/dev/null || return 1
     garage_cluster_cli bucket create "$bucket" >/dev/null || return 1
-    garage_cluster_cli bucket allow --read --write --owner "$bucket" --key "$access" >/dev/null || return 1
+    garage_cluster_cli bucket allow --read --write "$bucket" --key "$access" >/dev/null || return 1
 }
 
 # garage_cluster_cli ARGS...: the garage command line against node 0.
