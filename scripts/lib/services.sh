@@ -127,3 +127,171 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
         || shuf -i 20000-60000 -n 1
 }
+
+# ---- Garage: a production S3 store, single node or a loopback cluster ----
+
+GARAGE_VERSION=2.5.0
+
+garage_exe() { command -v garage || echo "$HOME/.cargo/bin/garage"; }
+
+# Installs Garage when the right version is not there yet (a long compile,
+# once; GARAGE_BUILD_DIR keeps its build apart from the project's).
+ensure_garage() {
+    local exe
+    exe=$(garage_exe)
+    # Its version line reads "garage cargo:2.5.0 [features: …]" (or v2.5.0).
+    if [ -x "$exe" ] && "$exe" --version 2>/dev/null | grep -Eq "[:v]$GARAGE_VERSION( |$)"; then
+        return 0
+    fi
+    log "installing Garage $GARAGE_VERSION (a production S3 store; first time only, several minutes)"
+    CARGO_TARGET_DIR=${GARAGE_BUILD_DIR:-$HOME/.cache/garage-build} \
+        cargo install "garage@$GARAGE_VERSION" --locked
+}
+
+# N random bytes as hex.
+rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+
+# A Garage access key pair in Garage's own format: "GK" and 12 random bytes
+# in hex for the id, 32 random bytes in hex for the secret. Prints "ID SECRET".
+garage_keypair() { printf 'GK%s %s\n' "$(rand_hex 12)" "$(rand_hex 32)"; }
+
+# garage_config DIR RF S3_PORT RPC_PORT ADMIN_PORT RPC_SECRET: writes
+# DIR/garage.toml (sqlite metadata, everything on 127.0.0.1, region
+# "garage"), readable by its owner only since it holds the RPC secret.
+garage_config() {
+    local dir=$1 rf=$2 s3=$3 rpc=$4 admin=$5 rpc_secret=$6
+    mkdir -p "$dir/meta" "$dir/data"
+    (umask 077; cat >"$dir/garage.toml") <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = $rf
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$rpc_secret"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+TOML
+}
+
+# garage_wait_health ADMIN_PORT PID LOG: waits until the node answers
+# /health with 200 (it sees a quorum for every partition).
+garage_wait_health() {
+    local admin=$1 pid=$2 logfile=$3 i
+    for i in $(seq 1 300); do
+        if python3 - "$admin" <<'PY' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2)
+PY
+        if ! kill -0 "$pid" 2>/dev/null; then log "garage exited:"; cat "$logfile" >&2; return 1; fi
+        sleep 0.2
+    done
+    log "garage is not healthy on admin port $admin"; tail -n 30 "$logfile" >&2; return 1
+}
+
+# garage_start DIR ACCESS_KEY SECRET_KEY BUCKET: one node
+# (`garage server --single-node --default-bucket`) with its data under DIR,
+# the key and the bucket made at start. Sets GARAGE_PID and GARAGE_S3_PORT.
+garage_start() {
+    local dir=$1 access=$2 secret=$3 bucket=$4
+    local rpc admin
+    GARAGE_S3_PORT=$(free_port); rpc=$(free_port); admin=$(free_port)
+    garage_config "$dir" 1 "$GARAGE_S3_PORT" "$rpc" "$admin" "$(rand_hex 32)"
+    GARAGE_DEFAULT_ACCESS_KEY=$access GARAGE_DEFAULT_SECRET_KEY=$secret \
+    GARAGE_DEFAULT_BUCKET=$bucket RUST_LOG=${GARAGE_LOG:-warn} \
+        "$(garage_exe)" -c "$dir/garage.toml" server --single-node --default-bucket \
+        >"$dir/garage.log" 2>&1 &
+    GARAGE_PID=$!
+    garage_wait_health "$admin" "$GARAGE_PID" "$dir/garage.log"
+}
+
+# garage_stop PID...: stops Garage processes started above.
+garage_stop() {
+    local pid
+    for pid in "$@"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    for pid in "$@"; do
+        [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+    done
+}
+
+# garage_node_start I: (re)starts node I of the cluster below, on the
+# configuration and data it already has; sets GARAGE_CLUSTER_PIDS[I].
+garage_node_start() {
+    local i=$1 dir="${GARAGE_CLUSTER_DIRS[$1]}"
+    RUST_LOG=${GARAGE_LOG:-warn} "$(garage_exe)" -c "$dir/garage.toml" server \
+        >>"$dir/garage.log" 2>&1 &
+    GARAGE_CLUSTER_PIDS[i]=$!
+}
+
+# garage_node_kill I: kills node I at once (SIGKILL, as when the host dies).
+garage_node_kill() {
+    local pid="${GARAGE_CLUSTER_PIDS[$1]:-}"
+    [ -n "$pid" ] || return 0
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    GARAGE_CLUSTER_PIDS[$1]=
+}
+
+# garage_cluster_start ROOT ACCESS_KEY SECRET_KEY BUCKET [NODES]: a cluster
+# of NODES (default 3) Garage nodes on 127.0.0.1 with replication factor 3,
+# data under ROOT/node<i>. The script joins them (`garage node id`, `node
+# connect`), assigns the layout (one zone per node, `layout assign`,
+# `layout apply`), imports the key and makes the bucket. Sets the arrays
+# GARAGE_CLUSTER_DIRS, GARAGE_CLUSTER_PIDS, GARAGE_CLUSTER_S3_PORTS and
+# GARAGE_CLUSTER_ADMIN_PORTS, indexed from 0; every node serves the S3 API.
+garage_cluster_start() {
+    local root=$1 access=$2 secret=$3 bucket=$4 nodes=${5:-3}
+    local rpc_secret i rpc ids=()
+    rpc_secret=$(rand_hex 32)
+    GARAGE_CLUSTER_DIRS=() GARAGE_CLUSTER_PIDS=() GARAGE_CLUSTER_S3_PORTS=() GARAGE_CLUSTER_ADMIN_PORTS=()
+    for i in $(seq 0 $((nodes - 1))); do
+        GARAGE_CLUSTER_DIRS[i]=$root/node$i
+        GARAGE_CLUSTER_S3_PORTS[i]=$(free_port)
+        GARAGE_CLUSTER_ADMIN_PORTS[i]=$(free_port)
+        rpc=$(free_port)
+        garage_config "${GARAGE_CLUSTER_DIRS[i]}" 3 "${GARAGE_CLUSTER_S3_PORTS[i]}" "$rpc" \
+            "${GARAGE_CLUSTER_ADMIN_PORTS[i]}" "$rpc_secret" || return 1
+        garage_node_start "$i"
+    done
+    for i in $(seq 0 $((nodes - 1))); do
+        local n id=
+        for n in $(seq 1 100); do
+            id=$("$(garage_exe)" -c "${GARAGE_CLUSTER_DIRS[i]}/garage.toml" node id -q 2>/dev/null) && break
+            kill -0 "${GARAGE_CLUSTER_PIDS[i]}" 2>/dev/null \
+                || { log "garage node $i exited:"; cat "${GARAGE_CLUSTER_DIRS[i]}/garage.log" >&2; return 1; }
+            sleep 0.2
+        done
+        [ -n "$id" ] || { log "garage node $i did not answer"; return 1; }
+        ids[i]=$id
+    done
+    for i in $(seq 1 $((nodes - 1))); do
+        garage_cluster_cli node connect "${ids[i]}" >/dev/null || return 1
+    done
+    for i in $(seq 0 $((nodes - 1))); do
+        garage_cluster_cli layout assign -z "dc$i" -c 1G "${ids[i]%%@*}" >/dev/null || return 1
+    done
+    garage_cluster_cli layout apply --version 1 >/dev/null || return 1
+    for i in $(seq 0 $((nodes - 1))); do
+        garage_wait_health "${GARAGE_CLUSTER_ADMIN_PORTS[i]}" "${GARAGE_CLUSTER_PIDS[i]}" \
+            "${GARAGE_CLUSTER_DIRS[i]}/garage.log" || return 1
+    done
+    garage_cluster_cli key import --yes -n intake "$access" "$secret" >/dev/null || return 1
+    garage_cluster_cli bucket create "$bucket" >/dev/null || return 1
+    garage_cluster_cli bucket allow --read --write "$bucket" --key "$access" >/dev/null || return 1
+}
+
+# garage_cluster_cli ARGS...: the garage command line against node 0.
+garage_cluster_cli() { "$(garage_exe)" -c "${GARAGE_CLUSTER_DIRS[0]}/garage.toml" "$@"; }
+
+# garage_cluster_stop: stops every node of the cluster.
+garage_cluster_stop() {
+    garage_stop "${GARAGE_CLUSTER_PIDS[@]}"
+    GARAGE_CLUSTER_PIDS=()
+}

@@ -109,7 +109,12 @@ where
     let unreachable = match &err {
         SdkError::TimeoutError(_) => true,
         SdkError::DispatchFailure(failure) => failure.is_timeout() || failure.is_io(),
-        _ => false,
+        // A store that answers but cannot serve: 503 ServiceUnavailable or
+        // SlowDown (a Garage cluster without its quorum, S3 throttling), still
+        // 503 once the SDK's retries are spent.
+        _ => err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 503),
     };
     if unreachable {
         return StorageError::Unavailable(err.into());

@@ -132,6 +132,7 @@ impl Spawn {
                 vars.insert("STORAGE_BACKEND".into(), "s3".into());
                 vars.insert("S3_BUCKET".into(), S3_BUCKET.into());
                 vars.insert("S3_ENDPOINT".into(), env("TEST_S3_ENDPOINT"));
+                vars.insert("S3_REGION".into(), s3_region());
                 vars.insert("S3_ACCESS_KEY_ID".into(), env("TEST_S3_ACCESS_KEY_ID"));
                 vars.insert(
                     "S3_SECRET_ACCESS_KEY".into(),
@@ -245,6 +246,17 @@ impl Spawn {
     }
 }
 
+/// Which S3 server the suite runs against (`TEST_S3_STORE`, set by
+/// scripts/test.sh): `s3s-fs` (the S3 test server) or `garage`.
+pub fn s3_store() -> String {
+    std::env::var("TEST_S3_STORE").unwrap_or_else(|_| "s3s-fs".into())
+}
+
+/// The region the S3 server signs for (Garage's is its `s3_region`).
+pub fn s3_region() -> String {
+    std::env::var("TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into())
+}
+
 /// The S3 client tests use to look into the bucket (never to upload on the
 /// API's behalf).
 pub async fn s3_client() -> aws_sdk_s3::Client {
@@ -257,7 +269,7 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
     );
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .region(aws_sdk_s3::config::Region::new(s3_region()))
         .endpoint_url(env("TEST_S3_ENDPOINT"))
         .credentials_provider(creds)
         .force_path_style(true)

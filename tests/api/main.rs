@@ -8,6 +8,7 @@ mod admin;
 mod ai;
 mod auth;
 mod cli;
+mod cluster;
 mod connections;
 mod dashboard;
 mod files;

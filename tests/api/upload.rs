@@ -354,10 +354,17 @@ async fn a_file_that_fits_exactly_in_the_quota_is_accepted() {
     assert_eq!(app.settled(account.id).await, Holdings::stored(1, 300_000));
 }
 
-/// Starts an upload whose body stays open until the returned sender drops.
-async fn open_upload(
+/// The boundary of [`start_stream`]'s form.
+pub const STREAM_BOUNDARY: &str = "slow";
+
+/// Starts a `/upload/stream` of one file whose bytes the test sends by hand
+/// after the part head sent here; the form ends when the test sends
+/// `--slow--` or drops the sender.
+pub async fn start_stream(
     app: &crate::helpers::TestApp,
     key: &str,
+    filename: &str,
+    content_type: &str,
 ) -> (
     tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
@@ -366,13 +373,33 @@ async fn open_upload(
     let request = app
         .post("/upload/stream")
         .bearer_auth(key)
-        .header("content-type", "multipart/form-data; boundary=slow")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={STREAM_BOUNDARY}"),
+        )
         .body(body)
         .send();
     let handle = tokio::spawn(request);
-    tx.send(Ok(part_head("slow", "file", "slow.png", "image/png")))
-        .await
-        .unwrap();
+    tx.send(Ok(part_head(
+        STREAM_BOUNDARY,
+        "file",
+        filename,
+        content_type,
+    )))
+    .await
+    .unwrap();
+    (tx, handle)
+}
+
+/// Starts an upload whose body stays open until the returned sender drops.
+async fn open_upload(
+    app: &crate::helpers::TestApp,
+    key: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, handle) = start_stream(app, key, "slow.png", "image/png").await;
     tx.send(Ok(fixtures::png(100_000))).await.unwrap();
     (tx, handle)
 }
