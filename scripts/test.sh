@@ -12,7 +12,7 @@
 # first runs the whole suite, each other one the storage-facing tests
 # ($STORE_SUITE, or the tests the arguments name) once more. With Garage
 # among them and no arguments, a three-node Garage cluster then loses a node
-# under uploads (tests/api/cluster.rs; INTAKE_GARAGE_CLUSTER=0 leaves it out).
+# under uploads (tests/api/garage_cluster.rs; INTAKE_GARAGE_CLUSTER=0 leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
@@ -120,7 +120,7 @@ if [ "$browser" != only ]; then
             TEST_S3_ENDPOINT="http://127.0.0.1:${GARAGE_CLUSTER_S3_PORTS[0]}" \
             TEST_S3_ACCESS_KEY_ID=$CLUSTER_KEY TEST_S3_SECRET_ACCESS_KEY=$CLUSTER_SECRET \
             TEST_GARAGE_VICTIMS="${GARAGE_CLUSTER_PIDS[2]}:${GARAGE_CLUSTER_S3_PORTS[2]} ${GARAGE_CLUSTER_PIDS[1]}:${GARAGE_CLUSTER_S3_PORTS[1]}" \
-                cargo test --locked --test api -- --ignored cluster:: 2>&1 | tee -a "$OUT" || status=$?
+                cargo test --locked --test api -- --ignored garage_cluster:: 2>&1 | tee -a "$OUT" || status=$?
         else
             log "the Garage cluster did not start"; status=1
         fi
