@@ -139,6 +139,21 @@ pub trait ObjectStore: Send + Sync + 'static {
         content_type: &str,
         part_size: usize,
     ) -> Result<Box<dyn ObjectWriter>, StorageError>;
+    /// Starts writing an object of exactly `len` bytes that are sent to
+    /// storage as they are written, holding no part: one streamed PUT on S3.
+    /// Writing past `len`, or finishing short of it, fails and stores
+    /// nothing. A backend without such a request writes as
+    /// [`ObjectStore::writer`] does (the caller still checks the length).
+    async fn writer_of_len(
+        &self,
+        key: &str,
+        content_type: &str,
+        len: u64,
+        part_size: usize,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let _ = len;
+        self.writer(key, content_type, part_size).await
+    }
     /// Aborts a multipart upload (left behind by a writer that never ended,
     /// or given up by a client).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;

@@ -45,6 +45,8 @@ pub struct S3Store {
     presign_client: Client,
     bucket: String,
     prefix: String,
+    /// The bound of one call, and of each wait of a streamed PUT.
+    operation_timeout: Duration,
 }
 
 impl S3Store {
@@ -87,6 +89,7 @@ impl S3Store {
             presign_client,
             bucket: cfg.bucket.clone(),
             prefix: cfg.key_prefix.clone(),
+            operation_timeout: cfg.operation_timeout,
         }
     }
 
@@ -343,6 +346,21 @@ impl ObjectStore for S3Store {
             content_type,
             part_size,
         )))
+    }
+
+    async fn writer_of_len(
+        &self,
+        key: &str,
+        content_type: &str,
+        len: u64,
+        _part_size: usize,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        Ok(Box::new(S3PutWriter::start(
+            self,
+            &self.full_key(key),
+            content_type,
+            len,
+        )?))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -886,6 +904,147 @@ impl Drop for S3Writer {
                     tracing::warn!(error = %e, key, "could not abort an abandoned multipart upload");
                 }
             });
+        }
+    }
+}
+
+/// Writes one object of a length known up front as a single PUT whose body
+/// is fed as the bytes are written: no part is held, a chunk at a time is
+/// in flight. The PUT runs in its own task; an abort (or a drop) ends it
+/// before its last byte, so storage keeps nothing.
+struct S3PutWriter {
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    task: Option<JoinHandle<Result<(), StorageError>>>,
+    len: u64,
+    written: u64,
+    timeout: Duration,
+}
+
+impl S3PutWriter {
+    fn start(
+        store: &S3Store,
+        key: &str,
+        content_type: &str,
+        len: u64,
+    ) -> Result<Self, StorageError> {
+        // One chunk waits while the client sends the one before.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
+        // The PUT lasts as long as the client takes to send the file, so the
+        // whole-call bound is off; each wait is bounded below instead.
+        let unbounded = aws_sdk_s3::config::Builder::default()
+            .timeout_config(TimeoutConfig::builder().disable_operation_timeout().build());
+        let request = store
+            .client
+            .put_object()
+            .bucket(&store.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(i64::try_from(len).map_err(StorageError::backend)?)
+            .body(SdkByteStream::from_body_1_x(StreamBody::new(frames)))
+            .customize()
+            .config_override(unbounded)
+            .disable_payload_signing();
+        let task = tokio::spawn(async move {
+            request.send().await.map_err(map_err)?;
+            Ok(())
+        });
+        Ok(Self {
+            tx: Some(tx),
+            task: Some(task),
+            len,
+            written: 0,
+            timeout: store.operation_timeout,
+        })
+    }
+
+    /// Why the PUT ended before it was given all its bytes.
+    async fn failure(&mut self) -> StorageError {
+        self.tx = None;
+        match self.answer().await {
+            Ok(()) => StorageError::backend(anyhow::anyhow!(
+                "storage answered the PUT before its bytes were all sent"
+            )),
+            Err(e) => e,
+        }
+    }
+
+    /// Waits (bounded) for storage's answer to the PUT; a PUT that does not
+    /// answer in time is ended.
+    async fn answer(&mut self) -> Result<(), StorageError> {
+        let Some(mut task) = self.task.take() else {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "the PUT already ended"
+            )));
+        };
+        match tokio::time::timeout(self.timeout, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StorageError::backend(join)),
+            Err(_) => {
+                task.abort();
+                Err(StorageError::Unavailable(anyhow::anyhow!(
+                    "storage did not answer the PUT"
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3PutWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        if self.written + chunk.len() as u64 > self.len {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "more bytes than the object's {} bytes",
+                self.len
+            )));
+        }
+        self.written += chunk.len() as u64;
+        let Some(tx) = &self.tx else {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "the PUT already ended"
+            )));
+        };
+        match tokio::time::timeout(self.timeout, tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.failure().await),
+            Err(_) => Err(StorageError::Unavailable(anyhow::anyhow!(
+                "storage took no bytes of the PUT for {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+        if self.written != self.len {
+            return Err(StorageError::backend(anyhow::anyhow!(
+                "{} of the object's {} bytes written",
+                self.written,
+                self.len
+            )));
+        }
+        self.tx = None;
+        self.answer().await.map(|()| self.written)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    fn multipart_upload_id(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Drop for S3PutWriter {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

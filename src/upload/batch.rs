@@ -73,7 +73,7 @@ async fn next_file(ctx: &Ctx<'_>, parts: &mut Parts, index: usize) -> Next {
         ));
         return Next::Misnamed(filename, e);
     }
-    let received = match ctx.receive(&mut field, &filename).await {
+    let received = match ctx.receive(&mut field, &filename, None).await {
         // A refused file's remaining bytes are skipped here; if the body
         // breaks meanwhile, no later part can be read.
         Err(e) if !e.fatal => match ctx.skip_rest(&mut field).await {

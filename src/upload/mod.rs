@@ -108,18 +108,25 @@ async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> 
         )));
     }
     let filename = sanitize_filename(field.file_name().unwrap_or_default());
-    let view = ctx
-        .stream_file(&mut field, &filename)
+    let exact = ctx.body_len.and_then(|len| parts.single_part_len(len));
+    let staged = ctx
+        .receive(&mut field, &filename, exact)
         .await
         .map_err(|e| e.error)?;
     drop(field);
-    if parts.next().await?.is_some() {
-        ctx.forget(view.id).await?;
-        return Err(ApiError::bad_request(
-            "send exactly one part named file; use /upload/stream-batch for several",
-        ));
+    // The body must end here; only then is the file finished and recorded.
+    match parts.next().await {
+        Ok(None) => ctx.complete(staged).await.map_err(|e| e.error),
+        Ok(Some(_)) => Err(ctx
+            .abandon(
+                staged,
+                ApiError::bad_request(
+                    "send exactly one part named file; use /upload/stream-batch for several",
+                ),
+            )
+            .await),
+        Err(e) => Err(ctx.abandon(staged, e).await),
     }
-    Ok(view)
 }
 
 /// Uploads several files in one request (parts named `files`); one file

@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -37,6 +37,44 @@ struct MeteredBody {
     inner: axum::body::BodyDataStream,
     reading_headers: Arc<AtomicBool>,
     header_bytes: Arc<AtomicUsize>,
+    first: Option<FirstPart>,
+}
+
+/// Where the first part's data starts (`u64::MAX`: not known).
+const UNKNOWN: u64 = u64::MAX;
+
+/// Bytes of the body kept to find where the first part's data starts; a
+/// first part whose headers run longer is simply not measured.
+const FIRST_PART_SCAN_BYTES: usize = 16 * 1024;
+
+/// Finds the byte at which the first part's data starts, for a body that
+/// starts as clients write one: `--boundary` CRLF at byte 0, then headers
+/// up to the first blank line, found as multer finds it (so both agree).
+/// Anything else (a preamble, transport padding) leaves it unknown.
+struct FirstPart {
+    delimiter: Vec<u8>,
+    head: Vec<u8>,
+    data_start: Arc<AtomicU64>,
+}
+
+impl FirstPart {
+    /// Looks at the next bytes of the body; `true` once decided.
+    fn scan(&mut self, chunk: &[u8]) -> bool {
+        let room = FIRST_PART_SCAN_BYTES - self.head.len();
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let known = self.head.len().min(self.delimiter.len());
+        if self.head[..known] != self.delimiter[..known] {
+            return true;
+        }
+        if known == self.delimiter.len()
+            && let Some(at) = memchr::memmem::find(&self.head[known..], b"\r\n\r\n")
+        {
+            let start = (known + at + 4) as u64;
+            self.data_start.store(start, Ordering::Relaxed);
+            return true;
+        }
+        self.head.len() == FIRST_PART_SCAN_BYTES
+    }
 }
 
 impl Stream for MeteredBody {
@@ -45,6 +83,11 @@ impl Stream for MeteredBody {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(first) = &mut self.first
+                    && first.scan(&chunk)
+                {
+                    self.first = None;
+                }
                 if self.reading_headers.load(Ordering::Relaxed)
                     && self.header_bytes.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len()
                         > MAX_PART_HEADER_BYTES
@@ -87,6 +130,8 @@ pub struct Parts {
     reading_headers: Arc<AtomicBool>,
     header_bytes: Arc<AtomicUsize>,
     waits: Waits,
+    boundary_len: usize,
+    data_start: Arc<AtomicU64>,
 }
 
 /// How long a read may wait, and the signal that ends every wait.
@@ -142,19 +187,42 @@ impl Parts {
             .map_err(|_| ApiError::bad_request("the multipart Content-Type has no boundary"))?;
         let reading_headers = Arc::new(AtomicBool::new(true));
         let header_bytes = Arc::new(AtomicUsize::new(0));
+        let data_start = Arc::new(AtomicU64::new(UNKNOWN));
         let body = MeteredBody {
             inner: body.into_data_stream(),
             reading_headers: reading_headers.clone(),
             header_bytes: header_bytes.clone(),
+            first: Some(FirstPart {
+                delimiter: format!("--{boundary}\r\n").into_bytes(),
+                head: Vec::new(),
+                data_start: data_start.clone(),
+            }),
         };
         let constraints = multer::Constraints::new()
             .size_limit(multer::SizeLimit::new().whole_stream(whole_stream_limit));
         Ok(Self {
+            boundary_len: boundary.len(),
             multipart: multer::Multipart::with_constraints(body, boundary, constraints),
             reading_headers,
             header_bytes,
             waits,
+            data_start,
         })
+    }
+
+    /// The exact length of the file in a one-part body of `body_len` bytes,
+    /// once that part's headers are read: what lies between them and the
+    /// closing delimiter (`CRLF --boundary-- CRLF`, as every client ends a
+    /// body). `None` when the body does not start as clients write one.
+    /// Whether the body really is one part of that length shows as it is
+    /// read: another part, or another ending, makes the part end elsewhere.
+    pub fn single_part_len(&self, body_len: u64) -> Option<u64> {
+        let start = self.data_start.load(Ordering::Relaxed);
+        if start == UNKNOWN {
+            return None;
+        }
+        let closing = self.boundary_len as u64 + 8;
+        body_len.checked_sub(start)?.checked_sub(closing)
     }
 
     /// The next part, or `None` at the end of the body.

@@ -89,22 +89,19 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Streams one part to storage and records it.
-    pub async fn stream_file(
-        &self,
-        field: &mut multer::Field<'static>,
-        filename: &str,
-    ) -> Result<FileView, FileError> {
-        let staged = self.receive(field, filename).await?;
-        self.complete(staged).await
-    }
-
     /// Reads one part to its end into storage, holding every limit on the
     /// way; the object is not finished yet (see [`Ctx::complete`]).
+    ///
+    /// `exact` is the part's length when the request says it up front (a
+    /// one-file body with `Content-Length`, see
+    /// [`super::multipart::Parts::single_part_len`]): the file then takes one
+    /// reservation of that length and one streamed PUT of it, holding no
+    /// part, and a part that turns out longer or shorter is refused.
     pub async fn receive(
         &self,
         field: &mut multer::Field<'static>,
         filename: &str,
+        exact: Option<u64>,
     ) -> Result<Staged, FileError> {
         let declared = field
             .content_type()
@@ -133,15 +130,25 @@ impl Ctx<'_> {
         // Recorded on the lease by the file's first reservation, before any
         // byte reaches storage.
         let key = files::object_key(self.account.id, id);
-        let part_size = usize::try_from(self.state.config.upload_part_bytes).unwrap_or(usize::MAX);
-        let writer = self.state.store.writer(&key, kind.mime, part_size).await?;
         let cap = Cap::new(
             &self.limits,
             kind.category,
             Route::Streaming,
             self.state.config.stream_max_file_bytes,
         );
+        let writer = match exact {
+            Some(len) => self.sized_writer(&key, &kind, cap, len).await?,
+            None => {
+                let part_size =
+                    usize::try_from(self.state.config.upload_part_bytes).unwrap_or(usize::MAX);
+                self.state.store.writer(&key, kind.mime, part_size).await?
+            }
+        };
         let mut sink = Sink::new(self, &key, ContentCheck::new(cap, &kind), writer);
+        if let Some(len) = exact {
+            sink.reserved = len;
+            sink.exact = Some(len);
+        }
         let streamed = async {
             for chunk in head {
                 sink.push(chunk).await?;
@@ -150,6 +157,11 @@ impl Ctx<'_> {
                 while let Some(chunk) = self.next_chunk(field).await? {
                     sink.push(chunk).await?;
                 }
+            }
+            if let Some(len) = sink.exact
+                && sink.check.total() != len
+            {
+                return Err(not_as_announced().into());
             }
             sink.check.finish()?;
             Ok::<_, FileError>(())
@@ -220,6 +232,42 @@ impl Ctx<'_> {
         }
     }
 
+    /// Reserves a file's whole announced length (the one statement that
+    /// also records its object on the lease) and starts its streamed PUT.
+    async fn sized_writer(
+        &self,
+        key: &str,
+        kind: &Kind,
+        cap: Cap,
+        len: u64,
+    ) -> Result<Box<dyn ObjectWriter>, FileError> {
+        cap.check(len)?;
+        let (db, lease) = (&self.state.db, self.lease);
+        reservations::reserve(db, lease, len, self.limits.storage_bytes, Some(key)).await?;
+        let part_size = usize::try_from(self.state.config.upload_part_bytes).unwrap_or(usize::MAX);
+        match self
+            .state
+            .store
+            .writer_of_len(key, kind.mime, len, part_size)
+            .await
+        {
+            Ok(writer) => Ok(writer),
+            Err(e) => {
+                let doomed = Doomed {
+                    object_key: key.to_owned(),
+                    multipart_upload_id: None,
+                };
+                Err(self.release_file(doomed, len, e.into()).await)
+            }
+        }
+    }
+
+    /// Ends a received file that the request as a whole refused, giving back
+    /// its object and its reservation.
+    pub async fn abandon(&self, staged: Staged, error: ApiError) -> ApiError {
+        self.discard(staged, error.into()).await.error
+    }
+
     /// Ends a file refused while it streamed.
     async fn discard(&self, staged: Staged, error: FileError) -> FileError {
         let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
@@ -250,6 +298,15 @@ impl Ctx<'_> {
     }
 }
 
+/// A one-file body whose part is not the length its `Content-Length` left
+/// for it: another part follows, or the body ends otherwise.
+fn not_as_announced() -> ApiError {
+    ApiError::bad_request(
+        "the file part does not end where the body's Content-Length says: \
+         send exactly one part named file, the body ending with the closing delimiter",
+    )
+}
+
 /// A file whose bytes are all in storage's hands, not yet finished.
 pub struct Staged {
     writer: Box<dyn ObjectWriter>,
@@ -278,6 +335,8 @@ struct Sink<'a> {
     check: ContentCheck,
     hasher: Sha256,
     reserved: u64,
+    /// The file's announced length, all of it reserved up front.
+    exact: Option<u64>,
     tracked_upload: bool,
 }
 
@@ -295,12 +354,16 @@ impl<'a> Sink<'a> {
             check,
             hasher: Sha256::new(),
             reserved: 0,
+            exact: None,
             tracked_upload: false,
         }
     }
 
     async fn push(&mut self, chunk: Bytes) -> Result<(), FileError> {
         self.check.feed(&chunk)?;
+        if self.exact.is_some_and(|len| self.check.total() > len) {
+            return Err(not_as_announced().into());
+        }
         self.hasher.update(&chunk);
         self.reserve_to(self.check.total()).await?;
         self.writer.write(chunk).await?;

@@ -9,7 +9,7 @@ use intake::storage::{ObjectStore, PutConditions, StorageError};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Backend, TestApp, s3_keys, spawn};
+use crate::helpers::{Backend, Proxy, TestApp, env, s3_keys, spawn};
 
 async fn read_all(
     store: &dyn ObjectStore,
@@ -122,6 +122,109 @@ async fn writers_stream_in_parts_and_abort_cleanly() {
         writer.abort().await.unwrap();
         assert_eq!(store.head("u/w/aborted").await.unwrap(), None);
     }
+}
+
+#[tokio::test]
+async fn writers_of_a_known_length_store_exactly_that_or_nothing() {
+    for app in both_backends().await {
+        let store = app.state.store.as_ref();
+        let part = 5 * 1024 * 1024;
+        let data = pattern(part + 777);
+        let len = data.len() as u64;
+
+        let mut writer = store
+            .writer_of_len("u/l/whole", "video/mp4", len, part)
+            .await
+            .unwrap();
+        for chunk in data.chunks(64 * 1024) {
+            writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        if store.kind() == "s3" {
+            assert_eq!(
+                writer.multipart_upload_id(),
+                None,
+                "one PUT, no multipart upload"
+            );
+        }
+        assert_eq!(writer.finish().await.unwrap(), len);
+        let back = read_all(store, "u/l/whole", None).await;
+        assert_eq!(
+            Sha256::digest(&back),
+            Sha256::digest(&data),
+            "{}",
+            store.kind()
+        );
+
+        // Aborted halfway: nothing is visible.
+        let mut writer = store
+            .writer_of_len("u/l/aborted", "video/mp4", len, part)
+            .await
+            .unwrap();
+        writer
+            .write(Bytes::copy_from_slice(&data[..part]))
+            .await
+            .unwrap();
+        writer.abort().await.unwrap();
+        assert_eq!(store.head("u/l/aborted").await.unwrap(), None);
+        assert_eq!(store.head("u/l/whole").await.unwrap(), Some(len));
+    }
+}
+
+#[tokio::test]
+async fn an_s3_put_of_a_known_length_refuses_other_lengths_and_storage_cuts() {
+    let app = spawn().backend(Backend::S3).start().await;
+    let store = app.state.store.as_ref();
+    let data = pattern(3 * 1024 * 1024);
+    let len = data.len() as u64;
+
+    // One byte more than announced is refused before it is sent.
+    let mut writer = store
+        .writer_of_len("u/l/long", "video/mp4", len, 5 << 20)
+        .await
+        .unwrap();
+    writer.write(Bytes::from(data.clone())).await.unwrap();
+    assert!(writer.write(Bytes::from_static(b"x")).await.is_err());
+    writer.abort().await.unwrap();
+    // One byte short: finishing fails and storage keeps nothing.
+    let mut writer = store
+        .writer_of_len("u/l/short", "video/mp4", len, 5 << 20)
+        .await
+        .unwrap();
+    writer
+        .write(Bytes::copy_from_slice(&data[1..]))
+        .await
+        .unwrap();
+    assert!(writer.finish().await.is_err());
+    assert_eq!(store.head("u/l/long").await.unwrap(), None);
+    assert_eq!(store.head("u/l/short").await.unwrap(), None);
+
+    // Storage gone mid-PUT: the writer says so.
+    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let cut = spawn()
+        .backend(Backend::S3)
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    let store = cut.state.store.as_ref();
+    let mut writer = store
+        .writer_of_len("u/l/cut", "video/mp4", 64 << 20, 5 << 20)
+        .await
+        .unwrap();
+    writer
+        .write(Bytes::copy_from_slice(&data[..1 << 20]))
+        .await
+        .unwrap();
+    proxy.cut();
+    let mut failed = false;
+    for chunk in data.chunks(256 * 1024).cycle().take(256) {
+        if writer.write(Bytes::copy_from_slice(chunk)).await.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "writes fail once storage is gone");
+    proxy.restore();
+    assert_eq!(store.head("u/l/cut").await.unwrap(), None);
 }
 
 #[tokio::test]

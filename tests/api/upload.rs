@@ -231,6 +231,17 @@ fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
+    refused_at_the_cap_without_waiting(false).await;
+}
+
+#[tokio::test]
+async fn a_file_announced_over_its_cap_is_refused_before_its_bytes() {
+    refused_at_the_cap_without_waiting(true).await;
+}
+
+/// A 10 MiB image over a 256 KiB cap, sent chunked (refused on its running
+/// count) or with `Content-Length` (refused on its announced length).
+async fn refused_at_the_cap_without_waiting(with_length: bool) {
     let app = spawn_app().await;
     let (account, key) = app.account_with_key("starter").await;
     app.patch_account(
@@ -240,15 +251,15 @@ async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
     .await;
     let (tx, body) = channel_body();
     let boundary = "capboundary";
-    let request = app
-        .post("/upload/stream")
-        .bearer_auth(&key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send();
+    let mut request = app.post("/upload/stream").bearer_auth(&key).header(
+        "content-type",
+        format!("multipart/form-data; boundary={boundary}"),
+    );
+    if with_length {
+        let head = part_head(boundary, "file", "big.png", "image/png");
+        request = request.header("content-length", head.len() + 10 * MIB + boundary.len() + 8);
+    }
+    let request = request.body(body).send();
     let feeder = async {
         tx.send(Ok(part_head(boundary, "file", "big.png", "image/png")))
             .await
@@ -541,6 +552,18 @@ async fn a_dead_instances_slots_expire_and_its_reservations_are_reaped() {
 
 #[tokio::test]
 async fn storage_failing_mid_upload_leaves_nothing_behind() {
+    storage_fails_mid_upload(None).await;
+}
+
+#[tokio::test]
+async fn storage_failing_mid_put_of_a_known_length_leaves_nothing_behind() {
+    let body_len = part_head("cut", "file", "movie.mp4", "video/mp4").len() + 20 * MIB + 11;
+    storage_fails_mid_upload(Some(body_len)).await;
+}
+
+/// Storage goes away 12 MiB into a 20 MiB upload, sent chunked (parts of
+/// a multipart upload) or with its length (one streamed PUT).
+async fn storage_fails_mid_upload(body_len: Option<usize>) {
     let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
     let app = spawn()
         .var("S3_ENDPOINT", &proxy.addr)
@@ -549,13 +572,14 @@ async fn storage_failing_mid_upload_leaves_nothing_behind() {
         .await;
     let (account, key) = app.account_with_key("starter").await;
     let (tx, body) = channel_body();
-    let request = tokio::spawn(
-        app.post("/upload/stream")
-            .bearer_auth(&key)
-            .header("content-type", "multipart/form-data; boundary=cut")
-            .body(body)
-            .send(),
-    );
+    let mut request = app
+        .post("/upload/stream")
+        .bearer_auth(&key)
+        .header("content-type", "multipart/form-data; boundary=cut");
+    if let Some(len) = body_len {
+        request = request.header("content-length", len);
+    }
+    let request = tokio::spawn(request.body(body).send());
     tx.send(Ok(part_head("cut", "file", "movie.mp4", "video/mp4")))
         .await
         .unwrap();
@@ -906,4 +930,159 @@ async fn a_big_refused_file_in_a_batch_leaves_one_result_per_part() {
         "unsupported_media_type"
     );
     app.assert_left_with(account.id, 2).await;
+}
+
+/// Sends `head` and `body` on a raw connection and returns the answer's
+/// status, reading at most `bound` for it.
+async fn raw_request(app: &crate::helpers::TestApp, head: String, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.socket_addr())
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(body).await;
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server answered without waiting for more");
+    let text = String::from_utf8_lossy(&seen);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn upload_head(app: &crate::helpers::TestApp, key: &str, form: &Form, len: usize) -> String {
+    format!(
+        "POST /upload/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: {}\r\nContent-Length: {len}\r\n\r\n",
+        app.socket_addr(),
+        form.content_type()
+    )
+}
+
+#[tokio::test]
+async fn a_body_other_than_its_length_announces_is_refused_and_keeps_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let form = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(3 * MIB))
+        .finish();
+    // Longer than announced: the announced length ends inside the file, so
+    // the file runs past the length left for it.
+    let short_len = form.body.len() - 10;
+    let head = upload_head(&app, &key, &form, short_len);
+    assert_eq!(raw_request(&app, head, &form.body).await, 400);
+    // Shorter than announced: the file ends before the length left for
+    // it, and the answer does not wait for the bytes that never come.
+    let head = upload_head(&app, &key, &form, form.body.len() + 10);
+    assert_eq!(raw_request(&app, head, &form.body).await, 400);
+    // An ending other than the closing delimiter and CRLF is refused too.
+    let mut other = form.body.clone();
+    other.extend_from_slice(b"epilogue");
+    let head = upload_head(&app, &key, &form, other.len());
+    assert_eq!(raw_request(&app, head, &other).await, 400);
+
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
+    assert!(app.objects(account.id).await.is_empty());
+    // The same body, as announced, is stored.
+    let head = upload_head(&app, &key, &form, form.body.len());
+    assert_eq!(raw_request(&app, head, &form.body).await, 201);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, 3 * MIB as i64)
+    );
+}
+
+#[tokio::test]
+async fn a_second_part_after_a_big_file_keeps_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let two = Form::new()
+        .part("file", "a.mp4", "video/mp4", &fixtures::mp4(12 * MIB))
+        .part("file", "b.png", "image/png", &fixtures::png(100))
+        .finish();
+    let resp = app
+        .post("/upload/stream")
+        .bearer_auth(&key)
+        .header("content-type", two.content_type())
+        .body(two.body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
+    assert!(app.objects(account.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_file_of_a_known_length_keeps_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let head = part_head("gone", "file", "movie.mp4", "video/mp4");
+    let data = fixtures::mp4(20 * MIB);
+    let (tx, body) = channel_body();
+    let request = tokio::spawn(
+        app.post("/upload/stream")
+            .bearer_auth(&key)
+            .header("content-type", "multipart/form-data; boundary=gone")
+            .header("content-length", head.len() + data.len() + 12)
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(head)).await.unwrap();
+    for chunk in data[..8 * MIB].chunks(256 * 1024) {
+        tx.send(Ok(chunk.to_vec())).await.unwrap();
+    }
+    // The server holds the reservation of the whole file while it streams.
+    crate::helpers::eventually("the whole file is reserved", || async {
+        app.holdings(account.id).await.reserved == 20 * MIB as i64
+    })
+    .await;
+    tx.send(Err(std::io::Error::other("client gone")))
+        .await
+        .unwrap();
+    drop(tx);
+    assert!(request.await.unwrap().is_err(), "the client gave up");
+    assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
+    assert!(app.objects(account.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_starts_otherwise_still_uploads_in_parts() {
+    let app = spawn().var("UPLOAD_PART_BYTES", "5242880").start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::mp4(6 * MIB);
+    let form = Form::new()
+        .part("file", "a.mp4", "video/mp4", &data)
+        .finish();
+    // A preamble before the first delimiter: the file's length is not read
+    // off the body, so it goes through the multipart writer.
+    let mut body = b"a preamble\r\n".to_vec();
+    body.extend_from_slice(&form.body);
+    let resp = app
+        .post("/upload/stream")
+        .bearer_auth(&key)
+        .header("content-type", form.content_type())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["size"], 6 * MIB);
+    assert_eq!(app.download(&key, file["id"].as_str().unwrap()).await, data);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, 6 * MIB as i64)
+    );
 }
