@@ -324,14 +324,19 @@ pub fn announced(declared: &str, filename: &str) -> Result<Kind, SniffError> {
     Ok(kind)
 }
 
-/// The canonical form of a MIME type intake accepts (as [`Kind::mime`]),
-/// for a type read back from storage of state.
-pub fn canonical(mime: &str) -> Option<&'static str> {
+/// Every type intake accepts, in canonical form (what the OpenAPI
+/// document lists as the values of a declared `content_type`).
+pub fn accepted_types() -> impl Iterator<Item = &'static str> {
     BINARY_TYPES
         .iter()
         .map(|(m, _)| *m)
         .chain(TEXT_TYPES.iter().map(|(m, _)| *m))
-        .find(|m| *m == mime)
+}
+
+/// The canonical form of a MIME type intake accepts (as [`Kind::mime`]),
+/// for a type read back from storage of state.
+pub fn canonical(mime: &str) -> Option<&'static str> {
+    accepted_types().find(|m| *m == mime)
 }
 
 /// The category an upload will have, as far as its declared type and

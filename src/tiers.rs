@@ -131,6 +131,16 @@ trait LimitValue: Sized + Copy {
     fn parse(value: &Value, min: u64) -> Result<Self, &'static str>;
     /// The JSON form.
     fn to_json(self) -> Value;
+    /// The values [`LimitValue::parse`] accepts, as a JSON schema.
+    fn schema(min: u64) -> utoipa::openapi::Object;
+}
+
+fn whole_number(min: u64, max: u64) -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::{ObjectBuilder, schema::Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
 }
 
 impl LimitValue for u32 {
@@ -148,6 +158,9 @@ impl LimitValue for u32 {
     fn to_json(self) -> Value {
         Value::from(self)
     }
+    fn schema(min: u64) -> utoipa::openapi::Object {
+        whole_number(min, u32::MAX.into()).build()
+    }
 }
 
 impl LimitValue for u64 {
@@ -160,6 +173,9 @@ impl LimitValue for u64 {
     }
     fn to_json(self) -> Value {
         Value::from(self)
+    }
+    fn schema(min: u64) -> utoipa::openapi::Object {
+        whole_number(min, i64::MAX as u64).build()
     }
 }
 
@@ -174,6 +190,12 @@ impl LimitValue for Option<u64> {
     fn to_json(self) -> Value {
         self.map_or(Value::Null, Value::from)
     }
+    fn schema(min: u64) -> utoipa::openapi::Object {
+        use utoipa::openapi::schema::{SchemaType, Type};
+        whole_number(min, i64::MAX as u64)
+            .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+            .build()
+    }
 }
 
 impl LimitValue for bool {
@@ -182,6 +204,11 @@ impl LimitValue for bool {
     }
     fn to_json(self) -> Value {
         Value::Bool(self)
+    }
+    fn schema(_min: u64) -> utoipa::openapi::Object {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Boolean)
+            .build()
     }
 }
 
@@ -208,6 +235,16 @@ macro_rules! limit_table {
         pub const LIMIT_NAMES: &[&str] = &[$(stringify!($name)),*];
 
         impl CustomLimits {
+            /// The JSON schema of what [`CustomLimits::parse`] accepts: the
+            /// limit names only, each with its type and range.
+            pub fn schema() -> utoipa::openapi::Object {
+                use utoipa::openapi::{ObjectBuilder, schema::AdditionalProperties};
+                ObjectBuilder::new()
+                    $( .property(stringify!($name), <$ty as LimitValue>::schema($min)) )*
+                    .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                    .build()
+            }
+
             /// Parses an admin's object: only limit names, each with a value
             /// of its type and range (`null` only where it means unlimited).
             pub fn parse(map: &Map<String, Value>) -> Result<Self, CustomLimitsError> {

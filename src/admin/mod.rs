@@ -24,8 +24,11 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewAccount {
     /// E-mail address.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// Optional password; without one the account can only use API keys.
+    /// Optional password (8 characters to 1024 bytes); without one the
+    /// account can only use API keys.
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
     /// Tier.
     pub tier: Tier,
@@ -40,8 +43,21 @@ pub struct AccountPatch {
     /// value (`null` allowed for `storage_bytes`: unlimited); `null` for the
     /// whole object clears every override.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = custom_limits_schema)]
     pub custom_limits: Option<Option<Map<String, Value>>>,
+}
+
+/// `custom_limits`: the overrides' object, or `null` to clear them.
+fn custom_limits_schema() -> utoipa::openapi::schema::Schema {
+    let one_of = utoipa::openapi::schema::OneOfBuilder::new()
+        .item(crate::tiers::CustomLimits::schema())
+        .item(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::Null)
+                .build(),
+        )
+        .build();
+    utoipa::openapi::schema::Schema::OneOf(one_of)
 }
 
 /// Absent stays `None`; present (even `null`) becomes `Some`.

@@ -44,7 +44,13 @@ pub struct LoginResponse {
 /// Body of `POST /api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewKey {
-    /// A name to recognise the key by.
+    /// A name to recognise the key by: 1 to 100 characters once trimmed,
+    /// not all white space, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 
@@ -147,7 +153,7 @@ pub async fn login(
 }
 
 /// Ends the session (needs `X-CSRF-Token`).
-#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("session" = [])),
     responses((status = 204, description = "session revoked"), (status = 401), (status = 403)))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -166,7 +172,7 @@ pub async fn logout(
 
 /// The current session's account and CSRF token, so a page reloaded after
 /// login can go on without keeping the token anywhere but in memory.
-#[utoipa::path(get, path = "/auth/session", tag = "auth",
+#[utoipa::path(get, path = "/auth/session", tag = "auth", security(("session" = [])),
     responses((status = 200, body = LoginResponse), (status = 401, description = "no valid session"),
               (status = 403, description = "an API key, not a session")))]
 pub async fn session(State(state): State<AppState>, auth: SessionAccount) -> Json<LoginResponse> {
@@ -183,7 +189,7 @@ pub async fn me(auth: CurrentAccount) -> Json<AccountView> {
 }
 
 /// Creates an API key (session only; STARTER and above). The key is shown once.
-#[utoipa::path(post, path = "/api-keys", tag = "api keys", request_body = NewKey,
+#[utoipa::path(post, path = "/api-keys", tag = "api keys", request_body = NewKey, security(("session" = [])),
     responses((status = 201, body = api_keys::CreatedKey), (status = 403, description = "FREE tier or not a session")))]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -195,7 +201,7 @@ pub async fn create_key(
 }
 
 /// Lists the account's active API keys (session only).
-#[utoipa::path(get, path = "/api-keys", tag = "api keys", responses((status = 200, body = KeyList)))]
+#[utoipa::path(get, path = "/api-keys", tag = "api keys", security(("session" = [])), responses((status = 200, body = KeyList)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     auth: SessionAccount,
@@ -206,7 +212,7 @@ pub async fn list_keys(
 }
 
 /// Revokes an API key (session only).
-#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api keys",
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api keys", security(("session" = [])),
     params(("id" = String, Path, description = "the key's 8-character id")),
     responses((status = 204), (status = 404)))]
 pub async fn revoke_key(

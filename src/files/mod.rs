@@ -154,12 +154,15 @@ pub async fn delete(
 pub struct ListQuery {
     /// Only this category.
     pub category: Option<Category>,
-    /// Case-insensitive substring of the filename or the description.
+    /// Case-insensitive substring of the filename or the description (no
+    /// NUL characters, which no name can hold).
+    #[param(pattern = r"^[^\u0000]*$")]
     pub q: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (opaque: any other value is 400).
+    #[param(format = "cursor")]
     pub cursor: Option<String>,
 }
 
@@ -253,6 +256,10 @@ pub async fn list(
                 .ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?,
         ),
     };
+    // Postgres text cannot hold NUL, so such a query names nothing valid.
+    if query.q.as_deref().is_some_and(|q| q.contains('\0')) {
+        return Err(ApiError::bad_request("q must not contain NUL characters"));
+    }
     let pattern = query
         .q
         .as_deref()
@@ -360,7 +367,7 @@ const DOWNLOAD_URL_TTL: std::time::Duration = std::time::Duration::from_secs(300
 /// themselves with the local backend; always as an attachment.
 #[utoipa::path(get, path = "/files/{id}/content", tag = "files", params(("id" = Uuid, Path)),
     responses((status = 302, description = "redirect to a short-lived URL (S3)"),
-              (status = 200, description = "the bytes (local backend)", content_type = "application/octet-stream"),
+              (status = 200, description = "the bytes (local backend), with the file's own content type", content_type = "*/*"),
               (status = 404)))]
 pub async fn content(
     State(state): State<AppState>,

@@ -115,6 +115,7 @@ fn tus_routes() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes(&state.config).split_for_parts();
     problems::document(&mut doc);
+    presign::document(&mut doc, &state.config.storage);
     ops::set_openapi(&doc);
     let request_id = HeaderName::from_static("x-request-id");
     routes

@@ -54,6 +54,20 @@ const COMMON: &[(&str, &str)] = &[
 /// answer no error beyond 405/500 (readiness documents its own 503).
 const PLAIN: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
+/// Paths that take no credentials, so they opt out of the document-wide
+/// security requirement: sign-up and login, the public tier table, the
+/// dashboard (its page signs in), operations, and the local folder's
+/// presigned data route (authorised by the signed token in its query).
+/// The tus discovery routes declare optional credentials themselves.
+const PUBLIC: &[&str] = &[
+    "/auth/signup",
+    "/auth/login",
+    "/limits",
+    "/",
+    "/assets/{build}/{file}",
+    "/upload/presigned/{id}/data",
+];
+
 fn problem_schema() -> Schema {
     let string = || ObjectBuilder::new().schema_type(SchemaType::Type(Type::String));
     ObjectBuilder::new()
@@ -72,6 +86,16 @@ fn problem_schema() -> Schema {
 }
 
 fn add_common(path: &str, op: &mut Operation) {
+    // A tus PATCH is nothing without its bytes (415 without the body's type).
+    if let Some(body) = op.request_body.as_mut().filter(|b| {
+        b.content.contains_key("application/offset+octet-stream") && path != "/upload/tus"
+    }) {
+        body.required = Some(utoipa::openapi::Required::True);
+    }
+    if PUBLIC.contains(&path) || PLAIN.contains(&path) {
+        // An empty list: no credentials needed (not the global default).
+        op.security = Some(Vec::new());
+    }
     for (status, why) in COMMON {
         if PLAIN.contains(&path) && !matches!(*status, "405" | "500") {
             continue;
@@ -106,7 +130,8 @@ fn add_common(path: &str, op: &mut Operation) {
     }
 }
 
-/// Adds the problem schema and the common error answers to every operation.
+/// Adds the problem schema and the common error answers to every operation,
+/// and marks the public ones as such.
 pub fn document(openapi: &mut OpenApi) {
     openapi
         .components

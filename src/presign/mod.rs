@@ -65,9 +65,10 @@ const URL_CLOCK_SKEW_SECS: i64 = 5;
 pub struct PresignRequest {
     /// The file's name (display only).
     pub filename: String,
-    /// The file's type (normalised: the PUT must send exactly the
-    /// `Content-Type` the answer's headers give).
-    #[schema(min_length = 1)]
+    /// The file's type, one intake accepts (aliases such as `image/jpg`
+    /// and parameters are accepted too, and normalised: the PUT must send
+    /// exactly the `Content-Type` the answer's headers give).
+    #[schema(schema_with = accepted_content_type)]
     pub content_type: String,
     /// Exact size in bytes.
     #[schema(minimum = 1)]
@@ -78,6 +79,96 @@ pub struct PresignRequest {
     /// Ask for a multipart upload even at 5 GB or less.
     #[serde(default)]
     pub multipart: bool,
+}
+
+/// The documented body of `POST /upload/presigned`: a [`PresignRequest`]
+/// whose `sha256`, if any, goes with a single PUT (no `multipart`, at most
+/// 5 GiB), as a multipart upload has no single signature to bind it to
+/// (422): a rule between fields that the struct's own schema cannot state.
+pub struct PresignBody;
+
+impl utoipa::PartialSchema for PresignBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{
+            AllOfBuilder, ObjectBuilder, Ref,
+            schema::{AnyOfBuilder, SchemaType, Type},
+        };
+        let single_put = ObjectBuilder::new()
+            .property(
+                "multipart",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Type(Type::Boolean))
+                    .enum_values(Some([false])),
+            )
+            .property("size", single_put_size());
+        let no_sha256 = ObjectBuilder::new().property(
+            "sha256",
+            ObjectBuilder::new().schema_type(SchemaType::Type(Type::Null)),
+        );
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("PresignRequest"))
+            .item(AnyOfBuilder::new().item(single_put).item(no_sha256))
+            .into()
+    }
+}
+
+impl ToSchema for PresignBody {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+        schemas.push((
+            "PresignRequest".into(),
+            <PresignRequest as utoipa::PartialSchema>::schema(),
+        ));
+        <PresignRequest as ToSchema>::schemas(schemas);
+    }
+}
+
+/// States in the OpenAPI document what this server's storage allows: the
+/// local folder takes no multipart presigned uploads (422), so there
+/// `multipart` can only be `false` and `size` at most one PUT's.
+pub fn document(doc: &mut utoipa::openapi::OpenApi, storage: &crate::config::StorageConfig) {
+    use utoipa::openapi::{RefOr, Schema};
+    if !matches!(storage, crate::config::StorageConfig::Fs { .. }) {
+        return;
+    }
+    let request = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("PresignRequest"));
+    if let Some(RefOr::T(Schema::Object(object))) = request
+        && let Some(RefOr::T(Schema::Object(multipart))) = object.properties.get_mut("multipart")
+    {
+        multipart.enum_values = Some(vec![false.into()]);
+        multipart.description =
+            Some("Multipart presigned uploads need the S3 backend: not on this server.".into());
+    }
+    if let Some(RefOr::T(Schema::Object(object))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("PresignRequest"))
+    {
+        // Above one PUT's size an upload would be multipart.
+        object
+            .properties
+            .insert("size".into(), single_put_size().into());
+    }
+}
+
+/// A `size` that one PUT can carry.
+fn single_put_size() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(SINGLE_PUT_MAX as f64))
+        .build()
+}
+
+/// The schema of a declared `content_type`: the accepted types, from the
+/// table `sniff` decides by, so the document cannot drift from it.
+fn accepted_content_type() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::sniff::accepted_types()))
+        .build()
 }
 
 /// One part's URL.
@@ -183,7 +274,7 @@ impl Declared {
 }
 
 /// Issues the URLs of one upload.
-#[utoipa::path(post, path = "/upload/presigned", tag = "uploads", request_body = PresignRequest,
+#[utoipa::path(post, path = "/upload/presigned", tag = "uploads", request_body = PresignBody,
     responses((status = 201, body = Presigned), (status = 413, description = "above the type's cap"),
               (status = 415), (status = 429), (status = 507)))]
 pub async fn issue(
@@ -466,8 +557,7 @@ async fn complete_body(body: Body) -> Result<CompleteRequest, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(CompleteRequest::default());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::unprocessable(format!("invalid body: {e}")))
+    crate::extract::from_json_slice(&bytes)
 }
 
 /// Completes the multipart upload (if any), verifies the object and records

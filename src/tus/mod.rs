@@ -159,6 +159,8 @@ pub async fn discover(
 pub async fn discover_upload(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
+    // Only an upload's URL has a preflight: anything else names nothing (404).
+    Path(_id): Path<Uuid>,
 ) -> Response {
     discovery(&state, principal.as_deref())
 }
@@ -309,10 +311,10 @@ fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
 
 /// Creates an upload (tus creation; with a body, creation-with-upload).
 #[utoipa::path(post, path = "/upload/tus", tag = "tus",
-    params(("Tus-Resumable" = String, Header, description = "1.0.0"),
-           ("Upload-Length" = u64, Header, description = "the file's size in bytes, at least 1 (deferred lengths are not supported)"),
-           ("Upload-Metadata" = Option<String>, Header, description = "`filename` and `filetype`, base64"),
-           ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <base64>` or `sha256 <base64>` of a creation-with-upload body")),
+    params(("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$"),
+           ("Upload-Length" = u64, Header, description = "the file's size in bytes, at least 1 (deferred lengths are not supported)", minimum = 1, maximum = 9_223_372_036_854_774_784_f64),
+           ("Upload-Metadata" = Option<String>, Header, nullable = false, description = "`filename` and `filetype`, base64; keys unique", pattern = r"^[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?(?:,[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?)*$"),
+           ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of a creation-with-upload body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
     request_body(content_type = "application/offset+octet-stream", description = "optional: the first bytes (creation-with-upload)"),
     responses(
         (status = 201, description = "created",
@@ -362,7 +364,7 @@ pub async fn create(
 
 /// An upload's offset (tus core `HEAD`).
 #[utoipa::path(head, path = "/upload/tus/{id}", tag = "tus",
-    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$")),
     responses(
         (status = 200, description = "the upload's state",
             headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Expires" = String),
@@ -401,9 +403,9 @@ pub async fn status(
 /// Appends bytes at the upload's offset (tus core `PATCH`); the last byte
 /// records the file.
 #[utoipa::path(patch, path = "/upload/tus/{id}", tag = "tus",
-    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0"),
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$"),
            ("Upload-Offset" = u64, Header, description = "must equal the upload's offset"),
-           ("Upload-Checksum" = Option<String>, Header, description = "`sha1 <base64>` or `sha256 <base64>` of the body")),
+           ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of the body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
     request_body(content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "bytes kept",
@@ -444,7 +446,7 @@ pub async fn append(
 /// Ends an upload (tus termination): its stored bytes go, its reservation
 /// and slot come back.
 #[utoipa::path(delete, path = "/upload/tus/{id}", tag = "tus",
-    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0")),
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$")),
     responses((status = 204, description = "terminated"), (status = 401),
         (status = 404, description = "not_found"),
         (status = 409, description = "conflict: complete (delete the file instead)"),

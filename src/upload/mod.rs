@@ -9,6 +9,7 @@
 //! reservation and the slot are given back.
 
 mod batch;
+mod doc;
 mod filename;
 mod multipart;
 mod pipeline;
@@ -40,7 +41,7 @@ fn rejected(e: &ApiError) {
 
 /// Uploads one file (one part named `file`).
 #[utoipa::path(post, path = "/upload/stream", tag = "uploads",
-    request_body(content_type = "multipart/form-data", description = "one part named `file`"),
+    request_body(content = doc::SingleUpload, content_type = "multipart/form-data", description = "one part named `file`"),
     responses((status = 201, body = FileView), (status = 413), (status = 415), (status = 429), (status = 507)))]
 pub async fn stream_single(
     State(state): State<AppState>,
@@ -132,7 +133,7 @@ async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> 
 /// Uploads several files in one request (parts named `files`); one file
 /// failing never fails the others.
 #[utoipa::path(post, path = "/upload/stream-batch", tag = "uploads",
-    request_body(content_type = "multipart/form-data", description = "1..N parts named `files`"),
+    request_body(content = doc::BatchUpload, content_type = "multipart/form-data", description = "1..N parts named `files`"),
     responses((status = 200, body = BatchResponse), (status = 413, description = "more parts than the tier's batch size"),
               (status = 429)))]
 pub async fn stream_batch(

@@ -17,6 +17,7 @@ mod limits;
 mod ops;
 mod presign;
 mod ratelimit;
+mod schema;
 mod storage;
 mod tus;
 mod upload;

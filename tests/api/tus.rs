@@ -433,6 +433,14 @@ async fn options_advertise_the_protocol_and_the_callers_largest_cap() {
         .unwrap();
     assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
     assert_eq!(preflight.headers()["tus-version"], "1.0.0");
+    // A path that cannot be an upload's URL has no preflight: it names nothing.
+    let nothing = app
+        .request(Method::OPTIONS, "/upload/tus/null,null")
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(nothing, StatusCode::NOT_FOUND, "not_found").await;
+    assert!(problem["detail"].is_string(), "{problem}");
     // STARTER's largest cap is its video cap (2 GiB), not the streaming cap.
     let known = tus(&app, Method::OPTIONS, "/upload/tus", &key)
         .send()

@@ -1,0 +1,42 @@
+"""Schemathesis hooks for intake's schema run (loaded by scripts/lib/schema.sh)."""
+
+import base64
+
+import schemathesis
+from hypothesis import strategies as st
+
+# tus bodies (application/offset+octet-stream) are raw bytes on the wire,
+# exactly like application/octet-stream.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
+# `GET /files?cursor=` is opaque (format "cursor"): only a `next_cursor`
+# the API returned is valid, anything else is 400. Valid ones are built the
+# way the server builds them (base64url of "<micros>.<file id>", with a time
+# a file row can have), so the fuzzer sends cursors the server must accept.
+schemathesis.openapi.format(
+    "cursor",
+    st.builds(
+        lambda micros, file_id: base64.urlsafe_b64encode(f"{micros}.{file_id}".encode()).decode().rstrip("="),
+        st.integers(min_value=0, max_value=253_402_300_799_999_999),
+        st.uuids(),
+    ),
+)
+
+# On Python 3.11, hypothesis can fail with "SystemError: AST constructor
+# recursion depth mismatch" (a CPython bug, fixed in 3.12) while it parses
+# a source file only to describe a lambda in a strategy's repr. The
+# description is cosmetic, so a failure to build it falls back to a plain
+# name instead of ending the run; what is generated is unchanged.
+from hypothesis.internal import lambda_sources as _lambda_sources
+
+_describe_lambda = _lambda_sources.lambda_description
+
+
+def _lambda_description(f):
+    try:
+        return _describe_lambda(f)
+    except SystemError:
+        return "lambda"
+
+
+_lambda_sources.lambda_description = _lambda_description
