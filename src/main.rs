@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         init_tracing(LogFormat::Text);
         let url = std::env::var("DATABASE_URL")
             .context("environment variable DATABASE_URL is required but not set")?;
-        let pool = intake::db::connect(&url, 2).await?;
+        let pool = intake::db::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
         intake::db::migrate(&pool).await?;
         tracing::info!("database schema is up to date");
         return Ok(());
