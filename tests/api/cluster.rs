@@ -847,3 +847,57 @@ async fn a_slow_client_keeps_its_lease_and_a_cut_one_gives_everything_back() {
     c.assert_left_with(account, &key, 1).await;
     c.reconcile().await;
 }
+
+// Found by scripts/chaos.sh: after kill -9, queued deletions stayed queued
+// for good, because s3s-fs refuses (403) the abort of a multipart upload it
+// no longer has, and the queue took that refusal for a failure to retry.
+#[tokio::test]
+async fn a_dead_instances_upload_already_aborted_in_storage_leaves_no_queued_delete() {
+    let app = crate::helpers::spawn_app().await;
+    let (account, _) = app.account_with_key("starter").await;
+    let object = format!("u/{}/{}", account.id, Uuid::now_v7());
+    // The writer of the dead instance aborted its multipart upload; the
+    // lease still names it, and an object sits under the key.
+    let upload = app
+        .state
+        .store
+        .create_multipart(&object, "video/mp4")
+        .await
+        .unwrap();
+    app.state
+        .store
+        .abort_multipart(&object, &upload)
+        .await
+        .unwrap();
+    app.state
+        .store
+        .put(&object, bytes::Bytes::from_static(b"partial"), "video/mp4")
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, multipart_upload_id, expires_at)
+         VALUES ($1, $2, 'stream', 7, $3, $4, now() - interval '1 second')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(account.id)
+    .bind(&object)
+    .bind(&upload)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 7 WHERE id = $1")
+        .bind(account.id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (leases, _) = intake::reap(&app.state).await.unwrap();
+    assert_eq!(leases, 1);
+    assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
+    assert!(app.objects(account.id).await.is_empty());
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM object_deletions")
+            .await,
+        0,
+        "nothing left queued"
+    );
+}
