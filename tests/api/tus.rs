@@ -34,7 +34,7 @@ fn metadata(pairs: &[(&str, &str)]) -> String {
         .join(",")
 }
 
-fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+pub(crate) fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
     app.request(method, path)
         .bearer_auth(key)
         .header("tus-resumable", "1.0.0")
@@ -51,7 +51,12 @@ async fn create(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) ->
 }
 
 /// Creates an upload and returns its path (`/upload/tus/<id>`).
-async fn created(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) -> String {
+pub(crate) async fn created(
+    app: &TestApp,
+    key: &str,
+    length: u64,
+    meta: &[(&str, &str)],
+) -> String {
     let resp = create(app, key, length, meta).await;
     assert_eq!(
         resp.status(),
@@ -68,7 +73,13 @@ async fn created(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) -
     location[location.find("/upload/tus/").unwrap()..].to_owned()
 }
 
-async fn patch(app: &TestApp, path: &str, key: &str, offset: u64, body: Vec<u8>) -> Response {
+pub(crate) async fn patch(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    offset: u64,
+    body: Vec<u8>,
+) -> Response {
     tus(app, Method::PATCH, path, key)
         .header("upload-offset", offset.to_string())
         .header("content-type", "application/offset+octet-stream")
