@@ -165,3 +165,12 @@ pub async fn retry(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Er
     }
     Ok(done)
 }
+
+/// Of `keys`, those queued for deletion (for `intake admin reconcile`: an
+/// object on its way out is no orphan).
+pub async fn queued_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT object_key FROM object_deletions WHERE object_key = ANY($1)")
+        .bind(keys)
+        .fetch_all(db)
+        .await
+}

@@ -18,6 +18,7 @@ mod limits;
 mod ops;
 mod presign;
 mod ratelimit;
+mod reconcile;
 mod storage;
 mod tus;
 mod upload;

@@ -34,7 +34,7 @@ fn metadata(pairs: &[(&str, &str)]) -> String {
         .join(",")
 }
 
-fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+pub(crate) fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
     app.request(method, path)
         .bearer_auth(key)
         .header("tus-resumable", "1.0.0")
