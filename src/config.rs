@@ -132,6 +132,9 @@ pub struct Config {
     pub database_url: Secret,
     /// Connections in the main pool.
     pub database_max_connections: u32,
+    /// How long a request waits for a database connection before it is
+    /// answered 503 (a database that is down or restarting).
+    pub database_acquire_timeout: Duration,
     /// Key that signs session JWTs and local-storage URL tokens.
     pub jwt_secret: Secret,
     /// Address the HTTP server binds.
@@ -181,6 +184,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long graceful shutdown waits for uploads before ending them.
     pub shutdown_grace: Duration,
+    /// How often each instance's reaper runs.
+    pub reaper_interval: Duration,
     /// AI descriptions and chat.
     pub ai: AiConfig,
 }
@@ -273,6 +278,9 @@ impl Config {
         Ok(Self {
             database_url: Secret(env.required("DATABASE_URL")?),
             database_max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
+            database_acquire_timeout: Duration::from_secs(
+                env.positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 10)?,
+            ),
             jwt_secret: Secret(jwt_secret),
             bind_addr,
             public_base_url,
@@ -309,6 +317,7 @@ impl Config {
                 }
             },
             shutdown_grace: Duration::from_secs(env.parse_or("SHUTDOWN_GRACE_SECS", 30)?),
+            reaper_interval: Duration::from_secs(env.positive("REAPER_INTERVAL_SECS", 10)?),
             ai,
         })
     }

@@ -80,7 +80,20 @@ async fn remove(
         None => Ok(()),
     };
     let deleted = store.delete(&doomed.object_key).await;
-    aborted.and(deleted)
+    match aborted {
+        // Storage that cannot be reached now may be reached later: retry.
+        Err(e @ crate::storage::StorageError::Unavailable(_)) => Err(e),
+        // Storage answered and refused the abort of an upload it no longer
+        // has (aborted by the writer that left it, or completed by an
+        // instance that died before recording it; s3s-fs answers 403 for
+        // those): asking again gets the same answer forever, so once the
+        // object is gone the entry is done.
+        Err(e) => {
+            tracing::warn!(error = %e, key = doomed.object_key, "storage refused to abort the multipart upload; taking it as ended");
+            deleted
+        }
+        Ok(()) => deleted,
+    }
 }
 
 /// Deletes objects already queued (after the commit that queued them); what
@@ -151,4 +164,13 @@ pub async fn retry(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sqlx::Er
         }
     }
     Ok(done)
+}
+
+/// Of `keys`, those queued for deletion (for `intake admin reconcile`: an
+/// object on its way out is no orphan).
+pub async fn queued_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT object_key FROM object_deletions WHERE object_key = ANY($1)")
+        .bind(keys)
+        .fetch_all(db)
+        .await
 }

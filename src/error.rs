@@ -328,9 +328,38 @@ impl From<StorageError> for ApiError {
     }
 }
 
+/// A database that cannot be reached (refused or broken connections, no
+/// free connection within the pool's acquire timeout, a server shutting
+/// down or restarting) is a 503 the client may retry; any other database
+/// failure is logged and answered as a generic 500.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if database_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::Busy {
+                detail: "the database is unavailable; retry shortly".into(),
+                retry_after: 1,
+            };
+        }
         Self::Internal(e.into())
+    }
+}
+
+/// Whether a database error means the database is out of reach rather than
+/// that the statement is wrong: connection failures, pool timeouts, and the
+/// SQLSTATE classes 08 (connection exception) and 57P (the server is
+/// shutting down, crashed, or not yet accepting connections).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
     }
 }
 

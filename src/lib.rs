@@ -130,3 +130,14 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+/// How many cases each property test runs: `default`, or `PROPTEST_CASES`
+/// when set (proptest's own variable, which an explicit count would
+/// otherwise override), for longer runs by hand.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -67,6 +67,27 @@ enum AdminCommand {
     },
     /// Run one pass of the reaper: expired upload leases, queued object deletions.
     Reap,
+    /// Hold every account's usage against its files and open reservations,
+    /// and storage's objects against the file rows; prints the drift as
+    /// JSON and exits 1 when there is any.
+    Reconcile {
+        /// Repair: recount usage, queue orphan objects for deletion, end
+        /// stuck leases.
+        #[arg(long)]
+        fix: bool,
+        /// With --fix: also delete the rows of files whose object is gone.
+        #[arg(long, requires = "fix")]
+        forget_missing: bool,
+        /// Keys per page of the storage listing and of the rows.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        page_size: u32,
+        /// Seconds a lease may stay past its expiry before it counts as stuck.
+        #[arg(long, default_value_t = 60)]
+        stuck_after_secs: u64,
+        /// Findings of each kind listed in the output (all are counted).
+        #[arg(long, default_value_t = 1000)]
+        max_items: usize,
+    },
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -91,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         init_tracing(LogFormat::Text);
         let url = std::env::var("DATABASE_URL")
             .context("environment variable DATABASE_URL is required but not set")?;
-        let pool = intake::db::connect(&url, 2).await?;
+        let pool = intake::db::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
         intake::db::migrate(&pool).await?;
         tracing::info!("database schema is up to date");
         return Ok(());
@@ -144,6 +165,29 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     serde_json::to_value(usage)?
+                }
+                AdminCommand::Reconcile {
+                    fix,
+                    forget_missing,
+                    page_size,
+                    stuck_after_secs,
+                    max_items,
+                } => {
+                    let opts = intake::admin::reconcile::Options {
+                        fix,
+                        forget_missing,
+                        page_size: page_size as usize,
+                        stuck_after: std::time::Duration::from_secs(stuck_after_secs),
+                        max_items,
+                    };
+                    let report =
+                        intake::admin::reconcile::run(&state.db, state.store.as_ref(), &opts)
+                            .await?;
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    if !report.clean {
+                        std::process::exit(1);
+                    }
+                    return Ok(());
                 }
                 AdminCommand::Reap => {
                     let (leases, objects) = intake::reap(&state).await?;

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use crate::{deletions, quota::slots, ratelimit, state::AppState};
 
-/// How often the reaper runs.
-const INTERVAL: Duration = Duration::from_secs(10);
-/// Every how many rounds idle rate-limit rows are pruned.
-const PRUNE_EVERY: u64 = 6;
+/// Idle rate-limit rows are pruned about this often.
+const PRUNE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Runs the reaper until the task is aborted.
 pub async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(INTERVAL);
+    // Every `REAPER_INTERVAL_SECS` (10 by default); pruning stays about
+    // once a minute whatever the interval.
+    let interval = state.config.reaper_interval;
+    let prune_every = (PRUNE_PERIOD.as_secs() / interval.as_secs().max(1)).max(1);
+    let mut tick = tokio::time::interval(interval);
     let mut round: u64 = 0;
     loop {
         tick.tick().await;
@@ -23,7 +25,7 @@ pub async fn housekeeping(state: AppState) {
         if let Err(e) = reap(&state).await {
             tracing::warn!(error = %e, "reaping failed; will retry");
         }
-        if round.is_multiple_of(PRUNE_EVERY) {
+        if round.is_multiple_of(prune_every) {
             match ratelimit::prune(&state.db).await {
                 Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
                 Ok(_) => {}

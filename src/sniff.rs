@@ -525,3 +525,116 @@ mod tests {
         assert!(!s.feed(b"\xff"));
     }
 }
+
+/// Properties over generated inputs (proptest), bounded to a few thousand
+/// cases each so that they run with every `cargo test`.
+#[cfg(test)]
+mod fuzz {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// Leading bytes that send `infer` down each of its parsers, or none.
+    fn magic() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            Just(b"\x89PNG\r\n\x1a\n".to_vec()),
+            Just(b"\xff\xd8\xff".to_vec()),
+            Just(b"GIF89a".to_vec()),
+            Just(b"RIFF\0\0\0\0WEBP".to_vec()),
+            Just(b"%PDF-".to_vec()),
+            Just(b"\0\0\0\x18ftypmp42".to_vec()),
+            Just(b"\0\0\0\x18ftypheic".to_vec()),
+            Just(b"PK\x03\x04".to_vec()),
+            Just(b"PK\x03\x04\x14\0\x06\0\x08\0\0\0!\0[Content_Types].xml".to_vec()),
+            Just(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1".to_vec()),
+            Just(b"{\\rtf1".to_vec()),
+            Just(b"\x7fELF".to_vec()),
+            Just(b"II*\0".to_vec()),
+            Just(b"\xef\xbb\xbf".to_vec()),
+        ]
+    }
+
+    fn declared() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("application/octet-stream".to_owned()),
+            Just("image/png".to_owned()),
+            Just("image/jpg".to_owned()),
+            Just("text/csv; charset=utf-8".to_owned()),
+            Just("application/json".to_owned()),
+            Just("video/mp4".to_owned()),
+            "[a-zA-Z]{1,12}/[a-zA-Z0-9.+-]{1,24}(;[ -~]{0,20})?",
+            any::<String>(),
+        ]
+    }
+
+    fn filename() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-zA-Z0-9 _-]{0,12}\\.(png|PNG|jpg|pdf|csv|txt|md|json|mp4|m4v|docx|xlsx|exe|tar\\.gz)",
+            "\\.[a-z]{1,5}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(4000)))]
+
+        /// Any bytes, type and name: an answer, never a panic; an accepted
+        /// type is a canonical one, and a text document's bytes are UTF-8.
+        #[test]
+        fn sniff_answers_every_input_with_a_known_type_or_a_refusal(
+            magic in magic(),
+            rest in vec(any::<u8>(), 0..1500),
+            complete in any::<bool>(),
+            declared in declared(),
+            filename in filename(),
+        ) {
+            let mut head = magic;
+            head.extend(rest);
+            if let Ok(kind) = sniff(&head, complete, &declared, &filename) {
+                prop_assert_eq!(canonical(kind.mime), Some(kind.mime));
+                if kind.text {
+                    prop_assert_eq!(kind.category, Category::Document);
+                    prop_assert!(utf8_prefix_valid(&head, complete));
+                }
+            }
+            if let Ok(kind) = announced(&declared, &filename) {
+                prop_assert_eq!(canonical(kind.mime), Some(kind.mime));
+            }
+            let _ = expected_category(&declared, &filename);
+        }
+
+        /// The streaming UTF-8 check agrees with std's over the whole
+        /// bytes, however they are cut, and carries at most 3 bytes.
+        #[test]
+        fn the_streamed_utf8_check_agrees_with_the_whole_one(
+            bytes in prop_oneof![
+                vec(any::<u8>(), 0..300),
+                any::<String>().prop_map(String::into_bytes),
+                (any::<String>(), any::<usize>(), any::<u8>()).prop_map(|(s, i, b)| {
+                    let mut v = s.into_bytes();
+                    if !v.is_empty() {
+                        let i = i % v.len();
+                        v[i] = b;
+                    }
+                    v
+                }),
+            ],
+            cuts in vec(1usize..8, 1..6),
+        ) {
+            let mut stream = Utf8Stream::default();
+            let mut ok = true;
+            let (mut at, mut i) = (0, 0);
+            while at < bytes.len() && ok {
+                let end = (at + cuts[i % cuts.len()]).min(bytes.len());
+                ok = stream.feed(&bytes[at..end]);
+                prop_assert!(stream.carry.len() <= 3);
+                at = end;
+                i += 1;
+            }
+            prop_assert_eq!(ok && stream.finish(), std::str::from_utf8(&bytes).is_ok());
+        }
+    }
+}

@@ -52,6 +52,7 @@ impl AppState {
         let db = db::connect(
             config.database_url.expose(),
             config.database_max_connections,
+            config.database_acquire_timeout,
         )
         .await?;
         db::migrate(&db).await?;

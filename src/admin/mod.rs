@@ -1,5 +1,8 @@
 //! Administration behind `ADMIN_TOKEN`: accounts, tiers, custom limits, keys
-//! and usage, over HTTP (`/admin/…`) and from the command line.
+//! and usage, over HTTP (`/admin/…`) and from the command line; and the
+//! consistency check of the whole system ([`reconcile`]).
+
+pub mod reconcile;
 
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};

@@ -149,6 +149,45 @@ pub async fn delete(
     Ok(())
 }
 
+/// A file's row as `intake admin reconcile` holds it against storage.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredFile {
+    /// Its object's key.
+    pub object_key: String,
+    /// File id.
+    pub id: Uuid,
+    /// Its account.
+    pub account_id: Uuid,
+    /// Its size.
+    pub size: i64,
+}
+
+/// Up to `limit` files whose keys come after `after`, in the byte order of
+/// the keys (the order storage lists objects in; an index serves it).
+pub async fn page_by_key(
+    db: &PgPool,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<StoredFile>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT object_key, id, account_id, size FROM files
+         WHERE object_key COLLATE \"C\" > $1
+         ORDER BY object_key COLLATE \"C\" LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await
+}
+
+/// Of `keys`, those that are files' objects.
+pub async fn known_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT object_key FROM files WHERE object_key = ANY($1)")
+        .bind(keys)
+        .fetch_all(db)
+        .await
+}
+
 /// `GET /files` query.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {

@@ -39,6 +39,7 @@ use crate::{
     storage::{FsStore, PutConditions, StorageError},
     upload::sanitize_filename,
 };
+pub use uploads::staged_in_flight;
 use uploads::{NewUpload, State as UploadState, Upload};
 
 /// Above this size an upload is always multipart (S3's single-PUT limit).

@@ -231,3 +231,30 @@ pub async fn release_writer(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
         .await?;
     Ok(())
 }
+
+/// Of `keys`, the staging objects of single-PUT uploads still in flight
+/// (pending with live URLs, or being completed): a client may be writing
+/// them right now.
+pub async fn staged_in_flight(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<Uuid> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("s/")?.rsplit_once('/')?.1.parse().ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT account_id, id FROM presigned_uploads
+         WHERE id = ANY($1) AND multipart_upload_id IS NULL
+           AND ((state = 'pending' AND expires_at > now()) OR state = 'completing')",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let asked: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    Ok(rows
+        .into_iter()
+        .map(|(account_id, id)| staging_key(account_id, id))
+        .filter(|k| asked.contains(k.as_str()))
+        .collect())
+}

@@ -212,3 +212,87 @@ pub(super) async fn release_lease(
     .await?;
     Ok(())
 }
+
+/// An account's storage counters beside what its rows add up to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Counters {
+    /// The account.
+    pub account_id: Uuid,
+    /// `storage_used_bytes`.
+    pub used: i64,
+    /// The sum of its files' sizes.
+    pub files_bytes: i64,
+    /// `storage_reserved_bytes`.
+    pub reserved: i64,
+    /// The sum of its leases' reservations (streaming, presigned and
+    /// resumable uploads in flight).
+    pub leases_bytes: i64,
+}
+
+impl Counters {
+    /// Whether the counters say what the rows say.
+    pub fn agree(&self) -> bool {
+        self.used == self.files_bytes && self.reserved == self.leases_bytes
+    }
+}
+
+/// The counters of up to `limit` accounts whose ids come after `after`,
+/// in id order, each read in one statement (so an upload's transaction is
+/// seen whole or not at all).
+pub async fn audit(db: &PgPool, after: Uuid, limit: usize) -> Result<Vec<Counters>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.id AS account_id, a.storage_used_bytes AS used, f.bytes AS files_bytes,
+                a.storage_reserved_bytes AS reserved, l.bytes AS leases_bytes
+         FROM accounts a
+         CROSS JOIN LATERAL (SELECT coalesce(sum(size), 0)::int8 AS bytes
+                             FROM files WHERE account_id = a.id) f
+         CROSS JOIN LATERAL (SELECT coalesce(sum(reserved_bytes), 0)::int8 AS bytes
+                             FROM upload_leases WHERE account_id = a.id) l
+         WHERE a.id > $1 ORDER BY a.id LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await
+}
+
+/// Sets an account's counters to what its rows add up to (the repair of
+/// `intake admin reconcile --fix`); returns them as they were, `None` when
+/// they agreed by then. The account row is locked before the rows are
+/// summed: every change to a file's size or a lease's reservation also
+/// updates the account row in its transaction, so none can slip between
+/// the sums and the update.
+pub async fn recount(db: &PgPool, account_id: Uuid) -> Result<Option<Counters>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let locked = sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
+    if locked.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let before: Counters = sqlx::query_as(
+        "SELECT a.id AS account_id, a.storage_used_bytes AS used,
+                (SELECT coalesce(sum(size), 0)::int8 FROM files WHERE account_id = a.id) AS files_bytes,
+                a.storage_reserved_bytes AS reserved,
+                (SELECT coalesce(sum(reserved_bytes), 0)::int8 FROM upload_leases
+                  WHERE account_id = a.id) AS leases_bytes
+         FROM accounts a WHERE a.id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if before.agree() {
+        return Ok(None);
+    }
+    sqlx::query(
+        "UPDATE accounts SET storage_used_bytes = $2, storage_reserved_bytes = $3 WHERE id = $1",
+    )
+    .bind(account_id)
+    .bind(before.files_bytes)
+    .bind(before.leases_bytes)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(before))
+}

@@ -399,3 +399,58 @@ pub async fn end_expired(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sq
     }
     Ok(ended)
 }
+
+/// Of `keys`, those a lease tracks (an object being written, finished or
+/// copied, a resumable upload's tail), live or expired: until the lease
+/// ends, its upload or the reaper removes them.
+pub async fn tracked_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT k FROM unnest($1::text[]) AS k
+         WHERE EXISTS (SELECT 1 FROM upload_leases
+                       WHERE object_key = k OR finishing_key = k OR tail_key = k)",
+    )
+    .bind(keys)
+    .fetch_all(db)
+    .await
+}
+
+/// A lease past its expiry that no reaper has ended.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ExpiredLease {
+    /// Lease id.
+    pub id: Uuid,
+    /// Its account.
+    pub account_id: Uuid,
+    /// `stream`, `presigned` or `tus`.
+    pub kind: String,
+    /// Bytes of quota it still holds.
+    pub reserved_bytes: i64,
+    /// Seconds since it expired.
+    pub expired_secs: f64,
+}
+
+/// Leases expired for longer than `at_least` (a reaper runs every few
+/// seconds, so these are stuck): how many, and the `limit` oldest.
+pub async fn expired_for(
+    db: &PgPool,
+    at_least: Duration,
+    limit: usize,
+) -> Result<(i64, Vec<ExpiredLease>), sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM upload_leases WHERE expires_at < now() - make_interval(secs => $1)",
+    )
+    .bind(at_least.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    let oldest = sqlx::query_as(
+        "SELECT id, account_id, kind, reserved_bytes,
+                extract(epoch FROM now() - expires_at)::float8 AS expired_secs
+         FROM upload_leases WHERE expires_at < now() - make_interval(secs => $1)
+         ORDER BY expires_at LIMIT $2",
+    )
+    .bind(at_least.as_secs_f64())
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await?;
+    Ok((count, oldest))
+}

@@ -62,6 +62,21 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// must be). An error, or an end before the part's length, fails the part.
 pub type PartStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
 
+/// An object found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its key (without the backend's prefix).
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Every object of the store, a page at a time, in ascending byte order
+/// of the keys (the order of S3's ListObjectsV2 and of Postgres'
+/// `COLLATE "C"`), so that a listing can be merged with sorted rows.
+pub type Listing<'a> =
+    Pin<Box<dyn Stream<Item = Result<Vec<ListedObject>, StorageError>> + Send + 'a>>;
+
 /// An object (or a range of it) being read.
 pub struct ObjectBody {
     /// Bytes this body will yield.
@@ -217,6 +232,15 @@ pub trait ObjectStore: Send + Sync + 'static {
         conditions: &PutConditions,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError>;
+    /// Every complete object (unfinished multipart uploads and partial
+    /// writes are not objects), in pages of at most `page_size` keys, in
+    /// ascending byte order; nothing but the current page is held.
+    fn list(&self, page_size: usize) -> Listing<'_> {
+        let _ = page_size;
+        Box::pin(futures_util::stream::once(async {
+            Err(StorageError::Unsupported("listing objects"))
+        }))
+    }
 }
 
 /// Builds the store the configuration names.

@@ -621,6 +621,53 @@ impl ObjectStore for S3Store {
         );
         Ok(out)
     }
+
+    fn list(&self, page_size: usize) -> super::Listing<'_> {
+        // ListObjectsV2 answers at most 1,000 keys a page.
+        let max_keys = i32::try_from(page_size.clamp(1, 1000)).unwrap_or(1000);
+        // (continuation token, listing finished)
+        let start: (Option<String>, bool) = (None, false);
+        Box::pin(futures_util::stream::try_unfold(
+            start,
+            move |(token, finished)| async move {
+                if finished {
+                    return Ok(None);
+                }
+                let mut req = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .max_keys(max_keys)
+                    .set_continuation_token(token.clone());
+                if !self.prefix.is_empty() {
+                    req = req.prefix(&self.prefix);
+                }
+                let out = req.send().await.map_err(map_err)?;
+                let page: Vec<super::ListedObject> = out
+                    .contents()
+                    .iter()
+                    .filter_map(|o| {
+                        let key = o.key()?.strip_prefix(self.prefix.as_str())?;
+                        Some(super::ListedObject {
+                            key: key.to_owned(),
+                            size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                // A server that says "more" without a new token would loop forever.
+                let next = match (out.is_truncated(), out.next_continuation_token()) {
+                    (Some(true), Some(next))
+                        if !next.is_empty() && token.as_deref() != Some(next) =>
+                    {
+                        Some(next.to_owned())
+                    }
+                    _ => None,
+                };
+                let finished = next.is_none();
+                Ok(Some((page, (next, finished))))
+            },
+        ))
+    }
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, StorageError> {

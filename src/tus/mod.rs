@@ -42,6 +42,7 @@ use crate::{
 };
 use headers::{Checksum, Metadata, TUS_CHECKSUMS, TUS_EXTENSIONS, TUS_VERSION};
 use receive::{Outcome, Writer};
+pub use uploads::tails_in_flight;
 use uploads::{NewUpload, State as UploadState, Upload};
 
 /// The header that names the recorded file on the final PATCH's answer.

@@ -331,3 +331,22 @@ pub async fn leave_open(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Of `keys`, the tails of open, unexpired uploads: the next PATCH
+/// continues from them.
+pub async fn tails_in_flight(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<Uuid> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("t/")?.strip_suffix("/tail")?.parse().ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let open: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM tus_uploads WHERE id = ANY($1) AND state = 'open' AND expires_at > now()",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    Ok(open.into_iter().map(tail_key).collect())
+}

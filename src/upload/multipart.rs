@@ -33,11 +33,20 @@ struct HeadersTooLarge;
 
 /// The request body, counting the bytes read while multer looks for a part's
 /// headers, so a part with endless headers cannot grow its buffer forever.
+///
+/// It also hands multer one chunk per poll: multer reads its stream until
+/// the stream is pending, appending every chunk to one buffer, so a body
+/// whose bytes are always ready (a fast client) would otherwise be read
+/// whole into memory (up to the route's limit, gigabytes) before a part's
+/// first byte is given out. Pending after each chunk (with an immediate
+/// wake-up) makes multer give out what it has first.
 struct MeteredBody {
     inner: axum::body::BodyDataStream,
     reading_headers: Arc<AtomicBool>,
     header_bytes: Arc<AtomicUsize>,
     first: Option<FirstPart>,
+    /// A chunk was just handed out: the next poll yields first.
+    handed_out: bool,
 }
 
 /// Where the first part's data starts (`u64::MAX`: not known).
@@ -81,6 +90,11 @@ impl Stream for MeteredBody {
     type Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.handed_out {
+            self.handed_out = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(first) = &mut self.first
@@ -88,6 +102,7 @@ impl Stream for MeteredBody {
                 {
                     self.first = None;
                 }
+                self.handed_out = true;
                 if self.reading_headers.load(Ordering::Relaxed)
                     && self.header_bytes.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len()
                         > MAX_PART_HEADER_BYTES
@@ -197,6 +212,7 @@ impl Parts {
                 head: Vec::new(),
                 data_start: data_start.clone(),
             }),
+            handed_out: false,
         };
         let constraints = multer::Constraints::new()
             .size_limit(multer::SizeLimit::new().whole_stream(whole_stream_limit));
@@ -251,4 +267,200 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 fn shutting_down() -> ApiError {
     ApiError::ServiceUnavailable("the server is shutting down; retry the upload".into())
+}
+
+/// Properties over generated bodies (proptest, bounded to run with every
+/// `cargo test`), and bodies that never end.
+#[cfg(test)]
+mod fuzz {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use axum::http::HeaderValue;
+    use futures_util::StreamExt as _;
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// Pieces of multipart bodies (boundaries, headers, blank lines) and
+    /// bytes of any kind, to be put together in any order.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"--XyZ\r\n".to_vec()),
+            Just(b"\r\n--XyZ\r\n".to_vec()),
+            Just(b"\r\n--XyZ--\r\n".to_vec()),
+            Just(b"--XyZ".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r\n\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"files\"; filename*=UTF-8''%E2%80%AE.txt\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\r\n".to_vec()),
+            Just(b"Content-Type: image/png\r\n".to_vec()),
+            "[ -~]{0,40}".prop_map(String::into_bytes),
+            vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    fn content_type() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => Just("multipart/form-data; boundary=XyZ".to_owned()),
+            1 => Just("multipart/form-data; boundary=\"XyZ\"".to_owned()),
+            1 => "multipart/form-data[ -~]{0,40}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(content_type) {
+            headers.insert(header::CONTENT_TYPE, v);
+        }
+        headers
+    }
+
+    fn waits() -> Waits {
+        Waits {
+            idle: Duration::from_secs(10),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Reads every part to its end; returns the data bytes read.
+    async fn drain(headers: &HeaderMap, body: Body, limit: u64) -> Result<usize, ApiError> {
+        let waits = waits();
+        let mut parts = Parts::new(headers, body, limit, waits.clone())?;
+        let mut data = 0;
+        while let Some(mut field) = parts.next().await? {
+            let _ = (field.name(), field.file_name(), field.content_type());
+            while let Some(chunk) = waits.chunk(&mut field).await? {
+                data += chunk.len();
+            }
+        }
+        Ok(data)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime: {e}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(3000)))]
+
+        /// Any body, cut anywhere, under any Content-Type: parts or an
+        /// error, never a panic, and never more data than was sent.
+        #[test]
+        fn any_body_is_read_or_refused(
+            content_type in content_type(),
+            pieces in vec(piece(), 0..30),
+            cuts in vec(1usize..300, 1..6),
+            limit in prop_oneof![Just(1u64 << 20), 1u64..2000],
+        ) {
+            let body: Vec<u8> = pieces.concat();
+            let mut chunks = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < body.len() {
+                let end = (at + cuts[i % cuts.len()]).min(body.len());
+                chunks.push(Ok::<_, std::io::Error>(Bytes::copy_from_slice(&body[at..end])));
+                at = end;
+                i += 1;
+            }
+            let stream = futures_util::stream::iter(chunks);
+            let read = runtime().block_on(drain(&headers(&content_type), Body::from_stream(stream), limit));
+            if let Ok(data) = read {
+                prop_assert!(data <= body.len());
+                prop_assert!(data as u64 <= limit);
+            }
+        }
+    }
+
+    /// A body that never ends, after `prefix`: chunks of 8 KiB of `fill`,
+    /// counting what the reader pulled.
+    fn endless(prefix: &'static [u8], fill: u8, pulled: Arc<AtomicUsize>) -> Body {
+        let head = futures_util::stream::once(async move { Ok(Bytes::from_static(prefix)) });
+        let tail = futures_util::stream::repeat_with(move || Bytes::from(vec![fill; 8192])).map(
+            move |chunk| {
+                pulled.fetch_add(chunk.len(), Ordering::Relaxed);
+                Ok::<_, std::io::Error>(chunk)
+            },
+        );
+        Body::from_stream(head.chain(tail))
+    }
+
+    #[test]
+    fn endless_part_headers_are_refused_after_the_header_limit() {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let body = endless(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; x=",
+            b'a',
+            pulled.clone(),
+        );
+        let headers = headers("multipart/form-data; boundary=XyZ");
+        let read = runtime().block_on(drain(&headers, body, u64::MAX));
+        match &read {
+            Err(ApiError::InvalidRequest { status, detail }) => {
+                assert_eq!(*status, axum::http::StatusCode::BAD_REQUEST);
+                assert!(detail.contains("part headers"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let pulled = pulled.load(Ordering::Relaxed);
+        assert!(
+            pulled <= MAX_PART_HEADER_BYTES + 8192,
+            "read {pulled} bytes of headers"
+        );
+    }
+
+    /// Regression: multer read an always-ready body to the whole-stream
+    /// limit before it gave out a part (here it took the file's bytes for
+    /// endless headers).
+    #[test]
+    fn a_part_is_given_out_before_the_rest_of_a_fast_body_is_read() {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let body = endless(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n",
+            1,
+            pulled.clone(),
+        );
+        let headers = headers("multipart/form-data; boundary=XyZ");
+        let first = runtime().block_on(async {
+            let waits = waits();
+            let mut parts = Parts::new(&headers, body, 1 << 30, waits.clone())?;
+            let Some(mut field) = parts.next().await? else {
+                return Ok(None);
+            };
+            waits.chunk(&mut field).await
+        });
+        assert!(
+            matches!(&first, Ok(Some(chunk)) if !chunk.is_empty()),
+            "{first:?}"
+        );
+        let pulled = pulled.load(Ordering::Relaxed);
+        assert!(
+            pulled <= 4 * 8192,
+            "{pulled} bytes read for the first chunk of a part"
+        );
+    }
+
+    #[test]
+    fn endless_part_data_ends_at_the_whole_stream_limit() {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let body = endless(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n",
+            0,
+            pulled.clone(),
+        );
+        let headers = headers("multipart/form-data; boundary=XyZ");
+        let limit = 1 << 20;
+        let read = runtime().block_on(drain(&headers, body, limit));
+        assert!(
+            matches!(read, Err(ApiError::PayloadTooLarge { .. })),
+            "{read:?}"
+        );
+        assert!(pulled.load(Ordering::Relaxed) as u64 <= limit + 8192);
+    }
 }

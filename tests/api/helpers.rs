@@ -260,6 +260,12 @@ pub fn s3_region() -> String {
 /// The S3 client tests use to look into the bucket (never to upload on the
 /// API's behalf).
 pub async fn s3_client() -> aws_sdk_s3::Client {
+    s3_client_at(&env("TEST_S3_ENDPOINT")).await
+}
+
+/// The same client for another S3 server with the test credentials (a
+/// private one that a test stops and restarts).
+pub async fn s3_client_at(endpoint: &str) -> aws_sdk_s3::Client {
     let creds = aws_sdk_s3::config::Credentials::new(
         env("TEST_S3_ACCESS_KEY_ID"),
         env("TEST_S3_SECRET_ACCESS_KEY"),
@@ -270,7 +276,7 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new(s3_region()))
-        .endpoint_url(env("TEST_S3_ENDPOINT"))
+        .endpoint_url(endpoint)
         .credentials_provider(creds)
         .force_path_style(true)
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
@@ -289,7 +295,11 @@ async fn ensure_bucket() {
 
 /// Keys under a prefix in the test bucket.
 pub async fn s3_keys(prefix: &str) -> Vec<String> {
-    let client = s3_client().await;
+    s3_keys_in(&s3_client().await, prefix).await
+}
+
+/// Keys under a prefix of the test bucket, through a given client.
+pub async fn s3_keys_in(client: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let mut token = None;
     loop {
@@ -341,6 +351,12 @@ pub struct Session {
 }
 
 impl TestApp {
+    /// The environment the app was started with (another process of the
+    /// same deployment starts with it).
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
     /// The connection string of this app's schema.
     pub fn database_url(&self) -> String {
         self.vars["DATABASE_URL"].clone()

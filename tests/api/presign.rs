@@ -11,7 +11,7 @@ use crate::helpers::{
 
 const MIB: usize = 1024 * 1024;
 
-pub async fn presign(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn presign(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.post("/upload/presigned")
         .bearer_auth(key)
         .json(&body)
@@ -21,7 +21,7 @@ pub async fn presign(app: &TestApp, key: &str, body: Value) -> reqwest::Response
 }
 
 /// PUTs bytes to a URL with the headers the issue answered (as a client would).
-async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
+pub(crate) async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
     let mut req = reqwest::Client::new().put(url).body(data);
     for (name, value) in headers.as_object().into_iter().flatten() {
         if name != "content-length" {
@@ -33,7 +33,7 @@ async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
 
 /// PUTs each part of a multipart upload to its URL; returns the parts list
 /// that completes it.
-pub async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
+pub(crate) async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
     let part = issued["part_size"].as_u64().unwrap() as usize;
     let mut etags = Vec::new();
     for (i, p) in issued["parts"].as_array().unwrap().iter().enumerate() {
@@ -55,7 +55,7 @@ pub async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
     etags
 }
 
-pub async fn complete(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn complete(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
     app.post(&format!("/upload/presigned/{id}/complete"))
         .bearer_auth(key)
         .json(&body)

@@ -15,7 +15,7 @@ use crate::helpers::{
 
 const MIB: usize = 1024 * 1024;
 /// The smallest part S3 takes, so that tests cross part boundaries quickly.
-const PART: usize = 5 * MIB;
+pub(crate) const PART: usize = 5 * MIB;
 
 /// An app whose parts are 5 MiB.
 async fn app_on(backend: Backend) -> TestApp {
@@ -34,7 +34,7 @@ fn metadata(pairs: &[(&str, &str)]) -> String {
         .join(",")
 }
 
-fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+pub(crate) fn tus(app: &TestApp, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
     app.request(method, path)
         .bearer_auth(key)
         .header("tus-resumable", "1.0.0")
@@ -51,7 +51,12 @@ async fn create(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) ->
 }
 
 /// Creates an upload and returns its path (`/upload/tus/<id>`).
-pub async fn created(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)]) -> String {
+pub(crate) async fn created(
+    app: &TestApp,
+    key: &str,
+    length: u64,
+    meta: &[(&str, &str)],
+) -> String {
     let resp = create(app, key, length, meta).await;
     assert_eq!(
         resp.status(),
@@ -68,7 +73,13 @@ pub async fn created(app: &TestApp, key: &str, length: u64, meta: &[(&str, &str)
     location[location.find("/upload/tus/").unwrap()..].to_owned()
 }
 
-pub async fn patch(app: &TestApp, path: &str, key: &str, offset: u64, body: Vec<u8>) -> Response {
+pub(crate) async fn patch(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    offset: u64,
+    body: Vec<u8>,
+) -> Response {
     tus(app, Method::PATCH, path, key)
         .header("upload-offset", offset.to_string())
         .header("content-type", "application/offset+octet-stream")
@@ -78,7 +89,7 @@ pub async fn patch(app: &TestApp, path: &str, key: &str, offset: u64, body: Vec<
         .unwrap()
 }
 
-async fn offset_of(app: &TestApp, path: &str, key: &str) -> u64 {
+pub(crate) async fn offset_of(app: &TestApp, path: &str, key: &str) -> u64 {
     let resp = tus(app, Method::HEAD, path, key).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["cache-control"], "no-store");
@@ -93,7 +104,7 @@ fn upload_id(path: &str) -> Uuid {
     path.rsplit('/').next().unwrap().parse().unwrap()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
@@ -158,7 +169,7 @@ async fn multipart_alive(app: &TestApp, id: Uuid, account: Uuid) -> bool {
 }
 
 /// A STARTER account whose per-minute limit leaves room for polling.
-async fn polling_account(app: &TestApp) -> (crate::helpers::TestAccount, String) {
+pub(crate) async fn polling_account(app: &TestApp) -> (crate::helpers::TestAccount, String) {
     let (account, key) = app.account_with_key("starter").await;
     app.patch_account(
         account.id,
@@ -752,7 +763,7 @@ fn sha1_of(data: &[u8]) -> Vec<u8> {
 
 /// A PATCH whose body sends `sent` and then stalls, as a client whose
 /// connection is about to break; `length` is the Content-Length it claims.
-fn stalled_patch(
+pub(crate) fn stalled_patch(
     client: &reqwest::Client,
     url: String,
     key: &str,
@@ -776,7 +787,7 @@ fn stalled_patch(
 }
 
 /// Waits (up to 20 s) until HEAD reports `want`.
-async fn wait_for_offset(app: &TestApp, path: &str, key: &str, want: u64) {
+pub(crate) async fn wait_for_offset(app: &TestApp, path: &str, key: &str, want: u64) {
     let mut last = 0;
     for _ in 0..200 {
         last = offset_of(app, path, key).await;
@@ -789,7 +800,7 @@ async fn wait_for_offset(app: &TestApp, path: &str, key: &str, want: u64) {
 }
 
 /// PATCHes until the upload's writer is no longer held by a dead request.
-async fn patch_when_free(
+pub(crate) async fn patch_when_free(
     app: &TestApp,
     path: &str,
     key: &str,

@@ -214,7 +214,7 @@ async fn files_past_the_streaming_cap_are_sent_to_presigned_uploads() {
 
 /// A body that the test feeds by hand, to see what the server does before
 /// the client has finished.
-fn channel_body() -> (
+pub(crate) fn channel_body() -> (
     tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     reqwest::Body,
 ) {
@@ -225,7 +225,7 @@ fn channel_body() -> (
     (tx, reqwest::Body::wrap_stream(stream))
 }
 
-fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
+pub(crate) fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
     format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
 }
 
@@ -415,7 +415,7 @@ async fn open_upload(
     (tx, handle)
 }
 
-async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
+pub(crate) async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
     let usage: Value = app
         .get("/usage")
         .bearer_auth(key)
@@ -430,7 +430,7 @@ async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
         .unwrap()
 }
 
-async fn wait_active(app: &crate::helpers::TestApp, key: &str, n: i64) {
+pub(crate) async fn wait_active(app: &crate::helpers::TestApp, key: &str, n: i64) {
     for _ in 0..100 {
         if active(app, key).await == n {
             return;
