@@ -44,6 +44,7 @@ async fn command(app: &TestApp, args: &[&str]) -> (i32, Value) {
             .env("STORAGE_BACKEND", "s3")
             .env("S3_BUCKET", S3_BUCKET)
             .env("S3_ENDPOINT", env("TEST_S3_ENDPOINT"))
+            .env("S3_REGION", crate::helpers::s3_region())
             .env("S3_ACCESS_KEY_ID", env("TEST_S3_ACCESS_KEY_ID"))
             .env("S3_SECRET_ACCESS_KEY", env("TEST_S3_SECRET_ACCESS_KEY"))
             .env("S3_KEY_PREFIX", &app.prefix),
