@@ -854,17 +854,24 @@ impl ObjectWriter for S3Writer {
             self.send_part(part).await?;
         }
         // Hold at most one part's worth: reading goes on as the part in
-        // flight drains, so receiving and sending still overlap.
+        // flight drains, so receiving and sending still overlap. The wait
+        // also ends when the part's request does, whichever way: a part that
+        // fails sends no more bytes, so no progress would ever wake it.
         let budget = self.part_size;
         loop {
             let notified = self.buffered.progress.notified();
             let in_flight = self.buffered.in_flight.load(Ordering::Acquire);
-            if self.pending_len + in_flight <= budget
-                || self.in_flight.as_ref().is_none_or(|t| t.is_finished())
-            {
-                break;
+            let ended = match self.in_flight.as_mut() {
+                Some(task) if self.pending_len + in_flight > budget => tokio::select! {
+                    () = notified => None,
+                    ended = task => Some(ended),
+                },
+                _ => break,
+            };
+            if let Some(ended) = ended {
+                self.in_flight = None;
+                self.parts.push(ended.map_err(StorageError::backend)??);
             }
-            notified.await;
         }
         Ok(())
     }

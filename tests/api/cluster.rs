@@ -560,7 +560,6 @@ async fn kill_9_mid_uploads_leaves_nothing_after_the_lease_ttl_and_one_reaper_pa
 }
 
 #[tokio::test]
-#[ignore = "open bug: now and then the upload in flight when storage dies mid-part is not answered within a minute"]
 async fn storage_stopped_mid_upload_fails_it_with_503_and_recovers_without_a_restart() {
     let s3 = S3Server::start().await;
     let mut c = Cluster::start_with(&[&[], &[]], &[], Some(s3)).await;

@@ -902,6 +902,7 @@ pub struct Proxy {
     pub addr: String,
     cut: Arc<tokio::sync::Notify>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicBool>,
     pub forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -915,7 +916,8 @@ impl Proxy {
         let cut = Arc::new(tokio::sync::Notify::new());
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c, d, f) = (cut.clone(), down.clone(), forwarded.clone());
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, d, f, h) = (cut.clone(), down.clone(), forwarded.clone(), held.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -924,7 +926,8 @@ impl Proxy {
                 if d.load(std::sync::atomic::Ordering::SeqCst) {
                     continue;
                 }
-                let (upstream, cut, forwarded) = (upstream.clone(), c.clone(), f.clone());
+                let (upstream, cut, forwarded, held) =
+                    (upstream.clone(), c.clone(), f.clone(), h.clone());
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
@@ -934,6 +937,10 @@ impl Proxy {
                     let up = async {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
+                            if held.load(std::sync::atomic::Ordering::SeqCst) {
+                                // Until the cut: the server gets no more bytes.
+                                std::future::pending::<()>().await;
+                            }
                             let n = tokio::io::AsyncReadExt::read(&mut cr, &mut buf)
                                 .await
                                 .unwrap_or(0);
@@ -961,8 +968,15 @@ impl Proxy {
             addr,
             cut,
             down,
+            held,
             forwarded,
         }
+    }
+
+    /// Stops passing the client's bytes on (the server takes no more), until
+    /// `cut`.
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops every connection and refuses new ones.
@@ -974,6 +988,7 @@ impl Proxy {
     /// Lets connections through again.
     pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

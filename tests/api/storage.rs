@@ -227,6 +227,58 @@ async fn an_s3_put_of_a_known_length_refuses_other_lengths_and_storage_cuts() {
     assert_eq!(store.head("u/l/cut").await.unwrap(), None);
 }
 
+/// A part that fails while the writer waits for it to drain ends the write
+/// with an error: a failed part sends no more bytes, so only its end can
+/// wake the wait (which used to last until the client gave up).
+#[tokio::test]
+async fn s3_writer_waiting_on_a_part_in_flight_fails_when_the_part_does() {
+    const PART: usize = 16 << 20;
+    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .backend(Backend::S3)
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    let store = app.state.store.as_ref();
+    let mut writer = store.writer("u/w/held", "video/mp4", PART).await.unwrap();
+    let chunk = Bytes::from(pattern(256 * 1024));
+    // A whole part: the multipart upload is made and its first part set off.
+    let mut accepted = 0;
+    while accepted < PART {
+        writer.write(chunk.clone()).await.unwrap();
+        accepted += chunk.len();
+    }
+    // Storage takes no more bytes, so the part in flight cannot drain (the
+    // socket buffers on the way hold far less than a part) and a write soon
+    // waits for it: one that has not returned within a second is waiting.
+    proxy.hold();
+    loop {
+        let write = writer.write(chunk.clone());
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => {
+                written.unwrap();
+                accepted += chunk.len();
+                assert!(accepted < 2 * PART, "the writer holds at most a part");
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                proxy.cut();
+                let written = tokio::time::timeout(Duration::from_secs(30), write)
+                    .await
+                    .expect("the write ends once its part has failed");
+                assert!(
+                    matches!(written, Err(StorageError::Unavailable(_))),
+                    "{written:?}"
+                );
+                break;
+            }
+        }
+    }
+    drop(writer);
+    proxy.restore();
+    assert!(s3_keys(&app.prefix).await.is_empty());
+}
+
 #[tokio::test]
 async fn s3_objects_live_under_the_configured_prefix() {
     let app = spawn().backend(Backend::S3).start().await;
