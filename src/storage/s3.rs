@@ -17,6 +17,7 @@ use aws_sdk_s3::{
         ResponseChecksumValidation, timeout::TimeoutConfig,
     },
     error::{ProvideErrorMetadata, SdkError},
+    operation::complete_multipart_upload::CompleteMultipartUploadOutput,
     presigning::PresigningConfig,
     primitives::ByteStream as SdkByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
@@ -177,13 +178,15 @@ fn total_from_content_range(range: Option<&str>) -> Option<u64> {
 }
 
 impl S3Store {
-    /// Every part of a multipart upload with its ETag, paging through
-    /// ListParts (AWS and MinIO answer at most 1,000 parts a page).
+    /// Every part of a multipart upload: its number, its ETag (empty where
+    /// the server lists none) and its size where the server gives it,
+    /// paging through ListParts (AWS and MinIO answer at most 1,000 parts a
+    /// page).
     async fn list_parts(
         &self,
         key: &str,
         upload_id: &str,
-    ) -> Result<Vec<(i32, String)>, StorageError> {
+    ) -> Result<Vec<(i32, String, Option<i64>)>, StorageError> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -193,6 +196,7 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(self.full_key(key))
                 .upload_id(upload_id)
+                .max_parts(1000)
                 .set_part_number_marker(marker.take())
                 .send()
                 .await
@@ -201,6 +205,7 @@ impl S3Store {
                 (
                     p.part_number().unwrap_or(0),
                     unquote(p.e_tag().unwrap_or_default()),
+                    p.size(),
                 )
             }));
             // A server that says "more" without moving on would loop forever.
@@ -213,6 +218,28 @@ impl S3Store {
                 _ => return Ok(parts),
             }
         }
+    }
+
+    /// Completes a multipart upload with the parts given.
+    async fn complete(
+        &self,
+        full_key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<CompleteMultipartUploadOutput, StorageError> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(map_err)
     }
 }
 
@@ -420,7 +447,12 @@ impl ObjectStore for S3Store {
     ) -> Result<(), StorageError> {
         // Check the client's list against what storage holds, so a wrong
         // ETag or a missing part fails here even on servers that do not check.
-        let mut stored = self.list_parts(key, upload_id).await?;
+        let mut stored: Vec<(i32, String)> = self
+            .list_parts(key, upload_id)
+            .await?
+            .into_iter()
+            .map(|(n, etag, _)| (n, etag))
+            .collect();
         stored.sort_unstable();
         let given: Vec<(i32, String)> = parts.iter().map(|(n, e)| (*n, unquote(e))).collect();
         // Some S3-compatible servers list parts without their ETags; those
@@ -441,19 +473,8 @@ impl ObjectStore for S3Store {
             .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
             .collect();
         let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(map_err)?;
+            .complete(&self.full_key(key), upload_id, completed)
+            .await?;
         // The object's ETag is made from its parts' real ETags: a client's
         // wrong ETag shows here even where completion did not check it.
         if let (Some(expected), Some(actual)) = (expected, out.e_tag().map(unquote))
@@ -504,35 +525,8 @@ impl ObjectStore for S3Store {
         parts: i32,
         size: u64,
     ) -> Result<(), StorageError> {
-        let full_key = self.full_key(key);
-        // The ETags come from storage itself: ListParts, a page (1,000 parts
-        // on AWS and MinIO) at a time.
-        let mut listed: Vec<(i32, String, Option<i64>)> = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .list_parts()
-                .bucket(&self.bucket)
-                .key(&full_key)
-                .upload_id(upload_id)
-                .max_parts(1000)
-                .set_part_number_marker(marker.take())
-                .send()
-                .await
-                .map_err(map_err)?;
-            listed.extend(out.parts().iter().map(|p| {
-                (
-                    p.part_number().unwrap_or(0),
-                    unquote(p.e_tag().unwrap_or_default()),
-                    p.size(),
-                )
-            }));
-            match (out.is_truncated(), out.next_part_number_marker()) {
-                (Some(true), Some(next)) if !next.is_empty() => marker = Some(next.to_owned()),
-                _ => break,
-            }
-        }
+        // The ETags come from storage itself.
+        let mut listed = self.list_parts(key, upload_id).await?;
         listed.retain(|(n, _, _)| (1..=parts).contains(n));
         listed.sort_unstable_by_key(|(n, _, _)| *n);
         listed.dedup_by_key(|(n, _, _)| *n);
@@ -556,19 +550,8 @@ impl ObjectStore for S3Store {
                     .build()
             })
             .collect();
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full_key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(map_err)?;
+        self.complete(&self.full_key(key), upload_id, completed)
+            .await?;
         Ok(())
     }
 
@@ -900,20 +883,8 @@ impl ObjectWriter for S3Writer {
                     self.send_part(rest).await?;
                 }
                 self.wait_in_flight().await?;
-                self.store
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.store.bucket)
-                    .key(&self.key)
-                    .upload_id(upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(std::mem::take(&mut self.parts)))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(map_err)?;
+                let parts = std::mem::take(&mut self.parts);
+                self.store.complete(&self.key, &upload_id, parts).await?;
             }
         }
         // On an error above, Drop aborts the multipart upload.
