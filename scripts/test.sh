@@ -14,7 +14,8 @@
 # first runs the whole suite, each other one the storage-facing tests
 # ($STORE_SUITE, or the tests the arguments name) once more. With Garage
 # among them and no arguments, a three-node Garage cluster then loses a node
-# under uploads (tests/api/garage_cluster.rs; INTAKE_GARAGE_CLUSTER=0 leaves it out).
+# under uploads through three intake instances (tests/api/garage_cluster.rs;
+# INTAKE_GARAGE_CLUSTER=0 leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/services.sh
@@ -112,7 +113,7 @@ if [ "$browser" != only ]; then
     done
     use_store "${stores[0]}"
     if has_store garage && [ $# -eq 0 ] && [ "${INTAKE_GARAGE_CLUSTER:-1}" != 0 ]; then
-        log "a three-node Garage cluster loses a node under uploads"
+        log "a three-node Garage cluster loses a node under uploads on three instances"
         started=$SECONDS
         CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/intake-garage-cluster.XXXXXX")
         read -r CLUSTER_KEY CLUSTER_SECRET < <(garage_keypair)

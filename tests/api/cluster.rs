@@ -153,6 +153,17 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Completes the presigned upload `issued` through the balancer.
+    pub async fn complete(&self, key: &str, issued: &Value, body: Value) -> Response {
+        let id = issued["upload_id"].as_str().unwrap();
+        self.request(Method::POST, &format!("/upload/presigned/{id}/complete"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A 6 MiB video streaming through the balancer, its body left open.
     pub async fn movie(
         &self,
@@ -530,19 +541,7 @@ async fn kill_9_mid_uploads_leaves_nothing_after_the_lease_ttl_and_one_reaper_pa
         .await
         .unwrap();
     assert!(put.status().is_success(), "{}", put.status());
-    let done = c
-        .request(
-            Method::POST,
-            &format!(
-                "/upload/presigned/{}/complete",
-                issued["upload_id"].as_str().unwrap()
-            ),
-        )
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let done = c.complete(&key, &issued, json!({})).await;
     assert_eq!(done.status(), StatusCode::CREATED);
     // The resumable upload resumes from the part the dead instance stored.
     assert_eq!(offset_of(&c.control, &path, &key).await, PART as u64);

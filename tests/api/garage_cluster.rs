@@ -1,6 +1,8 @@
-//! A three-node Garage cluster (replication factor 3) loses a node while a
-//! streaming, a presigned and a resumable upload are under way: each one
-//! finishes on the quorum of the two nodes left, and nothing is lost.
+//! Three intake instances behind the test balancer, on one Postgres and a
+//! three-node Garage cluster (replication factor 3), while a node dies in
+//! the middle of a streaming, a presigned and a resumable upload: each one
+//! finishes on the quorum of the two nodes left, nothing is lost, and
+//! `intake admin reconcile` is clean after.
 //!
 //! Then a second node dies, the cluster loses its quorum, and a new upload
 //! ends with 503 `service_unavailable`, holding nothing.
@@ -13,16 +15,15 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::{Cluster, open_stream};
 use crate::helpers::{
-    S3_BUCKET, TestApp, assert_problem, env, eventually, fixtures, s3_client, spawn_app,
+    S3_BUCKET, TestApp, assert_problem, download, env, eventually, fixtures, s3_client,
 };
-use crate::presign::{complete, presign};
-use crate::tus::{created, patch};
-use crate::upload::{STREAM_BOUNDARY, start_stream};
+use crate::tus::{metadata, tus_path};
 
 const MIB: usize = 1024 * 1024;
 
@@ -83,40 +84,58 @@ async fn put_part(url: &str, data: &[u8]) -> String {
     resp.headers()["etag"].to_str().unwrap().to_owned()
 }
 
+/// A tus request through the balancer.
+fn tus(c: &Cluster, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+    c.request(method, path)
+        .bearer_auth(key)
+        .header("tus-resumable", "1.0.0")
+}
+
+async fn tus_patch(c: &Cluster, path: &str, key: &str, offset: usize, data: &[u8]) -> Response {
+    tus(c, Method::PATCH, path, key)
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 #[ignore = "kills a Garage node: needs the three-node cluster that scripts/test.sh starts for it"]
-async fn uploads_under_way_finish_when_a_garage_node_dies() {
-    let app = spawn_app().await;
-    let (account, key) = app.account_with_key("professional").await;
-    app.patch_account(
-        account.id,
-        json!({"custom_limits": {"requests_per_minute": 100000}}),
+async fn uploads_under_way_finish_on_three_instances_when_a_garage_node_dies() {
+    // Parts of 5 MiB (the cluster's), requests through the balancer.
+    let c = Cluster::start(3, &[]).await;
+    let (account, key) = c.roomy_account(json!({})).await;
+
+    // Streaming: 20 MiB, of which the first 10 MiB (a part stored).
+    let streamed = fixtures::png(20 * MIB);
+    let (tx, stream_answer) = open_stream(
+        &c.client,
+        c.lb.url("/upload/stream"),
+        &key,
+        "s.png",
+        "image/png",
+        streamed[..10 * MIB].to_vec(),
     )
     .await;
-
-    // Streaming: 20 MiB, of which the first 10 MiB (one 8 MiB part stored).
-    let streamed = fixtures::png(20 * MIB);
-    let (tx, stream_answer) = start_stream(&app, &key, "s.png", "image/png").await;
-    for chunk in streamed[..10 * MIB].chunks(256 * 1024) {
-        tx.send(Ok(chunk.to_vec())).await.unwrap();
-    }
     eventually("the streaming upload has stored a part", || {
-        a_part_is_stored(&app)
+        a_part_is_stored(&c.control)
     })
     .await;
 
     // Presigned multipart: 16 MiB in two parts, the first one stored.
     let presigned = fixtures::mp4(16 * MIB);
-    let issued: Value = presign(
-        &app,
-        &key,
-        json!({"filename": "p.mp4", "content_type": "video/mp4",
-               "size": presigned.len(), "multipart": true}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let resp = c
+        .request(Method::POST, "/upload/presigned")
+        .bearer_auth(&key)
+        .json(&json!({"filename": "p.mp4", "content_type": "video/mp4",
+                      "size": presigned.len(), "multipart": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let issued: Value = resp.json().await.unwrap();
     let part_size = issued["part_size"].as_u64().unwrap() as usize;
     let urls: Vec<String> = issued["parts"]
         .as_array()
@@ -127,27 +146,31 @@ async fn uploads_under_way_finish_when_a_garage_node_dies() {
     assert_eq!(urls.len(), 2, "two parts of {part_size}");
     let first_etag = put_part(&urls[0], &presigned[..part_size]).await;
 
-    // Resumable: 16 MiB, the first 8 MiB (one whole part) stored.
+    // Resumable: 16 MiB, the first 5 MiB (one whole part) stored.
     let resumable = fixtures::png(16 * MIB);
-    let path = created(
-        &app,
-        &key,
-        resumable.len() as u64,
-        &[("filename", "t.png"), ("filetype", "image/png")],
-    )
-    .await;
-    let resp = patch(&app, &path, &key, 0, resumable[..8 * MIB].to_vec()).await;
+    let resp = tus(&c, Method::POST, "/upload/tus", &key)
+        .header("upload-length", resumable.len().to_string())
+        .header(
+            "upload-metadata",
+            metadata(&[("filename", "t.png"), ("filetype", "image/png")]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let path = tus_path(&resp);
+    const TUS_FIRST: usize = 5 * MIB;
+    let resp = tus_patch(&c, &path, &key, 0, &resumable[..TUS_FIRST]).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 
     kill_victim(0).await;
 
-    // Each upload goes on from where it stood, on the two nodes left.
+    // Each upload goes on from where it stood, on the two nodes left, each
+    // request to whichever instance the balancer picks.
     for chunk in streamed[10 * MIB..].chunks(256 * 1024) {
         tx.send(Ok(chunk.to_vec())).await.unwrap();
     }
-    tx.send(Ok(format!("\r\n--{STREAM_BOUNDARY}--\r\n").into_bytes()))
-        .await
-        .unwrap();
+    tx.send(Ok(b"\r\n--open--\r\n".to_vec())).await.unwrap();
     drop(tx);
     let resp = tokio::time::timeout(Duration::from_secs(60), stream_answer)
         .await
@@ -158,14 +181,14 @@ async fn uploads_under_way_finish_when_a_garage_node_dies() {
     let stream_file: Value = resp.json().await.unwrap();
 
     let second_etag = put_part(&urls[1], &presigned[part_size..]).await;
-    let resp = complete(
-        &app,
-        &key,
-        issued["upload_id"].as_str().unwrap(),
-        json!({"parts": [{"part_number": 1, "etag": first_etag},
-                         {"part_number": 2, "etag": second_etag}]}),
-    )
-    .await;
+    let resp = c
+        .complete(
+            &key,
+            &issued,
+            json!({"parts": [{"part_number": 1, "etag": first_etag},
+                             {"part_number": 2, "etag": second_etag}]}),
+        )
+        .await;
     assert_eq!(
         resp.status(),
         StatusCode::CREATED,
@@ -174,14 +197,7 @@ async fn uploads_under_way_finish_when_a_garage_node_dies() {
     );
     let presigned_file: Value = resp.json().await.unwrap();
 
-    let resp = patch(
-        &app,
-        &path,
-        &key,
-        8 * MIB as u64,
-        resumable[8 * MIB..].to_vec(),
-    )
-    .await;
+    let resp = tus_patch(&c, &path, &key, TUS_FIRST, &resumable[TUS_FIRST..]).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT, "resumable");
     let tus_file = resp.headers()["intake-file-id"]
         .to_str()
@@ -189,8 +205,8 @@ async fn uploads_under_way_finish_when_a_garage_node_dies() {
         .to_owned();
 
     // A new upload after the loss works too.
-    let late = fixtures::jpeg(300_000);
-    let resp = app.upload(&key, "late.jpg", "image/jpeg", &late).await;
+    let late = fixtures::png(300_000);
+    let resp = c.upload(&key, "late.png", &late).await;
     assert_eq!(
         resp.status(),
         StatusCode::CREATED,
@@ -199,36 +215,46 @@ async fn uploads_under_way_finish_when_a_garage_node_dies() {
     let late_file: Value = resp.json().await.unwrap();
 
     // Nothing is lost: every file reads back whole from the two nodes left,
-    // and the account holds exactly these four files, objects and usage.
+    // the account holds exactly these four files, objects and usage, and
+    // reconcile finds no drift, no orphan and no missing object.
     for (id, data) in [
         (stream_file["id"].as_str().unwrap(), &streamed),
         (presigned_file["id"].as_str().unwrap(), &presigned),
         (tus_file.as_str(), &resumable),
         (late_file["id"].as_str().unwrap(), &late),
     ] {
-        let back = app.download(&key, id).await;
+        let back = download(
+            c.request(Method::GET, &format!("/files/{id}/content"))
+                .bearer_auth(&key),
+        )
+        .await;
         assert_eq!(
             Sha256::digest(&back),
             Sha256::digest(data),
             "file {id} reads back whole"
         );
     }
-    app.assert_left_with(account.id, 4).await;
+    c.assert_left_with(account, &key, 4).await;
     let expected = (streamed.len() + presigned.len() + resumable.len() + late.len()) as i64;
-    assert_eq!(app.holdings(account.id).await.used, expected);
+    assert_eq!(c.control.holdings(account).await.used, expected);
+    assert!(
+        c.lb.served().iter().all(|&n| n > 0),
+        "every instance took requests"
+    );
+    c.reconcile().await;
 
     // A second node gone: no quorum, so storage cannot take the bytes. The
     // upload is answered 503 (retry later), not 500, and holds nothing.
     kill_victim(1).await;
-    let (other, other_key) = app.account_with_key("starter").await;
-    let resp = app
-        .upload(&other_key, "lost.png", "image/png", &fixtures::png(100_000))
+    let (other, other_key) = c.roomy_account(json!({})).await;
+    let resp = c
+        .upload(&other_key, "lost.png", &fixtures::png(100_000))
         .await;
     assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
-    let h = app.settled(other.id).await;
+    let h = c.control.settled(other).await;
     assert_eq!((h.files, h.used, h.reserved, h.leases), (0, 0, 0, 0));
     assert_eq!(
-        app.holdings(account.id).await.files,
+        c.control.holdings(account).await.files,
         4,
         "the recorded files stay recorded"
     );

@@ -799,21 +799,11 @@ impl TestApp {
     /// A file's bytes as a client gets them: following the redirect to
     /// storage (S3) or straight from intake (local folder).
     pub async fn download(&self, key: &str, file_id: &str) -> Vec<u8> {
-        let resp = self
-            .get(&format!("/files/{file_id}/content"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        let resp = if resp.status() == reqwest::StatusCode::FOUND {
-            reqwest::get(resp.headers()["location"].to_str().unwrap())
-                .await
-                .unwrap()
-        } else {
-            resp
-        };
-        assert_eq!(resp.status(), reqwest::StatusCode::OK);
-        resp.bytes().await.unwrap().to_vec()
+        download(
+            self.get(&format!("/files/{file_id}/content"))
+                .bearer_auth(key),
+        )
+        .await
     }
 
     /// Asserts what an account is left with once its uploads have ended: no
@@ -894,6 +884,21 @@ impl TestApp {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
+
+/// The bytes a `GET /files/{id}/content` request fetches, following the
+/// redirect to storage (S3) or straight from intake (local folder).
+pub async fn download(content: reqwest::RequestBuilder) -> Vec<u8> {
+    let resp = content.send().await.unwrap();
+    let resp = if resp.status() == reqwest::StatusCode::FOUND {
+        reqwest::get(resp.headers()["location"].to_str().unwrap())
+            .await
+            .unwrap()
+    } else {
+        resp
+    };
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    resp.bytes().await.unwrap().to_vec()
 }
 
 /// A TCP proxy in front of a server, that a test can cut to make the server

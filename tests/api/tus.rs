@@ -26,7 +26,7 @@ async fn app_on(backend: Backend) -> TestApp {
         .await
 }
 
-fn metadata(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn metadata(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| format!("{k} {}", STANDARD.encode(v)))
@@ -64,12 +64,18 @@ pub(crate) async fn created(
         "{}",
         resp.text().await.unwrap()
     );
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = resp.headers()["location"].to_str().unwrap();
     assert!(
         location.starts_with("http://"),
         "absolute Location: {location}"
     );
     assert!(resp.headers().contains_key("upload-expires"));
+    tus_path(&resp)
+}
+
+/// The path (`/upload/tus/<id>`) of the upload a creation answer locates.
+pub(crate) fn tus_path(created: &Response) -> String {
+    let location = created.headers()["location"].to_str().unwrap();
     location[location.find("/upload/tus/").unwrap()..].to_owned()
 }
 
@@ -1047,9 +1053,8 @@ async fn creation_with_upload_stores_the_first_bytes_or_the_whole_file() {
         .unwrap();
     assert_eq!(part.status(), StatusCode::CREATED);
     assert_eq!(part.headers()["upload-offset"], "100000");
-    let location = part.headers()["location"].to_str().unwrap();
-    let path = &location[location.find("/upload/tus/").unwrap()..];
-    let resp = patch(&app, path, &key, 100_000, data[100_000..].to_vec()).await;
+    let path = tus_path(&part);
+    let resp = patch(&app, &path, &key, 100_000, data[100_000..].to_vec()).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_nothing_left(&app, account.id, 2).await;
 }
@@ -1308,8 +1313,7 @@ async fn a_free_account_without_api_keys_uploads_through_tus_with_its_session() 
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let location = resp.headers()["location"].to_str().unwrap();
-    let path = location[location.find("/upload/tus/").unwrap()..].to_owned();
+    let path = tus_path(&resp);
     let now = session_usage(&app, &session).await;
     assert_eq!(now["usage"]["storage_bytes"]["reserved"], data.len() as u64);
     assert_eq!(now["usage"]["concurrent_uploads"]["active"], 1);
@@ -1386,8 +1390,7 @@ async fn tus_requests_of_a_session_without_its_csrf_token_are_refused_and_change
     // An upload made with the token takes no bytes, and no ending, without it.
     let resp = creation(Some(&session.csrf)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let location = resp.headers()["location"].to_str().unwrap();
-    let path = location[location.find("/upload/tus/").unwrap()..].to_owned();
+    let path = tus_path(&resp);
     let resp = tus_session(&app, Method::PATCH, &path, &session, None)
         .header("upload-offset", "0")
         .header("content-type", "application/offset+octet-stream")
