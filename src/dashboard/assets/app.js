@@ -19,6 +19,8 @@ const state = {
   cursor: null,
   chatFiles: new Set(),
 };
+// The search waits for typing to pause; signing out drops a pending one.
+let searchTimer = null;
 
 function report(container, error) {
   showAlert(container, error.message);
@@ -28,6 +30,7 @@ function report(container, error) {
 
 function showSignedOut(message) {
   state.account = null;
+  clearTimeout(searchTimer);
   setCsrf(null);
   localStorage.removeItem(SIGNED_IN_HINT);
   $('loading').hidden = true;
@@ -55,6 +58,9 @@ async function showSignedIn(session, focus) {
   for (const id of ['global-alerts', 'files-alerts', 'usage-alerts', 'keys-alerts', 'chat-alerts']) clear($(id));
   $('new-key').hidden = true;
   $('new-key-value').value = '';
+  // Nothing typed or ticked by whoever used the page before carries over.
+  for (const id of ['message', 'search', 'category', 'key-name']) $(id).value = '';
+  state.chatFiles.clear();
   if (focus) $('upload-title').focus();
   await Promise.all([loadUsage(), loadFiles(true)]);
   await loadKeys();
@@ -283,7 +289,7 @@ async function startUpload(fileList) {
     streamMax: state.table.stream_max_file_bytes,
   });
   // The concurrent-uploads meter shows the slots these uploads hold.
-  setTimeout(loadUsage, 300);
+  setTimeout(() => state.account && loadUsage(), 300);
   await upload;
   await Promise.all([loadUsage(), loadFiles(true)]);
 }
@@ -449,7 +455,6 @@ async function loadFiles(fresh) {
   $('files-status').textContent = fresh && (q || category) ? `${body.rows.length}${page.next_cursor ? '+' : ''} matching files.` : '';
 }
 
-let searchTimer = null;
 $('search').addEventListener('input', () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(() => loadFiles(true), 250);

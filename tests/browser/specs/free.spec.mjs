@@ -109,7 +109,18 @@ test('a FREE account signs up, uploads, finds, downloads and deletes files', asy
   await page.reload();
   await expect(page.getByRole('banner')).toContainText(email);
   await expect(page.getByRole('button', { name: 'Download photo.png' })).toBeVisible();
+  await page.getByRole('textbox', { name: 'Message' }).fill('a private draft');
+  await page.getByLabel('Search files').fill('photo');
   await page.getByRole('button', { name: 'Log out' }).click();
   await expect(page.getByRole('button', { name: 'Log in' })).toBeVisible();
   expect((await page.request.get('/me')).status()).toBe(401);
+
+  // The next person at this browser finds nothing typed by the last one.
+  const next = uniqueEmail('next');
+  await page.getByLabel('Email').fill(next);
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await expect(page.getByRole('banner')).toContainText(next);
+  await expect(page.getByRole('textbox', { name: 'Message' })).toHaveValue('');
+  await expect(page.getByLabel('Search files')).toHaveValue('');
 });
