@@ -886,22 +886,13 @@ async fn a_dead_instances_upload_already_aborted_in_storage_leaves_no_queued_del
         .put(&object, bytes::Bytes::from_static(b"partial"), "video/mp4")
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, multipart_upload_id, expires_at)
-         VALUES ($1, $2, 'stream', 7, $3, $4, now() - interval '1 second')",
+    app.plant_lease(
+        account.id,
+        7,
+        &[("object_key", &object), ("multipart_upload_id", &upload)],
+        "-1 second",
     )
-    .bind(Uuid::now_v7())
-    .bind(account.id)
-    .bind(&object)
-    .bind(&upload)
-    .execute(&app.state.db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 7 WHERE id = $1")
-        .bind(account.id)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+    .await;
     let (leases, _) = intake::reap(&app.state).await.unwrap();
     assert_eq!(leases, 1);
     assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);

@@ -491,6 +491,48 @@ impl TestApp {
         }
     }
 
+    /// Plants a lease as an instance that died leaves it: holding
+    /// `reserved` bytes (added to the account's reservation) and the storage
+    /// `columns` given, expiring `expires` from now (an interval, negative
+    /// when already expired).
+    pub async fn plant_lease(
+        &self,
+        account: Uuid,
+        reserved: i64,
+        columns: &[(&str, &str)],
+        expires: &str,
+    ) -> Uuid {
+        let id = Uuid::now_v7();
+        let names: String = columns.iter().map(|(c, _)| format!(", {c}")).collect();
+        let params: String = (0..columns.len())
+            .map(|i| format!(", ${}", i + 5))
+            .collect();
+        let sql = format!(
+            "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, expires_at{names})
+             VALUES ($1, $2, 'stream', $3, now() + $4::interval{params})"
+        );
+        let mut insert = sqlx::query(&sql)
+            .bind(id)
+            .bind(account)
+            .bind(reserved)
+            .bind(expires);
+        for (_, value) in columns {
+            insert = insert.bind(*value);
+        }
+        let mut tx = self.state.db.begin().await.unwrap();
+        insert.execute(&mut *tx).await.unwrap();
+        sqlx::query(
+            "UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes + $2 WHERE id = $1",
+        )
+        .bind(account)
+        .bind(reserved)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.state.db)

@@ -20,6 +20,11 @@ pub(crate) async fn presign(app: &TestApp, key: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
+/// The answer's body of a presign request.
+pub(crate) async fn issue(app: &TestApp, key: &str, body: Value) -> Value {
+    presign(app, key, body).await.json().await.unwrap()
+}
+
 /// PUTs bytes to a URL with the headers the issue answered (as a client would).
 pub(crate) async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
     let mut req = reqwest::Client::new().put(url).body(data);
@@ -121,11 +126,7 @@ async fn storage_refuses_other_bytes_other_lengths_and_expired_urls() {
     let (_, key) = app.account_with_key("starter").await;
     let data = fixtures::pdf(10_000);
     let sha = hex::encode(Sha256::digest(&data));
-    let issued: Value = presign(&app, &key, json!({"filename": "r.pdf", "content_type": "application/pdf", "size": data.len(), "sha256": sha}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "r.pdf", "content_type": "application/pdf", "size": data.len(), "sha256": sha})).await;
     let url = issued["url"].as_str().unwrap();
     let mut tampered = data.clone();
     tampered[500] ^= 1;
@@ -140,11 +141,7 @@ async fn storage_refuses_other_bytes_other_lengths_and_expired_urls() {
             .is_client_error()
     );
     // An expired URL is refused too (a fresh upload, left to expire).
-    let issued: Value = presign(&app, &key, json!({"filename": "r.pdf", "content_type": "application/pdf", "size": data.len(), "sha256": sha}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "r.pdf", "content_type": "application/pdf", "size": data.len(), "sha256": sha})).await;
     past(expires_at(&issued), std::time::Duration::from_secs(1)).await;
     assert!(
         put(
@@ -165,11 +162,7 @@ async fn multipart_uploads_complete_from_their_parts() {
     let app = spawn_app().await;
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::mp4(9 * MIB + 123);
-    let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
     let part = issued["part_size"].as_u64().unwrap() as usize;
     assert_eq!(part, 8 * MIB);
     let parts = issued["parts"].as_array().unwrap();
@@ -196,11 +189,7 @@ async fn a_wrong_etag_or_a_missing_part_keeps_nothing() {
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::mp4(9 * MIB);
     for wrong in ["etag", "missing", "extra"] {
-        let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
         let mut etags = put_parts(&issued, &data).await;
         if wrong == "etag" {
             etags[0]["etag"] = json!("\"00000000000000000000000000000000\"");
@@ -233,15 +222,12 @@ async fn bytes_of_another_type_fail_verification_and_give_everything_back() {
         let app = spawn().backend(backend).start().await;
         let (account, key) = app.account_with_key("starter").await;
         let pdf = fixtures::pdf(5_000);
-        let issued: Value = presign(
+        let issued: Value = issue(
             &app,
             &key,
             json!({"filename": "p.png", "content_type": "image/png", "size": pdf.len()}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
         assert!(
             put(issued["url"].as_str().unwrap(), &issued["headers"], pdf)
                 .await
@@ -396,15 +382,12 @@ async fn bad_presign_requests_are_refused_and_keep_nothing() {
     }
     assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     // Another account's upload is not found.
-    let issued: Value = presign(
+    let issued: Value = issue(
         &app,
         &key,
         json!({"filename": "a.png", "content_type": "image/png", "size": 10}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     let (_, other) = app.account_with_key("starter").await;
     let resp = complete(
         &app,
@@ -434,15 +417,12 @@ async fn the_local_data_route_checks_its_signature() {
     let app = spawn().backend(Backend::Fs).start().await;
     let (_, key) = app.account_with_key("starter").await;
     let data = fixtures::png(1000);
-    let issued: Value = presign(
+    let issued: Value = issue(
         &app,
         &key,
         json!({"filename": "a.png", "content_type": "image/png", "size": data.len()}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     let url = issued["url"].as_str().unwrap();
     let parsed = url::Url::parse(url).unwrap();
     assert!(
@@ -471,15 +451,12 @@ async fn urls_name_the_public_endpoint_when_clients_reach_storage_elsewhere() {
     let app = spawn().var("S3_PUBLIC_ENDPOINT", &proxy.addr).start().await;
     let (_, key) = app.account_with_key("starter").await;
     let data = fixtures::png(2_000);
-    let issued: Value = presign(
+    let issued: Value = issue(
         &app,
         &key,
         json!({"filename": "a.png", "content_type": "image/png", "size": data.len()}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     let url = issued["url"].as_str().unwrap();
     assert!(url.starts_with(&proxy.addr), "{url}");
     assert!(put(url, &issued["headers"], data).await.is_success());
@@ -614,11 +591,7 @@ async fn concurrent_completes_of_one_upload_all_answer_the_same_file() {
     let app = spawn_app().await;
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::mp4(17 * MIB);
-    let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
     let parts = json!({"parts": put_parts(&issued, &data).await});
     let id = issued["upload_id"].as_str().unwrap();
     let (a, b, c) = tokio::join!(
@@ -652,11 +625,7 @@ async fn a_declared_sha256_is_checked_against_the_stored_bytes() {
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::png(50_000);
     let sha = hex::encode(Sha256::digest(&data));
-    let issued: Value = presign(&app, &key, json!({"filename": "a.png", "content_type": "image/png", "size": data.len(), "sha256": sha}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "a.png", "content_type": "image/png", "size": data.len(), "sha256": sha})).await;
     // Other bytes of the same length under the declared checksum: storage
     // refuses them, but the S3 test server keeps them anyway.
     let mut other = data.clone();
@@ -703,11 +672,7 @@ async fn a_complete_with_ten_thousand_parts_is_read_and_a_larger_body_is_problem
     let app = spawn_app().await;
     let (account, key) = app.account_with_key("enterprise").await;
     let data = fixtures::mp4(9 * MIB);
-    let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
     let id = issued["upload_id"].as_str().unwrap();
     // 10,000 parts (about 600 KB of JSON) are read; they are not this
     // upload's parts, so completion fails verification.
@@ -726,11 +691,7 @@ async fn a_complete_with_ten_thousand_parts_is_read_and_a_larger_body_is_problem
         "{body}"
     );
     // A body far past any part list is refused, as problem+json.
-    let other: Value = presign(&app, &key, json!({"filename": "w.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = issue(&app, &key, json!({"filename": "w.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
     let huge = vec![b' '; 8 * MIB];
     let resp = app
         .post(&format!(
@@ -760,11 +721,7 @@ async fn the_signed_type_is_the_normalised_one() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
     let data = fixtures::png(10_000);
-    let issued: Value = presign(&app, &key, json!({"filename": "a.png", "content_type": "Image/PNG; charset=binary", "size": data.len()}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let issued: Value = issue(&app, &key, json!({"filename": "a.png", "content_type": "Image/PNG; charset=binary", "size": data.len()})).await;
     assert_eq!(issued["headers"]["content-type"], "image/png", "{issued}");
     assert!(
         put(issued["url"].as_str().unwrap(), &issued["headers"], data)
@@ -800,15 +757,12 @@ async fn the_local_data_route_takes_one_writer_at_a_time_and_drops_a_stalled_one
         .await;
     let (account, key) = app.account_with_key("starter").await;
     let data = fixtures::png(100_000);
-    let issued: Value = presign(
+    let issued: Value = issue(
         &app,
         &key,
         json!({"filename": "a.png", "content_type": "image/png", "size": data.len()}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     // A writer that sends the first bytes and then nothing.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     tx.send(Ok(data[..1000].to_vec())).await.unwrap();

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{Backend, Form, S3_BUCKET, TestApp, env, fixtures, s3_client, spawn},
-    presign::{complete, presign, put, put_parts},
+    presign::{complete, issue, put, put_parts},
     tus::{created, patch},
 };
 
@@ -155,15 +155,12 @@ async fn reconcile_is_clean_after_uploads_of_every_kind_on_both_backends() {
         // Presigned: one completed, one whose bytes are up but not completed.
         for completed in [true, false] {
             let data = fixtures::png(4000);
-            let issued: Value = presign(
+            let issued: Value = issue(
                 &app,
                 &key,
                 json!({"filename": "p.png", "content_type": "image/png", "size": data.len()}),
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
             assert_eq!(
                 put(issued["url"].as_str().unwrap(), &issued["headers"], data).await,
                 StatusCode::OK
@@ -179,11 +176,7 @@ async fn reconcile_is_clean_after_uploads_of_every_kind_on_both_backends() {
         }
         if backend == Backend::S3 {
             let data = fixtures::mp4(9 * MIB);
-            let issued: Value = presign(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true}))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len(), "multipart": true})).await;
             let parts = put_parts(&issued, &data).await;
             let id = issued["upload_id"].as_str().unwrap();
             assert_eq!(
@@ -259,16 +252,11 @@ async fn each_kind_of_drift_is_reported_then_repaired_on_both_backends() {
         let lost_key = format!("u/{}/{lost}", account.id);
         delete_raw(&app, &lost_key).await;
         // A dead instance's lease, long expired, holding 500 bytes and an object.
-        let lease = Uuid::now_v7();
         let leased = format!("u/{}/{}", account.id, Uuid::now_v7());
         put_raw(&app, &leased, b"half an upload").await;
-        exec(&app, &format!(
-            "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, expires_at)
-             VALUES ('{lease}', '{}', 'stream', 500, '{leased}', now() - interval '1 hour');
-             UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes + 500 WHERE id = '{}'",
-            account.id, account.id
-        ))
-        .await;
+        let lease = app
+            .plant_lease(account.id, 500, &[("object_key", &leased)], "-1 hour")
+            .await;
 
         let (code, report) = command(&app, &["--page-size", "2"]).await;
         assert_eq!(code, 1, "{report:#}");

@@ -497,21 +497,14 @@ async fn a_dead_instances_slots_expire_and_its_reservations_are_reaped() {
     )
     .await;
     // A lease a crashed instance left behind, holding a slot and 5 MB.
-    sqlx::query(
-        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, expires_at)
-         VALUES ($1, $2, 'stream', 5000000, $3, now() + interval '2 seconds')",
+    let orphan = format!("u/{}/orphan", account.id);
+    app.plant_lease(
+        account.id,
+        5_000_000,
+        &[("object_key", &orphan)],
+        "2 seconds",
     )
-    .bind(uuid::Uuid::now_v7())
-    .bind(account.id)
-    .bind(format!("u/{}/orphan", account.id))
-    .execute(&app.state.db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 5000000 WHERE id = $1")
-        .bind(account.id)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+    .await;
     app.state
         .store
         .put(
@@ -849,22 +842,13 @@ async fn the_reaper_removes_both_objects_a_batch_lease_tracks() {
             .await
             .unwrap();
     }
-    sqlx::query(
-        "INSERT INTO upload_leases (id, account_id, kind, reserved_bytes, object_key, finishing_key, expires_at)
-         VALUES ($1, $2, 'stream', 1000, $3, $4, now() - interval '1 second')",
+    app.plant_lease(
+        account.id,
+        1000,
+        &[("object_key", &receiving), ("finishing_key", &finishing)],
+        "-1 second",
     )
-    .bind(uuid::Uuid::now_v7())
-    .bind(account.id)
-    .bind(&receiving)
-    .bind(&finishing)
-    .execute(&app.state.db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE accounts SET storage_reserved_bytes = 1000 WHERE id = $1")
-        .bind(account.id)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+    .await;
     let (leases, _) = intake::reap(&app.state).await.unwrap();
     assert_eq!(leases, 1);
     assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
