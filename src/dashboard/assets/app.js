@@ -99,6 +99,8 @@ $('signup').addEventListener('click', async () => {
 });
 
 $('logout').addEventListener('click', async () => {
+  // A search still waiting would run after the session has ended.
+  clearTimeout(searchTimer);
   try {
     await api('POST', '/auth/logout');
   } catch (error) {
