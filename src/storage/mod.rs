@@ -114,7 +114,9 @@ pub struct PutConditions {
 /// must end it; a writer dropped without either cleans up in the background.
 #[async_trait]
 pub trait ObjectWriter: Send {
-    /// Appends bytes (any size; the writer cuts them into parts).
+    /// Appends bytes (any size, none included: the multipart reader hands
+    /// out an empty last chunk when a read ends exactly where the file's
+    /// bytes do; the writer cuts them into parts).
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
     /// Makes the object visible under its key; returns its size.
     async fn finish(self: Box<Self>) -> Result<u64, StorageError>;

@@ -1019,6 +1019,12 @@ impl S3PutWriter {
 #[async_trait]
 impl ObjectWriter for S3PutWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        // Nothing to send. Once the last byte is sent the PUT may already
+        // have ended and dropped its body, so an empty chunk sent after it
+        // would find no one to take it.
+        if chunk.is_empty() {
+            return Ok(());
+        }
         if self.written + chunk.len() as u64 > self.len {
             return Err(StorageError::backend(anyhow::anyhow!(
                 "more bytes than the object's {} bytes",

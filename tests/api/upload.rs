@@ -1041,6 +1041,46 @@ async fn a_client_gone_mid_file_of_a_known_length_keeps_nothing() {
     assert!(app.objects(account.id).await.is_empty());
 }
 
+/// A read that ends exactly where the file's bytes do makes the multipart
+/// reader hand out an empty last chunk once the closing delimiter comes. The
+/// file's single PUT has had all its bytes by then and may have ended: the
+/// upload still succeeds (it used to fail with 500 now and then).
+#[tokio::test]
+async fn a_closing_delimiter_after_storage_has_the_file_still_stores_it() {
+    let app = spawn_app().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let head = part_head("late", "file", "notes.txt", "text/plain");
+    // No CR in the text, so the reader holds nothing back for a delimiter.
+    let data = b"the quick brown fox jumps over the lazy dog\n".repeat(24_000);
+    let closing = b"\r\n--late--\r\n".to_vec();
+    let (tx, body) = channel_body();
+    let request = tokio::spawn(
+        app.post("/upload/stream")
+            .bearer_auth(&key)
+            .header("content-type", "multipart/form-data; boundary=late")
+            .header("content-length", head.len() + data.len() + closing.len())
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(head)).await.unwrap();
+    tx.send(Ok(data.clone())).await.unwrap();
+    crate::helpers::eventually("storage has the file's bytes", || async {
+        !app.objects(account.id).await.is_empty()
+    })
+    .await;
+    tx.send(Ok(closing)).await.unwrap();
+    drop(tx);
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    assert_eq!(file["size"], data.len());
+    assert_eq!(app.download(&key, file["id"].as_str().unwrap()).await, data);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+}
+
 #[tokio::test]
 async fn a_body_that_starts_otherwise_still_uploads_in_parts() {
     let app = spawn().var("UPLOAD_PART_BYTES", "5242880").start().await;
