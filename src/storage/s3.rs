@@ -112,7 +112,13 @@ where
     }
     let unreachable = match &err {
         SdkError::TimeoutError(_) => true,
-        SdkError::DispatchFailure(failure) => failure.is_timeout() || failure.is_io(),
+        // A connection that closed before its answer (storage killed after
+        // it took the request: hyper's "incomplete message") is transient.
+        SdkError::DispatchFailure(failure) => {
+            failure.is_timeout()
+                || failure.is_io()
+                || failure.as_other() == Some(aws_smithy_types::retry::ErrorKind::TransientError)
+        }
         // A store that answers but cannot serve: 503 ServiceUnavailable or
         // SlowDown (a Garage cluster without its quorum, S3 throttling), still
         // 503 once the SDK's retries are spent.

@@ -1066,6 +1066,63 @@ impl Drop for Blackhole {
     }
 }
 
+/// A server on 127.0.0.1 that reads each request to its last byte and then
+/// closes the connection without answering: storage that died after taking
+/// a request, as a killed S3 server does.
+pub struct Hangup {
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hangup {
+    pub async fn start() -> Hangup {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let (head_end, body_len) = loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(at) = memchr::memmem::find(&got, b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (at + 4, len);
+                        }
+                    };
+                    let mut left = (head_end + body_len).saturating_sub(got.len());
+                    while left > 0 {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                    // Dropped with nothing unread: a clean close, no answer.
+                });
+            }
+        });
+        Hangup { addr, task }
+    }
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl TestApp {
     /// The server's address as `host:port`, for raw TCP tests.
     pub fn socket_addr(&self) -> String {

@@ -483,6 +483,36 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
     );
 }
 
+/// Storage killed after it took a request closes the connection without an
+/// answer (hyper's "incomplete message"): the upload is a 503 the client
+/// can retry, not an internal error.
+#[tokio::test]
+async fn storage_that_hangs_up_without_answering_ends_requests_with_503() {
+    let hangup = crate::helpers::Hangup::start().await;
+    let app = spawn()
+        .var("S3_ENDPOINT", &hangup.addr)
+        .var("S3_TIMEOUT_SECS", "5")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    for (name, ct, data) in [
+        ("a.png", "image/png", crate::helpers::fixtures::png(10_000)),
+        ("b.mp4", "video/mp4", crate::helpers::fixtures::mp4(1 << 20)),
+    ] {
+        let resp = tokio::time::timeout(Duration::from_secs(20), app.upload(&key, name, ct, &data))
+            .await
+            .expect("the upload is answered, not held");
+        crate::helpers::assert_problem(
+            resp,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        )
+        .await;
+    }
+    let h = app.settled(account.id).await;
+    assert_eq!((h.files, h.used, h.reserved, h.leases), (0, 0, 0, 0));
+}
+
 #[tokio::test]
 async fn storage_that_never_answers_ends_requests_with_503() {
     let blackhole = crate::helpers::Blackhole::start().await;
