@@ -188,6 +188,9 @@ class Balancer:
             inst = self.instances[(first + i) % len(self.instances)]
             try:
                 server = socket.create_connection(("127.0.0.1", inst.port), 1)
+                # The 1 s bound is for connecting only: an answer may take
+                # longer than that to start (a large upload being stored).
+                server.settimeout(None)
                 break
             except OSError:
                 continue
@@ -228,6 +231,22 @@ def magic(kind, size):
     return head + os.urandom(max(0, size - len(head)))
 
 
+def conflict_reason(r):
+    # A 409 says that the upload is complete (or being completed), or that
+    # the offset sent is not the upload's; the soak tells them apart.
+    try:
+        detail = r.json().get("detail", "")
+    except ValueError:
+        return ""
+    if "being completed" in detail:
+        return " (completing)"
+    if "complete" in detail:
+        return " (complete)"
+    if "Upload-Offset is" in detail:
+        return " (offset)"
+    return ""
+
+
 class Client:
     def __init__(self, base, key):
         self.base = base
@@ -246,7 +265,7 @@ class Client:
             r, status = None, "conn_error"
         with lock:
             latencies.append(time.time() - t)
-            answers[f"{op} {status}"] += 1
+            answers[f"{op} {status}{conflict_reason(r) if status == 409 else ''}"] += 1
             codes[status] += 1
         if expect_json and r is not None and r.headers.get("content-type", "").startswith("application/json"):
             try:
