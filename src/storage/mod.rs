@@ -45,12 +45,19 @@ impl StorageError {
     }
 }
 
+/// A connection that broke (a read of an object cut off mid-body, storage
+/// killed) is storage being unavailable, a 503 the client may retry.
 impl From<std::io::Error> for StorageError {
     fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Self::NotFound
-        } else {
-            Self::Backend(e.into())
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::NotFound => Self::NotFound,
+            ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut => Self::Unavailable(e.into()),
+            _ => Self::Backend(e.into()),
         }
     }
 }

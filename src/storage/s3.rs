@@ -24,7 +24,7 @@ use aws_sdk_s3::{
 };
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::StreamBody;
@@ -300,10 +300,15 @@ impl ObjectStore for S3Store {
             .unwrap_or(0);
         let total_len = total_from_content_range(out.content_range()).unwrap_or(len);
         let reader = out.body.into_async_read();
+        // Storage has answered: a read that fails now is the connection
+        // failing (storage killed or cut off mid-body), whatever kind the
+        // SDK gives it.
+        let stream = ReaderStream::new(reader)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e));
         Ok(ObjectBody {
             len,
             total_len,
-            stream: Box::pin(ReaderStream::new(reader)),
+            stream: Box::pin(stream),
         })
     }
 

@@ -335,7 +335,7 @@ impl<'a> Assembly<'a> {
                 .await?;
             let mut stream = tail.stream;
             while let Some(chunk) = stream.next().await {
-                buf.push(chunk.map_err(anyhow::Error::from)?);
+                buf.push(chunk.map_err(crate::storage::StorageError::from)?);
             }
             if buf.len as u64 != tail_len {
                 return Err(anyhow::anyhow!(

@@ -483,6 +483,39 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
     );
 }
 
+/// A read cut off mid-body (storage killed while it sends an object) is
+/// storage being unavailable, not a backend error: what reads it (a
+/// resumable upload's tail, a presigned upload's check) answers 503.
+#[tokio::test]
+async fn an_s3_read_cut_off_mid_body_is_unavailable() {
+    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .backend(Backend::S3)
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    let store = app.state.store.as_ref();
+    store
+        .put("u/r/big", Bytes::from(pattern(32 << 20)), "video/mp4")
+        .await
+        .unwrap();
+    let mut body = store.get("u/r/big", None).await.unwrap();
+    let first = body.stream.try_next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    proxy.cut();
+    let failed = loop {
+        match tokio::time::timeout(Duration::from_secs(30), body.stream.try_next())
+            .await
+            .expect("the read ends once its connection is cut")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a cut read ended as if whole"),
+            Err(e) => break StorageError::from(e),
+        }
+    };
+    assert!(matches!(failed, StorageError::Unavailable(_)), "{failed:?}");
+}
+
 /// Storage killed after it took a request closes the connection without an
 /// answer (hyper's "incomplete message"): the upload is a 503 the client
 /// can retry, not an internal error.
