@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -407,6 +408,9 @@ def injector(instances, s3):
             raise
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def percentile(values, p):
     if not values:
         return 0.0
@@ -476,6 +480,15 @@ def main():
     print(f"steady instance RSS: {rss_start / 1024:.1f} MiB at the start, {rss_end / 1024:.1f} MiB at the end "
           f"({grew:+.1f} MiB; bound {RSS_BOUND_MIB} MiB)")
     print(f"reaper pass: exit {reap_code}, {json.dumps(reaped)}")
+    # Every 500 is a bug to find: its log line, whether or not the logs are kept.
+    internal = []
+    for i in range(INSTANCES):
+        with open(os.path.join(logdir, f"intake-{i}.log"), errors="replace") as f:
+            internal += [f"  instance {i}: " + ANSI.sub("", line).strip()[:300]
+                         for line in f if "internal error" in line]
+    print(f"internal errors logged: {len(internal)}")
+    for line in internal[:10]:
+        print(line)
     print(f"reconcile: exit {rec_code}")
     print(json.dumps(report, indent=2) if not isinstance(report, str) else report)
     if rec_err.strip():
