@@ -1039,47 +1039,42 @@ impl Proxy {
     }
 }
 
-/// A server on 127.0.0.1 that accepts connections and never answers: storage
-/// (or anything) that has stopped responding without closing its sockets.
-pub struct Blackhole {
+/// A server on 127.0.0.1 standing in for storage that misbehaves; it stops
+/// when dropped.
+pub struct FakeStorage {
     pub addr: String,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Blackhole {
-    pub async fn start() -> Blackhole {
+impl FakeStorage {
+    async fn serve<F>(accept: impl FnOnce(tokio::net::TcpListener) -> F) -> FakeStorage
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(accept(listener));
+        FakeStorage { addr, task }
+    }
+
+    /// Accepts connections and never answers: storage (or anything) that
+    /// has stopped responding without closing its sockets.
+    pub async fn blackhole() -> FakeStorage {
+        Self::serve(|listener| async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
                 held.push(socket);
             }
-        });
-        Blackhole { addr, task }
+        })
+        .await
     }
-}
 
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A server on 127.0.0.1 that reads each request to its last byte and then
-/// closes the connection without answering: storage that died after taking
-/// a request, as a killed S3 server does.
-pub struct Hangup {
-    pub addr: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Hangup {
-    pub async fn start() -> Hangup {
+    /// Reads each request to its last byte and then closes the connection
+    /// without answering: storage that died after taking a request, as a
+    /// killed S3 server does.
+    pub async fn hangup() -> FakeStorage {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
+        Self::serve(|listener| async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     let mut got = Vec::new();
@@ -1112,12 +1107,12 @@ impl Hangup {
                     // Dropped with nothing unread: a clean close, no answer.
                 });
             }
-        });
-        Hangup { addr, task }
+        })
+        .await
     }
 }
 
-impl Drop for Hangup {
+impl Drop for FakeStorage {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -21,6 +21,18 @@ async fn read_all(
     chunks.concat()
 }
 
+/// An app on S3 whose storage traffic goes through a proxy the test can
+/// hold or cut.
+async fn s3_behind_proxy() -> (Proxy, TestApp) {
+    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .backend(Backend::S3)
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    (proxy, app)
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -234,12 +246,7 @@ async fn an_s3_put_of_a_known_length_refuses_other_lengths_and_storage_cuts() {
     assert_eq!(store.head("u/l/short").await.unwrap(), None);
 
     // Storage gone mid-PUT: the writer says so.
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
-    let cut = spawn()
-        .backend(Backend::S3)
-        .var("S3_ENDPOINT", &proxy.addr)
-        .start()
-        .await;
+    let (proxy, cut) = s3_behind_proxy().await;
     let store = cut.state.store.as_ref();
     let mut writer = store
         .writer_of_len("u/l/cut", "video/mp4", 64 << 20, 5 << 20)
@@ -268,12 +275,7 @@ async fn an_s3_put_of_a_known_length_refuses_other_lengths_and_storage_cuts() {
 #[tokio::test]
 async fn s3_writer_waiting_on_a_part_in_flight_fails_when_the_part_does() {
     const PART: usize = 16 << 20;
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
-    let app = spawn()
-        .backend(Backend::S3)
-        .var("S3_ENDPOINT", &proxy.addr)
-        .start()
-        .await;
+    let (proxy, app) = s3_behind_proxy().await;
     let store = app.state.store.as_ref();
     let mut writer = store.writer("u/w/held", "video/mp4", PART).await.unwrap();
     let chunk = Bytes::from(pattern(256 * 1024));
@@ -488,12 +490,7 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
 /// resumable upload's tail, a presigned upload's check) answers 503.
 #[tokio::test]
 async fn an_s3_read_cut_off_mid_body_is_unavailable() {
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
-    let app = spawn()
-        .backend(Backend::S3)
-        .var("S3_ENDPOINT", &proxy.addr)
-        .start()
-        .await;
+    let (proxy, app) = s3_behind_proxy().await;
     let store = app.state.store.as_ref();
     store
         .put("u/r/big", Bytes::from(pattern(32 << 20)), "video/mp4")
@@ -521,7 +518,7 @@ async fn an_s3_read_cut_off_mid_body_is_unavailable() {
 /// can retry, not an internal error.
 #[tokio::test]
 async fn storage_that_hangs_up_without_answering_ends_requests_with_503() {
-    let hangup = crate::helpers::Hangup::start().await;
+    let hangup = crate::helpers::FakeStorage::hangup().await;
     let app = spawn()
         .var("S3_ENDPOINT", &hangup.addr)
         .var("S3_TIMEOUT_SECS", "5")
@@ -548,7 +545,7 @@ async fn storage_that_hangs_up_without_answering_ends_requests_with_503() {
 
 #[tokio::test]
 async fn storage_that_never_answers_ends_requests_with_503() {
-    let blackhole = crate::helpers::Blackhole::start().await;
+    let blackhole = crate::helpers::FakeStorage::blackhole().await;
     let app = spawn()
         .var("S3_ENDPOINT", &blackhole.addr)
         .var("S3_TIMEOUT_SECS", "1")
