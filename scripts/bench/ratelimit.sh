@@ -6,6 +6,8 @@
 #
 #   scripts/bench/ratelimit.sh            # 15 s per case
 #   DURATION=30s CONNECTIONS=64 scripts/bench/ratelimit.sh
+#   INTAKE_BIN=path scripts/bench/ratelimit.sh   runs that intake binary
+#                                         (another build, to compare two)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
@@ -38,7 +40,7 @@ trap cleanup EXIT
 [ -n "${KEEP_WORK:-}" ] && trap - EXIT
 
 cargo build --release --locked --bin intake >/dev/null 2>&1
-BIN=$CARGO_TARGET_DIR/release/intake
+BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 
 start_server() {
     RATE_LIMIT_ENABLED=$1 "$BIN" serve >"$WORK/server.log" 2>&1 &

@@ -15,10 +15,17 @@
 #   scripts/bench/upload.sh          (REPEAT=3 runs of each timed case; median)
 #   CASES=tus scripts/bench/upload.sh   only the tus comparison and the
 #                                    streaming baseline it is held against
+#   CASES=stream scripts/bench/upload.sh   only one 100 MiB file: intake
+#                                    beside a direct single PUT, and
+#                                    intake's CPU seconds per GiB
+#   CASES=batch scripts/bench/upload.sh   only the batch of 50 x 1 MiB
+#                                    beside 50 direct PUTs
 #   CASES=profile scripts/bench/upload.sh   one upload of PROFILE_MIB (100)
 #                                    through intake under callgrind: its
 #                                    instructions per MiB and where they go
 #                                    (counts that do not depend on the load)
+#   INTAKE_BIN=path scripts/bench/upload.sh   runs that intake binary (another
+#                                    build, to compare two in the same setup)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
@@ -30,7 +37,7 @@ ensure_rust
 ensure_s3s_fs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
 cargo build --release --locked --bin intake --example upload_bench >/dev/null 2>&1
-BIN=$CARGO_TARGET_DIR/release/intake
+BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 CLIENT=$CARGO_TARGET_DIR/release/examples/upload_bench
 
 DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
@@ -126,17 +133,47 @@ median() {
     done
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
-rate() { python3 -c "print(f'{$1 / $2:.1f}')"; }
+rate() { python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.1f}' if 'n/a' not in (a, b) else 'n/a')" "$1" "$2"; }
+
+if [ "$CASES" = batch ]; then
+    direct_puts=$(median direct-puts 50 1)
+    intake_batch=$(median intake-batch 50 1)
+    cat <<OUT
+
+case                                   seconds    MiB/s
+direct S3 50 x 1 MiB PUTs              $(printf '%7s %8s' "$direct_puts" "$(rate 50 "$direct_puts")")
+intake batch 50 x 1 MiB                $(printf '%7s %8s' "$intake_batch" "$(rate 50 "$intake_batch")")
+
+intake / direct, batch 50 x 1 MiB:     $(python3 -c "print(f'{$direct_puts / $intake_batch:.2f}')")   goal >= 0.80
+(median of $REPEAT runs; $(nproc) cores shared by client, intake and s3s-fs)
+OUT
+    exit 0
+fi
 
 # 1. One 100 MiB file: direct multipart, direct PUT, intake (with its CPU).
 if [ "$CASES" = all ]; then
     direct_mp=$(median direct-multipart 1 100)
+fi
+if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
     direct_put=$(median direct-put 1 100)
 fi
 t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
 t1=$(cpu_ticks)
 cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+if [ "$CASES" = stream ]; then
+    cat <<OUT
+
+case                                   seconds    MiB/s
+direct S3 single PUT, 100 MiB          $(printf '%7s %8s' "$direct_put" "$(rate 100 "$direct_put")")
+intake /upload/stream, 100 MiB         $(printf '%7s %8s' "$intake_one" "$(rate 100 "$intake_one")")
+
+intake / direct single PUT (100 MiB):  $(python3 -c "print(f'{$direct_put / $intake_one:.2f}')")   goal >= 0.90
+intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+(median of $REPEAT runs; $(nproc) cores shared by client, intake and s3s-fs)
+OUT
+    exit 0
+fi
 
 if [ "$CASES" = all ]; then
     # 2. Batch of 50 x 1 MiB vs 50 direct PUTs.
@@ -189,11 +226,20 @@ intake_tus() {
     seconds=$(node -p "JSON.parse(process.argv[1]).seconds" "$out")
     printf '%.3f %s\n' "$seconds" "$rss"
 }
-read -r itus_single itus_single_rss < <(intake_tus 1 100)
-read -r itus_c10 itus_c10_rss < <(intake_tus 10 20)
+# A build without /upload/tus (an older one, through INTAKE_BIN) gets n/a.
+start_intake
+tus_status=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "$INTAKE_URL/upload/tus")
+stop_intake
+if [ "$tus_status" = 204 ] || [ "$tus_status" = 200 ]; then
+    read -r itus_single itus_single_rss < <(intake_tus 1 100)
+    read -r itus_c10 itus_c10_rss < <(intake_tus 10 20)
+else
+    itus_single=n/a itus_single_rss=n/a itus_c10=n/a itus_c10_rss=n/a
+fi
 
 part_mib=$((PART_BYTES / 1048576))
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+# ratio A B -> A / B, or n/a when either is not a number
+ratio() { python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.2f}' if 'n/a' not in (a, b) else 'n/a')" "$1" "$2"; }
 tus_summary() {
     cat <<OUT
 intake /upload/tus, 100 MiB            $(printf '%7s %8s %12s' "$itus_single" "$(rate 100 "$itus_single")" "$itus_single_rss")
