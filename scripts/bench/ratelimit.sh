@@ -39,7 +39,8 @@ cleanup() {
 trap cleanup EXIT
 [ -n "${KEEP_WORK:-}" ] && trap - EXIT
 
-cargo build --release --locked --bin intake >/dev/null 2>&1
+# The project's own build, unless another binary is given.
+[ -n "${INTAKE_BIN:-}" ] || cargo build --release --locked --bin intake >/dev/null 2>&1
 BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 
 start_server() {

@@ -133,7 +133,28 @@ median() {
     done
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
-rate() { python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.1f}' if 'n/a' not in (a, b) else 'n/a')" "$1" "$2"; }
+# divide DIGITS A B -> A / B to DIGITS decimals, or n/a when either is n/a
+divide() { python3 -c "import sys; d, a, b = sys.argv[1:]; print(f'{float(a) / float(b):.{d}f}' if 'n/a' not in (a, b) else 'n/a')" "$@"; }
+rate() { divide 1 "$@"; }
+ratio() { divide 2 "$@"; }
+
+# The lines a case prints, the same in the whole run and in a single case,
+# so runs of either compare.
+batch_rows() {
+    cat <<OUT
+direct S3 50 x 1 MiB PUTs              $(printf '%7s %8s' "$direct_puts" "$(rate 50 "$direct_puts")")
+intake batch 50 x 1 MiB                $(printf '%7s %8s' "$intake_batch" "$(rate 50 "$intake_batch")")
+OUT
+}
+batch_summary() {
+    echo "intake / direct, batch 50 x 1 MiB:     $(ratio "$direct_puts" "$intake_batch")   goal >= 0.80"
+}
+stream_summary() {
+    cat <<OUT
+intake / direct single PUT (100 MiB):  $(ratio "$direct_put" "$intake_one")   goal >= 0.90
+intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+OUT
+}
 
 if [ "$CASES" = batch ]; then
     direct_puts=$(median direct-puts 50 1)
@@ -141,10 +162,9 @@ if [ "$CASES" = batch ]; then
     cat <<OUT
 
 case                                   seconds    MiB/s
-direct S3 50 x 1 MiB PUTs              $(printf '%7s %8s' "$direct_puts" "$(rate 50 "$direct_puts")")
-intake batch 50 x 1 MiB                $(printf '%7s %8s' "$intake_batch" "$(rate 50 "$intake_batch")")
+$(batch_rows)
 
-intake / direct, batch 50 x 1 MiB:     $(python3 -c "print(f'{$direct_puts / $intake_batch:.2f}')")   goal >= 0.80
+$(batch_summary)
 (median of $REPEAT runs; $(nproc) cores shared by client, intake and s3s-fs)
 OUT
     exit 0
@@ -168,8 +188,7 @@ case                                   seconds    MiB/s
 direct S3 single PUT, 100 MiB          $(printf '%7s %8s' "$direct_put" "$(rate 100 "$direct_put")")
 intake /upload/stream, 100 MiB         $(printf '%7s %8s' "$intake_one" "$(rate 100 "$intake_one")")
 
-intake / direct single PUT (100 MiB):  $(python3 -c "print(f'{$direct_put / $intake_one:.2f}')")   goal >= 0.90
-intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+$(stream_summary)
 (median of $REPEAT runs; $(nproc) cores shared by client, intake and s3s-fs)
 OUT
     exit 0
@@ -205,6 +224,8 @@ tus_c10_rss=$(printf '%s\n' "$tus" | awk '/^tus 10x20/' | sed -E 's/.*peak_rss_m
 start_intake
 "$CLIENT" intake 1 100 >/dev/null
 rss_single=$(peak_rss_mib)
+# A build without /upload/tus (an older one, through INTAKE_BIN) gets n/a.
+tus_status=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "$INTAKE_URL/upload/tus")
 stop_intake; empty_bucket
 
 # intake_tus COUNT MIB: one run on a fresh intake; prints "seconds rss".
@@ -226,10 +247,6 @@ intake_tus() {
     seconds=$(node -p "JSON.parse(process.argv[1]).seconds" "$out")
     printf '%.3f %s\n' "$seconds" "$rss"
 }
-# A build without /upload/tus (an older one, through INTAKE_BIN) gets n/a.
-start_intake
-tus_status=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "$INTAKE_URL/upload/tus")
-stop_intake
 if [ "$tus_status" = 204 ] || [ "$tus_status" = 200 ]; then
     read -r itus_single itus_single_rss < <(intake_tus 1 100)
     read -r itus_c10 itus_c10_rss < <(intake_tus 10 20)
@@ -238,8 +255,6 @@ else
 fi
 
 part_mib=$((PART_BYTES / 1048576))
-# ratio A B -> A / B, or n/a when either is not a number
-ratio() { python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.2f}' if 'n/a' not in (a, b) else 'n/a')" "$1" "$2"; }
 tus_summary() {
     cat <<OUT
 intake /upload/tus, 100 MiB            $(printf '%7s %8s %12s' "$itus_single" "$(rate 100 "$itus_single")" "$itus_single_rss")
@@ -274,17 +289,15 @@ tus, 100 MiB                           $(printf '%7s %8s %12s' "$tus_single" "$(
 intake 20 x 100 MiB concurrent         $(printf '%7s %8s %12s' "$c20" "$(rate 2000 "$c20")" "$rss20")
 intake 10 x 20 MiB concurrent          $(printf '%7s %8s %12s' "$c10" "$(rate 200 "$c10")" "$rss10")
 tus 10 x 20 MiB concurrent             $(printf '%7s %8s %12s' "$tus_c10" "$(rate 200 "$tus_c10")" "$tus_c10_rss")
-direct S3 50 x 1 MiB PUTs              $(printf '%7s %8s' "$direct_puts" "$(rate 50 "$direct_puts")")
-intake batch 50 x 1 MiB                $(printf '%7s %8s' "$intake_batch" "$(rate 50 "$intake_batch")")
+$(batch_rows)
 
-intake / direct multipart (100 MiB):   $(python3 -c "print(f'{$direct_mp / $intake_one:.2f}')")   goal >= 0.90
-intake / direct single PUT (100 MiB):  $(python3 -c "print(f'{$direct_put / $intake_one:.2f}')")   goal >= 0.90
-intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+intake / direct multipart (100 MiB):   $(ratio "$direct_mp" "$intake_one")   goal >= 0.90
+$(stream_summary)
 peak RSS, 20 x 100 MiB:                $rss20 MiB   goal <= 64 MiB (32 + 20 x 1 MiB of chunks: one PUT each, no part)
 peak RSS, 10 x 20 MiB:                 $rss10 MiB   goal <= 64 MiB
-intake / tus throughput, 100 MiB:      $(python3 -c "print(f'{$tus_single / $intake_one:.2f}')")   goal >= 2
-intake / tus throughput, 10 x 20 MiB:  $(python3 -c "print(f'{$tus_c10 / $c10:.2f}')")   goal >= 2
-intake / direct, batch 50 x 1 MiB:     $(python3 -c "print(f'{$direct_puts / $intake_batch:.2f}')")   goal >= 0.80
+intake / tus throughput, 100 MiB:      $(ratio "$tus_single" "$intake_one")   goal >= 2
+intake / tus throughput, 10 x 20 MiB:  $(ratio "$tus_c10" "$c10")   goal >= 2
+$(batch_summary)
 $(tus_summary)
 (median of $REPEAT runs for single cases; part size $part_mib MiB; $(nproc) cores shared by client, intake and s3s-fs)
 OUT
