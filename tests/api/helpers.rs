@@ -164,7 +164,12 @@ impl Spawn {
         });
         TestApp {
             addr,
+            // The server closes a kept-alive connection once it has waited
+            // `HEADER_READ_TIMEOUT_SECS` for the next request; a client that
+            // reuses it at that moment gets a cut answer. As docs/api.md
+            // advises, the pool lets connections go well before that.
             client: reqwest::Client::builder()
+                .pool_idle_timeout(state.config.header_read_timeout / 2)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
