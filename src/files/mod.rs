@@ -92,30 +92,27 @@ pub async fn record(
     reserved: u64,
 ) -> Result<FileView, ApiError> {
     let key = object_key(lease.account_id, file.id);
-    let mut tx = db.begin().await?;
-    let Some(account_id) = reservations::settle(&mut tx, lease, &key, reserved, file.size).await?
-    else {
+    let sql = format!(
+        "WITH {settle}
+         INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+         SELECT $5, account_id, $6, $7, $8, $3, $9, $4 FROM settled
+         RETURNING {FILE_COLUMNS}",
+        settle = reservations::SETTLE
+    );
+    let view: Option<FileView> =
+        reservations::bind_settle(sqlx::query_as(&sql), lease, &key, reserved, file.size)
+            .bind(file.id)
+            .bind(&file.filename)
+            .bind(&file.content_type)
+            .bind(file.category)
+            .bind(file.sha256.map(|h| h.to_vec()))
+            .fetch_optional(db)
+            .await?;
+    let Some(view) = view else {
         return Err(ApiError::ServiceUnavailable(
             "the upload's lease expired before the file was recorded; retry".into(),
         ));
     };
-    let size = i64::try_from(file.size).map_err(|e| ApiError::Internal(e.into()))?;
-    let view: FileView = sqlx::query_as(&format!(
-        "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         RETURNING {FILE_COLUMNS}"
-    ))
-    .bind(file.id)
-    .bind(account_id)
-    .bind(&file.filename)
-    .bind(&file.content_type)
-    .bind(file.category)
-    .bind(size)
-    .bind(file.sha256.map(|h| h.to_vec()))
-    .bind(&key)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
     metrics::counter!("intake_upload_files_total", "category" => file.category.as_str())
         .increment(1);
     Ok(view)

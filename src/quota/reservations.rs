@@ -10,7 +10,7 @@
 //!
 //! Lock order, everywhere: the lease row first, then the account row.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
 use super::slots::Lease;
@@ -80,8 +80,10 @@ pub async fn reserve(
                                   expires_at = now() + make_interval(secs => $5),
                                   -- A new object while the last one is still
                                   -- unrecorded: the last one is finishing.
-                                  finishing_key = CASE WHEN $6 IS NOT NULL AND object_key IS NOT NULL
-                                                       THEN object_key ELSE finishing_key END,
+                                  finishing_keys = CASE WHEN $6 IS NOT NULL AND object_key IS NOT NULL
+                                                        AND object_key <> $6
+                                                        THEN array_append(finishing_keys, object_key)
+                                                        ELSE finishing_keys END,
                                   object_key = coalesce($6, object_key)
          WHERE id = $1 AND EXISTS (SELECT 1 FROM a)
          RETURNING reserved_bytes",
@@ -131,7 +133,7 @@ pub async fn unreserve(
            UPDATE upload_leases SET reserved_bytes = reserved_bytes - (SELECT n FROM l),
              multipart_upload_id = CASE WHEN object_key = $3 THEN NULL ELSE multipart_upload_id END,
              object_key = CASE WHEN object_key = $3 THEN NULL ELSE object_key END,
-             finishing_key = CASE WHEN finishing_key = $3 THEN NULL ELSE finishing_key END
+             finishing_keys = array_remove(finishing_keys, $3)
            WHERE id IN (SELECT id FROM l)
          )
          UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - (SELECT n FROM l)
@@ -145,41 +147,45 @@ pub async fn unreserve(
     Ok(())
 }
 
-/// Turns `reserved` bytes of the lease's reservation into `size` bytes of
-/// usage (the rest is given back) and hands the object `key` from the lease
-/// to the file, inside the caller's transaction, which then inserts the
-/// file's row. Returns the account id, or `None` when the lease is gone or
-/// holds less than `reserved` (the file must not be recorded then).
-pub async fn settle(
-    tx: &mut PgConnection,
+/// The common table expressions that turn `reserved` bytes of a lease's
+/// reservation into `size` bytes of usage (the rest is given back) and hand
+/// the object from the lease to the file, for the one statement that also
+/// inserts the file's row, so recording a file is one round trip. The
+/// statement starts `WITH {SETTLE}`, takes its first four parameters from
+/// [`bind_settle`] and reads the account id from `settled(account_id)`,
+/// which has no row when the lease is gone or holds less than `reserved`:
+/// the file must not be recorded then.
+pub const SETTLE: &str = "l AS (
+       SELECT id FROM upload_leases
+       WHERE id = $1 AND reserved_bytes >= $2 AND $2 >= $3 FOR UPDATE
+     ), ul AS (
+       UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2,
+         multipart_upload_id = CASE WHEN object_key = $4 THEN NULL ELSE multipart_upload_id END,
+         object_key = CASE WHEN object_key = $4 THEN NULL ELSE object_key END,
+         finishing_keys = array_remove(finishing_keys, $4)
+       WHERE id IN (SELECT id FROM l)
+       RETURNING account_id
+     ), settled AS (
+       UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
+                           storage_used_bytes = storage_used_bytes + $3
+       WHERE id = (SELECT account_id FROM ul)
+       RETURNING id AS account_id
+     )";
+
+/// Binds [`SETTLE`]'s parameters `$1`–`$4`: the lease, the bytes it
+/// reserved for the file, the file's size and its object key.
+pub fn bind_settle<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
     lease: &Lease,
-    key: &str,
+    key: &'q str,
     reserved: u64,
     size: u64,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH l AS (
-           SELECT id FROM upload_leases
-           WHERE id = $1 AND reserved_bytes >= $2 AND $2 >= $3 FOR UPDATE
-         ), ul AS (
-           UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2,
-             multipart_upload_id = CASE WHEN object_key = $4 THEN NULL ELSE multipart_upload_id END,
-             object_key = CASE WHEN object_key = $4 THEN NULL ELSE object_key END,
-             finishing_key = CASE WHEN finishing_key = $4 THEN NULL ELSE finishing_key END
-           WHERE id IN (SELECT id FROM l)
-           RETURNING account_id
-         )
-         UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
-                             storage_used_bytes = storage_used_bytes + $3
-         WHERE id = (SELECT account_id FROM ul)
-         RETURNING id",
-    )
-    .bind(lease.id)
-    .bind(bigint(reserved))
-    .bind(bigint(size))
-    .bind(key)
-    .fetch_optional(tx)
-    .await
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    query
+        .bind(lease.id)
+        .bind(bigint(reserved))
+        .bind(bigint(size))
+        .bind(key)
 }
 
 /// Gives back the usage of a deleted file, inside the caller's transaction
