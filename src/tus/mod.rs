@@ -285,6 +285,7 @@ async fn write(
         limits: account.limits(),
         content_length: headers::content_length(headers),
         checksum,
+        released: false.into(),
     };
     // In a task of its own: a client that goes away mid-body ends its
     // request, not the bookkeeping of the bytes it did send.

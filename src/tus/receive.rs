@@ -10,9 +10,11 @@
 //!
 //! When the body's `Content-Length` says a part will fill, that part is
 //! sent to storage as its bytes arrive (receiving and sending overlap)
-//! while the same bytes stay in memory until storage has the part: if the
-//! body breaks first, the part fails and its bytes become the tail as any
-//! others would.
+//! while the same bytes are kept, outside memory, until storage has the
+//! part: if the body breaks first, the part fails and its bytes become the
+//! tail as any others would. They are kept in an unnamed temporary file
+//! (see [`Spill`]), so an upload holds no more than a few chunks in memory
+//! while its part is in flight, and nothing of it outlives the request.
 //!
 //! A body with an `Upload-Checksum` is kept only as a whole: its parts are
 //! recorded when the checksum matches, so a mismatch (or a break) leaves the
@@ -24,7 +26,7 @@
 //! which the next request overwrites (the tail is read only as far as its
 //! recorded length).
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, os::unix::fs::FileExt as _, time::Duration};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -96,6 +98,9 @@ pub struct Writer {
     pub content_length: Option<u64>,
     /// The body's checksum, if any.
     pub checksum: Option<Checksum>,
+    /// Set once this request let go of the upload itself (with its last
+    /// commit, or by completing it), so its hold needs no separate release.
+    pub released: std::sync::atomic::AtomicBool,
 }
 
 impl Writer {
@@ -112,7 +117,8 @@ impl Writer {
     pub async fn run(self, body: Body) -> Result<Outcome, ApiError> {
         let hold = Hold::start(&self);
         let result = self.receive(body).await;
-        hold.release().await;
+        hold.release(self.released.load(std::sync::atomic::Ordering::Relaxed))
+            .await;
         match result {
             Ok(outcome) => Ok(outcome),
             Err(Stop::Keep(e)) => Err(e),
@@ -170,19 +176,18 @@ impl Writer {
             };
             received += chunk.len() as u64;
             if received > remaining {
-                a.cancel_inflight().await;
+                a.cancel_inflight().await?;
                 return Err(past_length());
             }
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
-            a.feed(&chunk);
-            a.buf.push(chunk);
+            a.take_in(chunk).await;
             let body_left = self.content_length.map(|n| n.saturating_sub(received));
             a.advance(body_left).await?;
         };
         // A part still being sent did not fill: it fails, its bytes stay.
-        a.cancel_inflight().await;
+        a.cancel_inflight().await?;
         if let (Some(h), Some(want)) = (hasher, self.checksum.as_ref()) {
             if let Some(e) = broken {
                 // A part of a checksummed body cannot be verified: none is kept.
@@ -203,7 +208,12 @@ impl Writer {
             a.save_tail().await?;
         }
         let tail_len = a.buf.len as u64;
-        let expires_at = a.commit(tail_len).await?;
+        // A body that ended on a part boundary was recorded, and the upload
+        // let go, with that part.
+        let expires_at = match a.committed {
+            Some(Committed { at, released: true }) if tail_len == 0 => at,
+            _ => a.commit(tail_len, true).await?,
+        };
         match broken {
             Some(e) => Err(Stop::Keep(e)),
             None => Ok(Outcome::Stored {
@@ -220,10 +230,26 @@ fn past_length() -> Stop {
     ))
 }
 
-/// Bytes in memory: the tail read back and the body since, up to one part.
+/// The bytes not stored yet: the tail read back and the body since, up to
+/// one part. The first of them may be in a [`Spill`] while their part is in
+/// flight; the rest are in memory, in order after them.
 #[derive(Default)]
 struct Buffer {
+    spill: Option<Spill>,
     chunks: VecDeque<Bytes>,
+    /// All of them, spilled or not.
+    len: usize,
+}
+
+/// The bytes of a part in flight, kept until storage has the part so that
+/// a body that breaks keeps them: in an unnamed temporary file (the
+/// system's temporary directory), written through the page cache and
+/// dropped with the part, so they cost no resident memory and, being
+/// unlinked from the start, vanish with the process whatever ends it.
+/// Writes are plain positional writes of the chunks as they come: into the
+/// page cache, as cheap as the copy a buffer would make.
+struct Spill {
+    file: std::fs::File,
     len: usize,
 }
 
@@ -231,6 +257,62 @@ impl Buffer {
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
         self.chunks.push_back(chunk);
+    }
+
+    fn spilled(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.len)
+    }
+
+    /// Moves the first `n` bytes held in memory (those right after the
+    /// spilled ones) into the spill. Bytes that cannot be written stay in
+    /// memory, in their place: the buffer is the same either way.
+    fn spill_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.spill.is_none() {
+            match tempfile::tempfile() {
+                Ok(file) => self.spill = Some(Spill { file, len: 0 }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open a temporary file; the part stays in memory");
+                    return;
+                }
+            }
+        }
+        let mut moved = self.take(n);
+        self.len += n;
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        let mut written = 0;
+        for chunk in &moved {
+            if let Err(e) = spill.file.write_all_at(chunk, spill.len as u64) {
+                tracing::warn!(error = %e, "could not write to a temporary file; the part stays in memory");
+                break;
+            }
+            spill.len += chunk.len();
+            written += 1;
+        }
+        for chunk in moved.drain(written..).rev() {
+            self.chunks.push_front(chunk);
+        }
+    }
+
+    /// Drops the first `n` bytes (a part storage has).
+    fn drop_front(&mut self, n: usize) {
+        let spilled = self.spill.take().map_or(0, |s| s.len);
+        self.len -= spilled;
+        self.take(n - spilled);
+    }
+
+    /// Reads the spilled bytes back into memory (their part failed).
+    fn unspill(&mut self) -> std::io::Result<()> {
+        if let Some(spill) = self.spill.take() {
+            let mut bytes = vec![0; spill.len];
+            spill.file.read_exact_at(&mut bytes, 0)?;
+            self.chunks.push_front(Bytes::from(bytes));
+        }
+        Ok(())
     }
 
     /// The first `n` bytes, without taking them.
@@ -256,8 +338,8 @@ impl Buffer {
         None
     }
 
-    /// Takes exactly `n` bytes off the front (a chunk straddling the cut is
-    /// split, not copied).
+    /// Takes exactly `n` bytes off the front of those in memory (a chunk
+    /// straddling the cut is split, not copied).
     fn take(&mut self, n: usize) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut need = n;
@@ -295,18 +377,39 @@ struct Assembly<'a> {
     flushed: bool,
     /// The next part, being sent while its bytes arrive.
     inflight: Option<Inflight>,
+    /// This request's last commit, if nothing was stored since.
+    committed: Option<Committed>,
+}
+
+/// A commit of this request.
+#[derive(Clone, Copy)]
+struct Committed {
+    /// When the upload expires, as recorded.
+    at: DateTime<Utc>,
+    /// Whether it let go of the upload.
+    released: bool,
 }
 
 /// A part sent to storage as its bytes arrive.
 struct Inflight {
-    tx: tokio::sync::mpsc::UnboundedSender<std::io::Result<Bytes>>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
     len: usize,
     sent: usize,
     task: tokio::task::JoinHandle<Result<(), crate::storage::StorageError>>,
+    /// The upload's hash with the bytes sent so far: the upload's once the
+    /// part lands.
+    sha: Sha256State,
+    /// Storage took no bytes for the idle timeout: the part was ended.
+    stalled: bool,
 }
 
+/// Chunks waiting for storage to take them, per part in flight: storage
+/// that reads slower than the client sends slows the client down, instead
+/// of the part piling up in memory.
+const INFLIGHT_CHUNKS: usize = 2;
+
 /// The receiving end of an [`Inflight`] part, as the body storage reads.
-struct PartBody(tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Bytes>>);
+struct PartBody(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
 
 impl futures_util::Stream for PartBody {
     type Item = std::io::Result<Bytes>;
@@ -358,6 +461,7 @@ impl<'a> Assembly<'a> {
             multipart: u.multipart_upload_id.clone(),
             flushed: false,
             inflight: None,
+            committed: None,
         })
     }
 
@@ -385,38 +489,47 @@ impl<'a> Assembly<'a> {
         if let Some(left) = body_left {
             self.start_inflight(left).await?;
         }
-        while let Some(cut) = self.next_cut() {
-            let part = self.buf.take(cut);
-            match self.inflight.take() {
-                Some(inflight) if inflight.len == cut => self.land(inflight, part).await?,
-                other => {
-                    self.inflight = other;
-                    self.store_part(part).await?;
+        loop {
+            if let Some(inflight) = &self.inflight {
+                if self.buf.len < inflight.len {
+                    break;
                 }
+                self.land().await?;
+            } else if let Some(cut) = self.next_cut() {
+                let part = self.buf.take(cut);
+                self.store_part(part).await?;
+            } else {
+                break;
             }
-            if self.w.checksum.is_none() {
-                self.commit(0).await?;
+            // The last part is recorded with the file, right after. A body
+            // that ends here lets go of the upload with this commit.
+            if self.w.checksum.is_none() && self.offset() < self.w.upload.length() {
+                let last = body_left == Some(0) && self.buf.len == 0;
+                self.commit(0, last).await?;
             }
         }
         Ok(())
     }
 
-    /// Starts sending the next part now if the body will fill it (never the
-    /// file's last part, nor a text document's, whose parts end on a
-    /// character boundary only known once its bytes are in).
+    /// Starts sending the next part now if the body will fill it (not a
+    /// text document's, whose parts end on a character boundary only known
+    /// once its bytes are in, nor the last part of a file stored with one
+    /// PUT: the last part of one with parts before it may be shorter).
     async fn start_inflight(&mut self, body_left: u64) -> Result<(), Stop> {
-        let part = self.part_size();
+        let length = self.w.upload.length();
+        let part = usize::try_from((length - self.stored).min(self.part_size() as u64))
+            .unwrap_or(usize::MAX);
         let binary = self.kind.as_ref().is_some_and(|k| !k.text);
         let fills = self.buf.len as u64 + body_left >= part as u64;
-        let not_last = self.stored + (part as u64) < self.w.upload.length();
-        if self.inflight.is_some() || !binary || !fills || !not_last {
+        let not_last = self.stored + (part as u64) < length;
+        if self.inflight.is_some() || !binary || !fills || !(not_last || self.parts > 0) {
             return Ok(());
         }
         let upload_id = match &self.multipart {
             Some(id) => id.clone(),
             None => self.start_parts().await?,
         };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(INFLIGHT_CHUNKS);
         let (store, key) = (self.w.state.store.clone(), self.key.clone());
         let (number, start) = (self.parts + 1, self.stored);
         let task = tokio::spawn(async move {
@@ -436,47 +549,86 @@ impl<'a> Assembly<'a> {
             len: part,
             sent: 0,
             task,
+            sha: self.sha.clone(),
+            stalled: false,
         };
-        for chunk in &self.buf.chunks {
-            feed_part(&mut inflight, chunk);
+        let held: Vec<Bytes> = self.buf.chunks.iter().cloned().collect();
+        for chunk in &held {
+            feed_part(
+                &mut inflight,
+                chunk,
+                self.w.state.config.upload_idle_timeout,
+            )
+            .await;
         }
         self.inflight = Some(inflight);
+        self.spill_inflight();
         Ok(())
     }
 
-    /// Hands newly received bytes to the part being sent, if any.
-    fn feed(&mut self, chunk: &Bytes) {
+    /// Takes in a chunk of the body, handing it to the part being sent, if
+    /// any.
+    async fn take_in(&mut self, chunk: Bytes) {
         if let Some(inflight) = self.inflight.as_mut() {
-            feed_part(inflight, chunk);
+            feed_part(inflight, &chunk, self.w.state.config.upload_idle_timeout).await;
+        }
+        self.buf.push(chunk);
+        self.spill_inflight();
+    }
+
+    /// Moves the bytes handed to the part in flight out of memory.
+    fn spill_inflight(&mut self) {
+        if let Some(inflight) = &self.inflight {
+            let in_memory = inflight.sent - self.buf.spilled();
+            self.buf.spill_front(in_memory);
         }
     }
 
     /// Waits for storage to have the part sent as it arrived.
-    async fn land(&mut self, inflight: Inflight, part: Vec<Bytes>) -> Result<(), Stop> {
-        drop(inflight.tx);
-        inflight
-            .task
-            .await
-            .map_err(|e| Stop::Keep(ApiError::Internal(e.into())))??;
-        for chunk in &part {
-            self.sha.update(chunk);
+    async fn land(&mut self) -> Result<(), Stop> {
+        let Some(Inflight {
+            tx,
+            len,
+            task,
+            sha,
+            stalled,
+            ..
+        }) = self.inflight.take()
+        else {
+            return Ok(());
+        };
+        drop(tx);
+        let ended = task.await;
+        if stalled {
+            return Err(Stop::Keep(ApiError::ServiceUnavailable(
+                "storage took no bytes of a part for too long; resume the upload".into(),
+            )));
         }
+        ended.map_err(|e| Stop::Keep(ApiError::Internal(e.into())))??;
+        self.buf.drop_front(len);
+        self.sha = sha;
         self.parts += 1;
-        self.stored += part.iter().map(|c| c.len() as u64).sum::<u64>();
+        self.stored += len as u64;
         self.flushed = true;
+        self.committed = None;
         Ok(())
     }
 
     /// Fails the part being sent (the body ended before filling it): its
-    /// bytes stay in the buffer.
-    async fn cancel_inflight(&mut self) {
+    /// bytes stay in the buffer, back in memory.
+    async fn cancel_inflight(&mut self) -> Result<(), Stop> {
         if let Some(inflight) = self.inflight.take() {
-            let _ = inflight
-                .tx
-                .send(Err(std::io::Error::other("the body ended before the part")));
+            // Storage may be taking no bytes: the part is ended either way.
+            let refused = std::io::Error::other("the body ended before the part");
+            if inflight.tx.try_send(Err(refused)).is_err() {
+                inflight.task.abort();
+            }
             drop(inflight.tx);
             let _ = inflight.task.await;
         }
+        self.buf
+            .unspill()
+            .map_err(|e| Stop::Keep(ApiError::Internal(e.into())))
     }
 
     /// The type, from the first bytes, held to the declared type and name,
@@ -546,6 +698,7 @@ impl<'a> Assembly<'a> {
         for chunk in &part {
             self.sha.update(chunk);
         }
+        self.committed = None;
         let body = futures_util::stream::iter(part.into_iter().map(Ok));
         self.w
             .state
@@ -605,8 +758,9 @@ impl<'a> Assembly<'a> {
     /// Records what is stored (the parts, and `tail_len` bytes of the tail
     /// object) and renews the lease: its expiry runs from the last byte.
     /// Mid-body, after a part, the tail counts nothing: the rest of the
-    /// buffer is not stored yet.
-    async fn commit(&mut self, tail_len: u64) -> Result<DateTime<Utc>, Stop> {
+    /// buffer is not stored yet. `release`: this request writes nothing
+    /// more, and lets go of the upload with this commit.
+    async fn commit(&mut self, tail_len: u64, release: bool) -> Result<DateTime<Utc>, Stop> {
         let (state, u) = (&self.w.state, &self.w.upload);
         let progress = Progress {
             parts: self.parts,
@@ -616,16 +770,25 @@ impl<'a> Assembly<'a> {
             kind: self.kind.as_ref(),
         };
         let expiry = state.config.tus_expiry;
-        let Some(expires_at) =
-            uploads::commit(&state.db, u.id, self.w.token, &progress, expiry).await?
-        else {
+        // The lease holds the slot and the reservation: without it the
+        // upload is over, whatever its row says. Two rows of two owners,
+        // renewed side by side: one round trip of waiting, not two.
+        let (committed, renewed) = tokio::join!(
+            uploads::commit(&state.db, u.id, self.w.token, &progress, expiry, release),
+            self.lease.renew(&state.db),
+        );
+        let (Some(expires_at), true) = (committed?, renewed?) else {
             return Err(lost());
         };
-        // The lease holds the slot and the reservation: without it the
-        // upload is over, whatever its row says.
-        if !self.lease.renew(&state.db).await? {
-            return Err(lost());
+        if release {
+            self.w
+                .released
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.committed = Some(Committed {
+            at: expires_at,
+            released: release,
+        });
         Ok(expires_at)
     }
 
@@ -663,6 +826,9 @@ impl<'a> Assembly<'a> {
             .await
             .map_err(Stop::Refuse)?;
         uploads::leave_open(db, u.id, State::Completed).await?;
+        self.w
+            .released
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // The file owns the object now: ending the lease frees the slot and
         // removes the tail.
         slots::end(db, store, u.lease_id).await?;
@@ -681,7 +847,10 @@ impl<'a> Assembly<'a> {
             store.put(&self.key, Bytes::from(whole), kind.mime).await?;
             return Ok(());
         }
-        self.store_part(last).await?;
+        // The last part may have been sent as it arrived.
+        if !last.is_empty() {
+            self.store_part(last).await?;
+        }
         let upload_id = self
             .multipart
             .clone()
@@ -693,12 +862,23 @@ impl<'a> Assembly<'a> {
     }
 }
 
-fn feed_part(inflight: &mut Inflight, chunk: &Bytes) {
+/// Hands the part in flight the bytes of `chunk` it still needs, waiting
+/// (up to `idle`) for storage to take them.
+async fn feed_part(inflight: &mut Inflight, chunk: &Bytes, idle: Duration) {
     let take = (inflight.len - inflight.sent).min(chunk.len());
-    if take > 0 {
-        // A closed channel means the part failed; landing it says why.
-        let _ = inflight.tx.send(Ok(chunk.slice(..take)));
-        inflight.sent += take;
+    if take == 0 || inflight.stalled {
+        return;
+    }
+    let piece = chunk.slice(..take);
+    inflight.sha.update(&piece);
+    inflight.sent += take;
+    // A closed channel means the part failed; landing it says why.
+    if tokio::time::timeout(idle, inflight.tx.send(Ok(piece)))
+        .await
+        .is_err()
+    {
+        inflight.stalled = true;
+        inflight.task.abort();
     }
 }
 
@@ -751,9 +931,14 @@ impl Hold {
         }
     }
 
-    async fn release(mut self) {
+    /// Stops renewing and lets go of the upload, unless the request already
+    /// did (`released`).
+    async fn release(mut self, released: bool) {
         if let Some(task) = self.renewer.take() {
             task.abort();
+        }
+        if released {
+            return;
         }
         if let Err(e) = uploads::unlock(&self.db, self.id, self.token).await {
             tracing::warn!(error = %e, upload = %self.id, "could not release a resumable upload; its hold expires");

@@ -286,20 +286,25 @@ pub struct Progress<'a> {
 }
 
 /// Records the writer's progress and pushes the expiry out to `expiry`
-/// from now; `false` when the writer no longer holds the upload (nothing
-/// is recorded then). Returns the new expiry.
+/// from now; `None` when the writer no longer holds the upload (nothing
+/// is recorded then). Returns the new expiry. With `release`, the writer
+/// lets go of the upload in the same statement (its last commit), so the
+/// next request needs no separate [`unlock`].
 pub async fn commit(
     db: &PgPool,
     id: Uuid,
     token: Uuid,
     p: &Progress<'_>,
     expiry: Duration,
+    release: bool,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let (words, rest) = p.sha.to_parts();
     sqlx::query_scalar(
         "UPDATE tus_uploads SET parts = $3, stored = $4, tail_len = $5, sha_state = $6,
                                 sha_rest = $7, content_type = $8, category = $9, is_text = $10,
-                                expires_at = now() + make_interval(secs => $11)
+                                expires_at = now() + make_interval(secs => $11),
+                                patch_token = CASE WHEN $12 THEN NULL ELSE patch_token END,
+                                patch_until = CASE WHEN $12 THEN NULL ELSE patch_until END
          WHERE id = $1 AND patch_token = $2 AND state = 'open'
          RETURNING expires_at",
     )
@@ -314,6 +319,7 @@ pub async fn commit(
     .bind(p.kind.map(|k| k.category))
     .bind(p.kind.map(|k| k.text))
     .bind(expiry.as_secs_f64())
+    .bind(release)
     .fetch_optional(db)
     .await
 }

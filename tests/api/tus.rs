@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, Proxy, S3_BUCKET, TestApp, assert_problem, fixtures, s3_client, s3_keys, spawn,
+    Backend, Proxy, S3_BUCKET, TestApp, assert_problem, eventually, fixtures, s3_client, s3_keys,
+    spawn,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -846,14 +847,74 @@ async fn a_connection_cut_mid_patch_keeps_every_byte_that_arrived() {
         let _ = request.await;
         // What arrived after the part is the tail now.
         wait_for_offset(&app, &path, &key, sent as u64).await;
-        let resp = patch_when_free(&app, &path, &key, sent as u64, &data[sent..]).await;
+        resume_to_the_whole_file(&app, account.id, &path, &key, sent, &data).await;
+    }
+}
+
+/// Sends the rest of `data` from `from` once the upload is free, and checks
+/// that it became the file, byte for byte, with nothing else left.
+async fn resume_to_the_whole_file(
+    app: &TestApp,
+    account: Uuid,
+    path: &str,
+    key: &str,
+    from: usize,
+    data: &[u8],
+) {
+    let resp = patch_when_free(app, path, key, from as u64, &data[from..]).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.download(key, &file_id).await, data);
+    assert_nothing_left(app, account, 1).await;
+}
+
+/// The last part of a file with parts before it is sent while its bytes
+/// arrive, like any other: a break in it keeps what arrived as the tail.
+#[tokio::test]
+async fn a_connection_cut_in_the_last_part_keeps_what_arrived() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = polling_account(&app).await;
+        let data = fixtures::mp4(2 * PART + PART / 2);
+        let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+        let resp = patch(&app, &path, &key, 0, data[..2 * PART].to_vec()).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        let file_id = resp.headers()["intake-file-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert_eq!(app.download(&key, &file_id).await, data);
-        assert_nothing_left(&app, account.id, 1).await;
+        let proxy = Proxy::start(&app.addr).await;
+        let sent = 2 * PART + 300_001;
+        let request = stalled_patch(
+            &app.client,
+            format!("{}{path}", proxy.addr),
+            &key,
+            (2 * PART) as u64,
+            data[2 * PART..sent].to_vec(),
+            (data.len() - 2 * PART) as u64,
+        );
+        // Nothing is recorded while the part is in flight; the cut makes
+        // what arrived the tail. The proxy's count includes the request's
+        // headers, so at the cut up to their length of the body may not
+        // have been passed on yet.
+        let body = (sent - 2 * PART) as u64;
+        eventually("the proxy passes the body on", || async {
+            proxy.forwarded.load(std::sync::atomic::Ordering::SeqCst) >= body
+        })
+        .await;
+        proxy.cut();
+        let _ = request.await;
+        let kept = std::cell::Cell::new(0);
+        eventually("the cut request keeps what arrived", || async {
+            kept.set(offset_of(&app, &path, &key).await);
+            kept.get() > (2 * PART) as u64
+        })
+        .await;
+        let kept = kept.get() as usize;
+        assert!(
+            kept + 1024 > sent && kept <= sent,
+            "kept {kept} of the {sent} bytes sent"
+        );
+        resume_to_the_whole_file(&app, account.id, &path, &key, kept, &data).await;
     }
 }
 
