@@ -104,7 +104,8 @@ impl Lease {
         source_key: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = NULL, finishing_key = $3
+            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = NULL,
+                                      finishing_keys = ARRAY[$3]
              WHERE id = $1",
         )
         .bind(self.id)
@@ -322,13 +323,13 @@ async fn finish(
     let sql = match mode {
         Mode::Own => {
             "DELETE FROM upload_leases WHERE id = $1
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key, tail_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key"
         }
         Mode::Expired => {
             "DELETE FROM upload_leases WHERE id = (
                SELECT id FROM upload_leases WHERE id = $1 AND expires_at < now()
                FOR UPDATE SKIP LOCKED)
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_key, tail_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key"
         }
     };
     type Ended = (
@@ -336,7 +337,7 @@ async fn finish(
         i64,
         Option<String>,
         Option<String>,
-        Option<String>,
+        Vec<String>,
         Option<String>,
     );
     let ended: Option<Ended> = sqlx::query_as(sql)
@@ -349,9 +350,7 @@ async fn finish(
     // Keys are cleared in the transaction that records a file, so a key
     // still here names an object no file row owns.
     let mut doomed = Vec::new();
-    if let Some(finishing) = finishing {
-        doomed.push(Doomed::object(finishing));
-    }
+    doomed.extend(finishing.into_iter().map(Doomed::object));
     // A resumable upload's tail is never a file's object.
     if let Some(tail) = tail {
         doomed.push(Doomed::object(tail));
@@ -407,7 +406,7 @@ pub async fn tracked_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, s
     sqlx::query_scalar(
         "SELECT k FROM unnest($1::text[]) AS k
          WHERE EXISTS (SELECT 1 FROM upload_leases
-                       WHERE object_key = k OR finishing_key = k OR tail_key = k)",
+                       WHERE object_key = k OR k = ANY(finishing_keys) OR tail_key = k)",
     )
     .bind(keys)
     .fetch_all(db)

@@ -917,6 +917,16 @@ impl ObjectWriter for S3Writer {
     fn multipart_upload_id(&self) -> Option<&str> {
         self.upload_id.as_deref()
     }
+
+    /// Nothing is sent until a whole part is in (a smaller object goes as
+    /// one PUT when finished).
+    fn held_back(&self) -> u64 {
+        if self.upload_id.is_some() {
+            0
+        } else {
+            self.part_size as u64 - 1
+        }
+    }
 }
 
 impl Drop for S3Writer {

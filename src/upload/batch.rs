@@ -1,7 +1,10 @@
 //! Batches: up to the tier's batch size of files in one request, each with
 //! a result of its own, a failed file never failing the others.
 
+use std::future::Future;
+
 use axum::http::StatusCode;
+use futures_util::{StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -112,36 +115,116 @@ fn outcome(
     }
 }
 
+/// Small files being finished (their single PUT, then their record) while
+/// the next part is read, so that sending files overlaps receiving them and
+/// the statements of one file overlap the others'. Together they hold at
+/// most one part's worth of bytes, beside the part being received.
+struct Finishing<'c> {
+    files: FuturesUnordered<BoxFuture<'c, Finished>>,
+    /// Bytes of the files in flight.
+    bytes: u64,
+    /// The most they may hold together (one part).
+    budget: u64,
+    /// The results, as files finish (in any order).
+    results: Vec<BatchResult>,
+    /// Ends when the last file started has reserved its quota.
+    turn: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// A finished file: its place, its name, its size, and how it ended.
+type Finished = (usize, String, u64, Result<FileView, FileError>);
+
+impl<'c> Finishing<'c> {
+    fn new(ctx: &Ctx<'_>) -> Self {
+        Self {
+            files: FuturesUnordered::new(),
+            bytes: 0,
+            budget: ctx.state.config.upload_part_bytes,
+            results: Vec::new(),
+            turn: None,
+        }
+    }
+
+    /// Whether a file of `size` bytes may start finishing now.
+    fn has_room(&self, size: u64) -> bool {
+        self.files.is_empty() || self.bytes + size <= self.budget
+    }
+
+    /// Starts finishing a file. Files reserve their quota one after
+    /// another, in the order they came, so that near the quota the same
+    /// files are stored as if they were finished one by one.
+    fn start(&mut self, ctx: &'c Ctx<'c>, index: usize, name: String, staged: Staged) {
+        let size = staged.size();
+        self.bytes += size;
+        let turn = self.turn.take();
+        let (reserved, next) = tokio::sync::oneshot::channel::<()>();
+        self.turn = Some(next);
+        self.files.push(Box::pin(async move {
+            if let Some(turn) = turn {
+                // Sent or dropped: either way the file before has reserved.
+                let _ = turn.await;
+            }
+            let staged = ctx.reserve_rest(staged).await;
+            drop(reserved);
+            let done = match staged {
+                Ok(staged) => ctx.complete(staged).await,
+                Err(e) => Err(e),
+            };
+            (index, name, size, done)
+        }));
+    }
+
+    fn land(&mut self, (index, name, size, done): Finished) {
+        self.bytes -= size;
+        self.results.push(outcome(index, name, done).0);
+    }
+
+    /// Waits for one file to finish.
+    async fn one(&mut self) {
+        if let Some(finished) = self.files.next().await {
+            self.land(finished);
+        }
+    }
+
+    /// Runs `work` while the files in flight go on finishing.
+    async fn beside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                Some(finished) = self.files.next(), if !self.files.is_empty() => self.land(finished),
+            }
+        }
+    }
+
+    /// Waits for every file in flight.
+    async fn all(&mut self) {
+        while !self.files.is_empty() {
+            self.one().await;
+        }
+    }
+}
+
 /// Reads every part of a batch, storing each file it can.
 pub(super) async fn run(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchResponse, ApiError> {
+    let mut finishing = Finishing::new(ctx);
     let mut results: Vec<BatchResult> = Vec::new();
-    // A small file whose single PUT runs while the next part is read, so
-    // that sending one file overlaps receiving the next. The lease tracks it
-    // as its finishing object until it is recorded.
-    let mut finishing: Option<(usize, String, Staged)> = None;
+    let mut index = 0;
     loop {
-        let index = results.len() + usize::from(finishing.is_some());
-        let (next, done) = match finishing.take() {
-            Some((i, name, staged)) => {
-                let (next, done) = tokio::join!(next_file(ctx, parts, index), ctx.complete(staged));
-                (next, Some((i, name, done)))
-            }
-            None => (next_file(ctx, parts, index).await, None),
-        };
-        if let Some((i, name, done)) = done {
-            results.push(outcome(i, name, done).0);
-        }
+        let next = finishing.beside(next_file(ctx, parts, index)).await;
         match next {
             Next::End => break,
             // The body broke before any part: the request failed as a whole.
-            Next::Broken(e) if results.is_empty() => return Err(e),
+            Next::Broken(e) if index == 0 => return Err(e),
             Next::Broken(e) => {
                 rejected(&e);
-                results.push(failure(results.len(), String::new(), &e));
+                results.push(failure(index, String::new(), &e));
                 break;
             }
             Next::TooMany => {
                 // Nothing of this request is kept.
+                finishing.all().await;
+                results.append(&mut finishing.results);
                 for stored in results.iter().filter_map(|r| r.file.as_ref()) {
                     ctx.forget(stored.id).await?;
                 }
@@ -151,11 +234,14 @@ pub(super) async fn run(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchRespons
             }
             Next::Misnamed(name, e) => results.push(failure(index, name, &e)),
             Next::Received(name, Ok(staged)) if staged.is_small() => {
-                finishing = Some((index, name, staged));
+                while !finishing.has_room(staged.size()) {
+                    finishing.one().await;
+                }
+                finishing.start(ctx, index, name, staged);
             }
             Next::Received(name, received) => {
                 let done = match received {
-                    Ok(staged) => ctx.complete(staged).await,
+                    Ok(staged) => finishing.beside(ctx.complete(staged)).await,
                     Err(e) => Err(e),
                 };
                 let (result, fatal) = outcome(index, name, done);
@@ -165,16 +251,16 @@ pub(super) async fn run(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchRespons
                 }
             }
         }
+        index += 1;
     }
-    if let Some((i, name, staged)) = finishing.take() {
-        let done = ctx.complete(staged).await;
-        results.push(outcome(i, name, done).0);
-    }
+    finishing.all().await;
+    results.append(&mut finishing.results);
     if results.is_empty() {
         return Err(ApiError::bad_request(
             "the body has no parts: send 1 or more parts named files",
         ));
     }
+    results.sort_by_key(|r| r.index);
     let uploaded = results.iter().filter(|r| r.file.is_some()).count();
     Ok(BatchResponse {
         uploaded,

@@ -184,9 +184,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// Reserves what a received file still needs: the whole of a file whose
+    /// bytes all stayed in the writer's memory (see [`Sink::push`]). On
+    /// failure the file is given up, with everything it took.
+    pub async fn reserve_rest(&self, mut staged: Staged) -> Result<Staged, FileError> {
+        if staged.reserved >= staged.total {
+            return Ok(staged);
+        }
+        let (db, quota) = (&self.state.db, self.limits.storage_bytes);
+        let first = (staged.reserved == 0).then_some(staged.key.as_str());
+        let need = staged.total - staged.reserved;
+        match reservations::reserve(db, self.lease, need, quota, first).await {
+            Ok(()) => {
+                staged.reserved = staged.total;
+                Ok(staged)
+            }
+            Err(e) => Err(self.discard(staged, e.into()).await),
+        }
+    }
+
     /// Finishes a received file's object and records the file; on failure
     /// gives back everything it took.
     pub async fn complete(&self, staged: Staged) -> Result<FileView, FileError> {
+        let staged = self.reserve_rest(staged).await?;
         let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
         let Staged {
             writer,
@@ -325,6 +345,11 @@ impl Staged {
     pub fn is_small(&self) -> bool {
         self.writer.multipart_upload_id().is_none()
     }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.total
+    }
 }
 
 /// The running state of one file on its way to storage.
@@ -365,7 +390,11 @@ impl<'a> Sink<'a> {
             return Err(not_as_announced().into());
         }
         self.hasher.update(&chunk);
-        self.reserve_to(self.check.total()).await?;
+        // Bytes the writer keeps in memory need no quota yet: a small file
+        // reserves once, exactly its size, when it is finished.
+        if self.check.total() > self.writer.held_back() {
+            self.reserve_to(self.check.total()).await?;
+        }
         self.writer.write(chunk).await?;
         if !self.tracked_upload
             && let Some(upload_id) = self.writer.multipart_upload_id()
