@@ -112,6 +112,51 @@ async fn a_batch_stores_each_file_and_reports_each_failure() {
     app.assert_left_with(account.id, 3).await;
 }
 
+/// Small files of a batch finish side by side, but reserve their quota in
+/// the order they came: near the quota the first ones are stored and the
+/// rest refused, as if they were finished one by one.
+#[tokio::test]
+async fn a_batch_at_the_quota_stores_its_first_files_and_refuses_the_rest() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn().backend(backend).start().await;
+        let (account, key) = app.account_with_key("starter").await;
+        app.patch_account(
+            account.id,
+            json!({"custom_limits": {"storage_bytes": 5 * 20_000 + 500}}),
+        )
+        .await;
+        let mut form = Form::new();
+        for i in 0..8 {
+            form = form.part(
+                "files",
+                &format!("{i}.png"),
+                "image/png",
+                &fixtures::png(20_000),
+            );
+        }
+        let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        let results = body["results"].as_array().unwrap();
+        let statuses: Vec<u64> = results
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            [201, 201, 201, 201, 201, 507, 507, 507],
+            "{backend:?}"
+        );
+        assert_eq!(results[7]["error"]["code"], "storage_quota_exceeded");
+        assert_eq!(
+            app.settled(account.id).await,
+            Holdings::stored(5, 100_000),
+            "{backend:?}"
+        );
+        assert_eq!(app.objects(account.id).await.len(), 5, "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_batch_over_the_tier_size_keeps_nothing() {
     let app = spawn_app().await;
