@@ -3,7 +3,9 @@
 # same run, on one S3 server (s3s-fs) on loopback:
 #   - 100 MiB through intake vs the same bytes straight to S3 with the same
 #     operations (multipart, same part size, parts one after another), and a
-#     single direct PUT for reference; intake's CPU seconds per GiB;
+#     single direct PUT for reference; intake's CPU seconds per GiB, beside
+#     the least a relay that receives, hashes (SHA-256) and sends spends
+#     (examples/relay_floor.rs);
 #   - peak RSS of intake under 20 concurrent 100 MiB uploads and under 10
 #     concurrent 20 MiB uploads;
 #   - the tus reference server (@tus/server + @tus/s3-store) and intake's own
@@ -36,9 +38,10 @@ PART_BYTES=${PART_BYTES:-8388608}
 ensure_rust
 ensure_s3s_fs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
-cargo build --release --locked --bin intake --example upload_bench >/dev/null 2>&1
+cargo build --release --locked --bin intake --example upload_bench --example relay_floor >/dev/null 2>&1
 BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 CLIENT=$CARGO_TARGET_DIR/release/examples/upload_bench
+FLOOR=$CARGO_TARGET_DIR/release/examples/relay_floor
 
 DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
 PG_BIN=$(pg_bindir)
@@ -153,6 +156,7 @@ stream_summary() {
     cat <<OUT
 intake / direct single PUT (100 MiB):  $(ratio "$direct_put" "$intake_one")   goal >= 0.90
 intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+  floor, receive + SHA-256 + send only: $floor_64 (64 KiB reads), $floor_1m (1 MiB reads); SHA-256 alone $floor_sha
 OUT
 }
 
@@ -181,6 +185,13 @@ t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
 t1=$(cpu_ticks)
 cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+# The least any server spends per GiB that receives, hashes and sends on
+# (examples/relay_floor.rs), on this machine, now.
+if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
+    read -r floor_64 floor_sha < <("$FLOOR" 2 64 |
+        sed -E 's/.*relay_cpu_s_per_gib=([0-9.]+) sha256_cpu_s_per_gib=([0-9.]+).*/\1 \2/')
+    floor_1m=$("$FLOOR" 2 1024 | sed -E 's/.*relay_cpu_s_per_gib=([0-9.]+).*/\1/')
+fi
 if [ "$CASES" = stream ]; then
     cat <<OUT
 
