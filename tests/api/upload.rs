@@ -98,11 +98,7 @@ async fn a_batch_stores_each_file_and_reports_each_failure() {
         "{body}"
     );
     let results = body["results"].as_array().unwrap();
-    let statuses: Vec<u64> = results
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, [201, 415, 201, 415, 201]);
+    assert_eq!(statuses(&body), [201, 415, 201, 415, 201]);
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r["index"], i);
     }
@@ -110,6 +106,28 @@ async fn a_batch_stores_each_file_and_reports_each_failure() {
     assert_eq!(results[3]["error"]["code"], "type_mismatch");
     assert_eq!(results[4]["file"]["category"], "video");
     app.assert_left_with(account.id, 3).await;
+}
+
+/// A batch form of `count` PNG files of `len` bytes each.
+fn pngs(count: usize, len: usize) -> Form {
+    (0..count).fold(Form::new(), |form, i| {
+        form.part(
+            "files",
+            &format!("{i}.png"),
+            "image/png",
+            &fixtures::png(len),
+        )
+    })
+}
+
+/// The statuses of a batch answer's results, in order.
+fn statuses(body: &Value) -> Vec<u64> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect()
 }
 
 /// Small files of a batch finish side by side, but reserve their quota in
@@ -125,29 +143,20 @@ async fn a_batch_at_the_quota_stores_its_first_files_and_refuses_the_rest() {
             json!({"custom_limits": {"storage_bytes": 5 * 20_000 + 500}}),
         )
         .await;
-        let mut form = Form::new();
-        for i in 0..8 {
-            form = form.part(
-                "files",
-                &format!("{i}.png"),
-                "image/png",
-                &fixtures::png(20_000),
-            );
-        }
-        let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+        let resp = app
+            .upload_form("/upload/stream-batch", &key, pngs(8, 20_000))
+            .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let body: Value = resp.json().await.unwrap();
-        let results = body["results"].as_array().unwrap();
-        let statuses: Vec<u64> = results
-            .iter()
-            .map(|r| r["status"].as_u64().unwrap())
-            .collect();
         assert_eq!(
-            statuses,
+            statuses(&body),
             [201, 201, 201, 201, 201, 507, 507, 507],
             "{backend:?}"
         );
-        assert_eq!(results[7]["error"]["code"], "storage_quota_exceeded");
+        assert_eq!(
+            body["results"][7]["error"]["code"],
+            "storage_quota_exceeded"
+        );
         assert_eq!(
             app.settled(account.id).await,
             Holdings::stored(5, 100_000),
@@ -163,16 +172,9 @@ async fn a_batch_over_the_tier_size_keeps_nothing() {
     let (account, key) = app.account_with_key("starter").await;
     app.patch_account(account.id, json!({"custom_limits": {"batch_size": 2}}))
         .await;
-    let mut form = Form::new();
-    for i in 0..3 {
-        form = form.part(
-            "files",
-            &format!("{i}.png"),
-            "image/png",
-            &fixtures::png(20_000),
-        );
-    }
-    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    let resp = app
+        .upload_form("/upload/stream-batch", &key, pngs(3, 20_000))
+        .await;
     let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
     assert_eq!(body["limit"], 2);
     assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
@@ -192,16 +194,9 @@ async fn a_batch_over_the_tier_size_keeps_nothing() {
 async fn a_batch_is_one_request_for_the_rate_limit() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
-    let mut form = Form::new();
-    for i in 0..5 {
-        form = form.part(
-            "files",
-            &format!("{i}.png"),
-            "image/png",
-            &fixtures::png(1000),
-        );
-    }
-    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    let resp = app
+        .upload_form("/upload/stream-batch", &key, pngs(5, 1000))
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "29");
 }
