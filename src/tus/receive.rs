@@ -26,7 +26,12 @@
 //! which the next request overwrites (the tail is read only as far as its
 //! recorded length).
 
-use std::{collections::VecDeque, os::unix::fs::FileExt as _, time::Duration};
+use std::{
+    collections::VecDeque,
+    os::unix::fs::FileExt as _,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -100,7 +105,7 @@ pub struct Writer {
     pub checksum: Option<Checksum>,
     /// Set once this request let go of the upload itself (with its last
     /// commit, or by completing it), so its hold needs no separate release.
-    pub released: std::sync::atomic::AtomicBool,
+    pub released: AtomicBool,
 }
 
 impl Writer {
@@ -117,8 +122,7 @@ impl Writer {
     pub async fn run(self, body: Body) -> Result<Outcome, ApiError> {
         let hold = Hold::start(&self);
         let result = self.receive(body).await;
-        hold.release(self.released.load(std::sync::atomic::Ordering::Relaxed))
-            .await;
+        hold.release(self.released.load(Ordering::Relaxed)).await;
         match result {
             Ok(outcome) => Ok(outcome),
             Err(Stop::Keep(e)) => Err(e),
@@ -211,7 +215,7 @@ impl Writer {
         // A body that ended on a part boundary was recorded, and the upload
         // let go, with that part.
         let expires_at = match a.committed {
-            Some(Committed { at, released: true }) if tail_len == 0 => at,
+            Some(at) if tail_len == 0 && self.released.load(Ordering::Relaxed) => at,
             _ => a.commit(tail_len, true).await?,
         };
         match broken {
@@ -377,17 +381,9 @@ struct Assembly<'a> {
     flushed: bool,
     /// The next part, being sent while its bytes arrive.
     inflight: Option<Inflight>,
-    /// This request's last commit, if nothing was stored since.
-    committed: Option<Committed>,
-}
-
-/// A commit of this request.
-#[derive(Clone, Copy)]
-struct Committed {
-    /// When the upload expires, as recorded.
-    at: DateTime<Utc>,
-    /// Whether it let go of the upload.
-    released: bool,
+    /// When the upload expires as this request's last commit recorded it,
+    /// if nothing was stored since.
+    committed: Option<DateTime<Utc>>,
 }
 
 /// A part sent to storage as its bytes arrive.
@@ -552,8 +548,7 @@ impl<'a> Assembly<'a> {
             sha: self.sha.clone(),
             stalled: false,
         };
-        let held: Vec<Bytes> = self.buf.chunks.iter().cloned().collect();
-        for chunk in &held {
+        for chunk in &self.buf.chunks {
             feed_part(
                 &mut inflight,
                 chunk,
@@ -781,14 +776,9 @@ impl<'a> Assembly<'a> {
             return Err(lost());
         };
         if release {
-            self.w
-                .released
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.w.released.store(true, Ordering::Relaxed);
         }
-        self.committed = Some(Committed {
-            at: expires_at,
-            released: release,
-        });
+        self.committed = Some(expires_at);
         Ok(expires_at)
     }
 
@@ -826,9 +816,7 @@ impl<'a> Assembly<'a> {
             .await
             .map_err(Stop::Refuse)?;
         uploads::leave_open(db, u.id, State::Completed).await?;
-        self.w
-            .released
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.w.released.store(true, Ordering::Relaxed);
         // The file owns the object now: ending the lease frees the slot and
         // removes the tail.
         slots::end(db, store, u.lease_id).await?;

@@ -294,6 +294,13 @@ impl Ctx<'_> {
         if let Err(abort) = staged.writer.abort().await {
             tracing::warn!(error = %abort, key = staged.key, "could not abort a refused upload's object");
         }
+        // Nothing reserved: every byte stayed in the writer's memory (a
+        // write to storage is always reserved first) and the lease never
+        // named the object (its first reservation does), so nothing is
+        // left to give back.
+        if staged.reserved == 0 {
+            return error;
+        }
         let doomed = Doomed {
             object_key: staged.key,
             multipart_upload_id: upload_id,
