@@ -336,12 +336,19 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if database_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
-            return Self::Busy {
-                detail: "the database is unavailable; retry shortly".into(),
-                retry_after: 1,
-            };
+            return Self::database_unavailable();
         }
         Self::Internal(e.into())
+    }
+}
+
+impl ApiError {
+    /// The 503 of a request that needs the database while it is out of reach.
+    pub fn database_unavailable() -> Self {
+        Self::Busy {
+            detail: "the database is unavailable; retry shortly".into(),
+            retry_after: 1,
+        }
     }
 }
 

@@ -68,7 +68,8 @@ pub fn parse(key: &str) -> Option<ParsedKey<'_>> {
     (id_ok && secret_ok).then_some(ParsedKey { id, secret })
 }
 
-fn digest(secret: &str) -> [u8; 32] {
+/// The stored form of a key's secret.
+pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.to_ascii_lowercase().as_bytes()).into()
 }
 
@@ -105,19 +106,23 @@ pub async fn authenticate(
         return Ok(Err(AuthFailure::InvalidKey));
     }
     if row.stale {
-        // Recorded to the minute, off the request's path.
-        let (db, id) = (db.clone(), parsed.id.to_owned());
-        tokio::spawn(async move {
-            let updated = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
-                .bind(&id)
-                .execute(&db)
-                .await;
-            if let Err(e) = updated {
-                tracing::warn!(error = %e, key_id = id, "could not record API key use");
-            }
-        });
+        record_use(db, parsed.id);
     }
     Ok(Ok((row.account, parsed.id.to_owned())))
+}
+
+/// Records a key's use (to the minute), off the request's path.
+pub fn record_use(db: &PgPool, id: &str) {
+    let (db, id) = (db.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let updated = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
+            .bind(&id)
+            .execute(&db)
+            .await;
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, key_id = id, "could not record API key use");
+        }
+    });
 }
 
 /// Creates a key for an account whose limits allow API keys.

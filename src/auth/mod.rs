@@ -140,6 +140,27 @@ impl AuthFailure {
     }
 }
 
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// The API key a request presents (`X-API-Key`, else the bearer token), on
+/// a route other than the admin API's.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .or_else(|| bearer(headers))
+}
+
 /// Resolves the credentials of a request. Errors are the store's, not the
 /// client's: bad credentials resolve to [`Principal::Anonymous`] with a failure.
 pub async fn resolve(
@@ -152,19 +173,7 @@ pub async fn resolve(
         ip,
         failure: Some(failure),
     };
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let api_key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-
+    let bearer = bearer(headers);
     if is_admin_route {
         return Ok(match (&state.config.admin_token, bearer) {
             (Some(expected), Some(given))
@@ -180,7 +189,7 @@ pub async fn resolve(
         });
     }
 
-    if let Some(key) = api_key.or(bearer) {
+    if let Some(key) = presented_key(headers) {
         return Ok(match api_keys::authenticate(&state.db, key).await? {
             Ok((account, key_id)) => Principal::ApiKey { account, key_id },
             Err(failure) => anonymous(failure),

@@ -15,7 +15,7 @@ use crate::{
     auth::{self, Principal},
     dashboard,
     error::ApiError,
-    ratelimit::Policy,
+    ratelimit::{Decision, KeyCheck, Policy},
     state::AppState,
 };
 
@@ -75,12 +75,27 @@ pub async fn authenticate_and_limit(
         .map(|c| c.0.ip());
     let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
     let is_admin = path == "/admin" || path.starts_with("/admin/");
-    let principal = match auth::resolve(&state, req.headers(), is_admin, ip).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    let counts_as_account =
+        state.config.rate_limit_enabled && !ALWAYS_ANONYMOUS.contains(&path.as_str());
+    // An API key is authenticated and, on the account's limit, counted by
+    // one batched statement; anything else, or a failure of that statement,
+    // takes the separate lookup and limiter check.
+    let keyed = match auth::presented_key(req.headers()).filter(|_| !is_admin) {
+        Some(key) => match key_principal(&state, key, ip, counts_as_account).await {
+            Ok(keyed) => keyed,
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
+    let (principal, decided) = match keyed {
+        Some(keyed) => keyed,
+        None => match auth::resolve(&state, req.headers(), is_admin, ip).await {
+            Ok(p) => (p, None),
+            Err(e) => return e.into_response(),
+        },
     };
     let anonymous = || Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
-    let policy = if !state.config.rate_limit_enabled {
+    let policy = if !state.config.rate_limit_enabled || decided.is_some() {
         None
     } else if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
         Some(anonymous())
@@ -94,31 +109,30 @@ pub async fn authenticate_and_limit(
             Principal::Anonymous { .. } => Some(anonymous()),
         }
     };
-    let decision = match policy {
+    let outcome = match (decided, policy) {
+        (Some(d), _) => Some(("account", Ok(d))),
+        (None, Some(policy)) => Some((policy.kind, state.limiter.check(policy).await)),
+        (None, None) => None,
+    };
+    let decision = match outcome {
         None => None,
-        Some(policy) => {
-            let kind = policy.kind;
-            match state.limiter.check(policy).await {
-                Ok(d) => {
-                    let result = if d.allowed { "allowed" } else { "refused" };
-                    metrics::counter!("intake_ratelimit_decisions_total", "policy" => kind, "result" => result)
-                    .increment(1);
-                    Some(d)
-                }
-                Err(e) => {
-                    metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind)
-                        .increment(1);
-                    if state.config.rate_limit_fail_open {
-                        tracing::error!(error = %e, "rate limiter store failed; letting the request through");
-                        None
-                    } else {
-                        tracing::error!(error = %e, "rate limiter store failed; refusing the request");
-                        return ApiError::ServiceUnavailable(
-                            "the rate limiter is unavailable; retry shortly".into(),
-                        )
-                        .into_response();
-                    }
-                }
+        Some((kind, Ok(d))) => {
+            let result = if d.allowed { "allowed" } else { "refused" };
+            metrics::counter!("intake_ratelimit_decisions_total", "policy" => kind, "result" => result)
+                .increment(1);
+            Some(d)
+        }
+        Some((kind, Err(e))) => {
+            metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind).increment(1);
+            if state.config.rate_limit_fail_open {
+                tracing::error!(error = %e, "rate limiter store failed; letting the request through");
+                None
+            } else {
+                tracing::error!(error = %e, "rate limiter store failed; refusing the request");
+                return ApiError::ServiceUnavailable(
+                    "the rate limiter is unavailable; retry shortly".into(),
+                )
+                .into_response();
             }
         }
     };
@@ -137,6 +151,58 @@ pub async fn authenticate_and_limit(
         d.apply(response.headers_mut());
     }
     response
+}
+
+/// The principal of a request that presents a well-formed API key, and the
+/// decision on its account's limit when `count` and the key is valid, from
+/// the limiter's batched statement. `None` when the key is malformed or the
+/// statement failed: the caller then resolves the request the plain way.
+/// A database out of reach is the 503 the plain way would answer, without
+/// waiting for a connection a second time.
+async fn key_principal(
+    state: &AppState,
+    key: &str,
+    ip: IpAddr,
+    count: bool,
+) -> Result<Option<(Principal, Option<Decision>)>, ApiError> {
+    let Some(parsed) = auth::api_keys::parse(key) else {
+        return Ok(None);
+    };
+    let check = KeyCheck {
+        id: parsed.id.to_owned(),
+        digest: auth::api_keys::digest(parsed.secret),
+        count,
+    };
+    let outcome = match state.limiter.check_key(check).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.unavailable => {
+            tracing::warn!(error = %e, "database unavailable");
+            return Err(ApiError::database_unavailable());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batched key check failed; checking the request alone");
+            return Ok(None);
+        }
+    };
+    Ok(Some(match outcome.account {
+        Some(account) => {
+            if outcome.stale {
+                auth::api_keys::record_use(&state.db, parsed.id);
+            }
+            let principal = Principal::ApiKey {
+                account,
+                key_id: parsed.id.to_owned(),
+            };
+            (principal, outcome.decision)
+        }
+        None => (
+            Principal::Anonymous {
+                ip,
+                failure: Some(auth::AuthFailure::InvalidKey),
+            },
+            None,
+        ),
+    }))
 }
 
 #[cfg(test)]

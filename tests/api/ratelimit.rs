@@ -463,3 +463,107 @@ async fn ipv6_clients_share_the_anonymous_budget_of_their_64() {
             .unwrap();
     assert_eq!(keys, ["ip:2001:db8:1:2::/64", "ip:2001:db8:1:3::/64"]);
 }
+
+/// The check of an API key the way the middleware sends it.
+fn key_check(key: &str, count: bool) -> intake::ratelimit::KeyCheck {
+    let parsed = intake::auth::api_keys::parse(key).unwrap();
+    intake::ratelimit::KeyCheck {
+        id: parsed.id.to_owned(),
+        digest: intake::auth::api_keys::digest(parsed.secret),
+        count,
+    }
+}
+
+#[tokio::test]
+async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_server_does() {
+    let app = spawn_app().await;
+    let limiter = &app.state.limiter;
+    // The free tier has no API keys unless an override grants them.
+    let free = app.account("free").await;
+    app.patch_account(free.id, json!({"custom_limits": {"api_keys": true}}))
+        .await;
+    let mut cases = vec![(app.key_for(&free).await, 10)];
+    for (tier, limit) in [("starter", 30), ("professional", 100), ("enterprise", 500)] {
+        cases.push((app.account_with_key(tier).await.1, limit));
+    }
+    let (custom, key) = app.account_with_key("starter").await;
+    app.patch_account(
+        custom.id,
+        json!({"custom_limits": {"requests_per_minute": 7}}),
+    )
+    .await;
+    cases.push((key, 7));
+
+    for (key, limit) in &cases {
+        // Uncounted: the account, no decision.
+        let looked_up = limiter.check_key(key_check(key, false)).await.unwrap();
+        assert!(looked_up.account.is_some(), "{key}");
+        assert!(looked_up.decision.is_none());
+        // The first creates the subject, the next ones are decided by the
+        // batched statement itself; small limits are spent to the last
+        // request of the burst (a request is earned back only seconds later).
+        let burst = if *limit <= 30 { *limit } else { 2 };
+        for remaining in (limit - burst..*limit).rev() {
+            let counted = limiter.check_key(key_check(key, true)).await.unwrap();
+            let account = counted.account.expect("a valid key");
+            assert_eq!(account.limits().requests_per_minute, *limit as u32);
+            let d = counted.decision.expect("a counted request is decided");
+            assert!(d.allowed);
+            assert_eq!(d.limit, *limit as u32, "{key}");
+            assert_eq!(i64::from(d.remaining), remaining, "{key}");
+        }
+        if burst == *limit {
+            let refused = limiter.check_key(key_check(key, true)).await.unwrap();
+            assert!(!refused.decision.unwrap().allowed, "{key}: past the burst");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_id_without_its_secret_spends_nothing_of_the_account() {
+    let app = spawn_app().await;
+    let (_, key) = app.account_with_key("starter").await;
+    let parsed = intake::auth::api_keys::parse(&key).unwrap();
+    let forged = format!("ik_{}_{}", parsed.id, "0".repeat(64));
+    assert_ne!(forged, key);
+    for _ in 0..5 {
+        let resp = app.get("/me").bearer_auth(&forged).send().await.unwrap();
+        // Refused, and counted against the caller's address instead.
+        assert_rate_headers(&resp, 60);
+        assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    let resp = app.get("/me").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(assert_rate_headers(&resp, 30), 29);
+}
+
+#[tokio::test]
+async fn keys_of_one_account_decided_together_share_its_limit() {
+    let app = spawn_app().await;
+    let (account, first) = app.account_with_key("starter").await;
+    let second = app.key_for(&account).await;
+    app.patch_account(
+        account.id,
+        json!({"custom_limits": {"requests_per_minute": 10}}),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let requests = (0..40).map(|i| {
+        let key = if i % 2 == 0 { &first } else { &second };
+        app.get("/me").bearer_auth(key).send()
+    });
+    let results = futures_util::future::join_all(requests).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "too slow to judge: a request is earned every 6 s"
+    );
+    let ok: Vec<i64> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap())
+        .filter(|r| r.status() == StatusCode::OK)
+        .map(|r| num(r, "x-ratelimit-remaining"))
+        .collect();
+    assert_eq!(ok.len(), 10, "allowed {} of 40", ok.len());
+    let distinct: std::collections::BTreeSet<i64> = ok.into_iter().collect();
+    assert_eq!(distinct, (0..10).collect(), "each in its own place in line");
+}
