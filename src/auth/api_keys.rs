@@ -4,6 +4,11 @@
 //! The secret has 256 bits of entropy, so a fast hash is as safe here as a
 //! slow one and keeps per-request authentication cheap.
 
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngCore, rngs::OsRng};
 use serde::Serialize;
@@ -111,8 +116,35 @@ pub async fn authenticate(
     Ok(Ok((row.account, parsed.id.to_owned())))
 }
 
-/// Records a key's use (to the minute), off the request's path.
+/// Keys whose use this instance is recording or recorded in the last
+/// minute, with when: a key turns stale for every request at once, and
+/// until the first update lands each of them would send another one.
+static RECORDING: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Instant>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whether a use of key `id` at `now` is the first of the last minute in
+/// `recording` (then noted there); forgets uses older than a minute.
+fn first_this_minute(recording: &mut HashMap<String, Instant>, id: &str, now: Instant) -> bool {
+    const MINUTE: Duration = Duration::from_secs(60);
+    if recording
+        .get(id)
+        .is_some_and(|at| now.duration_since(*at) < MINUTE)
+    {
+        return false;
+    }
+    recording.retain(|_, at| now.duration_since(*at) < MINUTE);
+    recording.insert(id.to_owned(), now);
+    true
+}
+
+/// Records a key's use (to the minute), off the request's path; at most one
+/// update per key and minute from this instance.
 pub fn record_use(db: &PgPool, id: &str) {
+    let mut recording = RECORDING.lock().unwrap_or_else(|e| e.into_inner());
+    if !first_this_minute(&mut recording, id, Instant::now()) {
+        return;
+    }
+    drop(recording);
     let (db, id) = (db.clone(), id.to_owned());
     tokio::spawn(async move {
         let updated = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
@@ -205,6 +237,37 @@ pub async fn revoke(db: &PgPool, account_id: Uuid, key_id: &str) -> Result<(), A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_use_is_recorded_once_a_minute() {
+        let mut recording = HashMap::new();
+        let t0 = Instant::now();
+        assert!(first_this_minute(&mut recording, "a", t0));
+        // Every request that finds the key stale before the update lands.
+        assert!(!first_this_minute(&mut recording, "a", t0));
+        assert!(!first_this_minute(
+            &mut recording,
+            "a",
+            t0 + Duration::from_secs(59)
+        ));
+        assert!(first_this_minute(
+            &mut recording,
+            "b",
+            t0 + Duration::from_secs(59)
+        ));
+        assert!(first_this_minute(
+            &mut recording,
+            "a",
+            t0 + Duration::from_secs(60)
+        ));
+        // Old entries are forgotten as new ones come.
+        assert!(first_this_minute(
+            &mut recording,
+            "c",
+            t0 + Duration::from_secs(200)
+        ));
+        assert_eq!(recording.len(), 1);
+    }
 
     #[test]
     fn keys_parse_only_in_their_exact_form() {
