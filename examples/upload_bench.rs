@@ -13,10 +13,6 @@
 use std::time::Instant;
 
 use aws_sdk_s3::{
-    config::{
-        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation,
-    },
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
 };
@@ -24,9 +20,9 @@ use bytes::Bytes;
 
 const MIB: usize = 1024 * 1024;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
+#[path = "shared/s3.rs"]
+mod s3;
+use s3::env;
 
 /// Bytes that look like an MP4 to the type check and do not compress.
 fn payload(len: usize) -> Bytes {
@@ -40,25 +36,6 @@ fn payload(len: usize) -> Bytes {
     }
     v.truncate(len);
     Bytes::from(v)
-}
-
-fn s3() -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(env("S3_ENDPOINT"))
-        .credentials_provider(Credentials::new(
-            env("S3_ACCESS_KEY_ID"),
-            env("S3_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "bench",
-        ))
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
 }
 
 async fn direct_put(client: &aws_sdk_s3::Client, key: &str, data: Bytes) {
@@ -189,7 +166,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8 * MIB);
-    let s3 = s3();
+    let s3 = s3::client();
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let start = Instant::now();

@@ -5,7 +5,9 @@
 #     operations (multipart, same part size, parts one after another), and a
 #     single direct PUT for reference; intake's CPU seconds per GiB, beside
 #     the least a relay that receives, hashes (SHA-256) and sends spends
-#     (examples/relay_floor.rs);
+#     (examples/relay_floor.rs), and the same direct PUT sent through a bare
+#     relay (receive, SHA-256, one PUT: examples/put_relay.rs), the best
+#     single-PUT ratio any relay reaches here;
 #   - peak RSS of intake under 20 concurrent 100 MiB uploads and under 10
 #     concurrent 20 MiB uploads;
 #   - the tus reference server (@tus/server + @tus/s3-store) and intake's own
@@ -38,10 +40,11 @@ PART_BYTES=${PART_BYTES:-8388608}
 ensure_rust
 ensure_s3s_fs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
-cargo build --release --locked --bin intake --example upload_bench --example relay_floor >/dev/null 2>&1
+cargo build --release --locked --bin intake --example upload_bench --example relay_floor --example put_relay >/dev/null 2>&1
 BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 CLIENT=$CARGO_TARGET_DIR/release/examples/upload_bench
 FLOOR=$CARGO_TARGET_DIR/release/examples/relay_floor
+RELAY=$CARGO_TARGET_DIR/release/examples/put_relay
 
 DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
 PG_BIN=$(pg_bindir)
@@ -50,9 +53,10 @@ SCHEMA=bench_upload_$(date +%s)
 
 WORK=$(mktemp -d)
 S3_PORT=$(free_port)
-S3_PID= SERVER_PID=
+S3_PID= SERVER_PID= RELAY_PID=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null || true
     [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
     "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
     rm -rf "$WORK"
@@ -155,6 +159,7 @@ batch_summary() {
 stream_summary() {
     cat <<OUT
 intake / direct single PUT (100 MiB):  $(ratio "$direct_put" "$intake_one")   goal >= 0.90
+  floor, a bare relay (receive + SHA-256 + one PUT) / direct: $(ratio "$direct_put" "$relay_put")
 intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
   floor, receive + SHA-256 + send only: $floor_64 (64 KiB reads), $floor_1m (1 MiB reads); SHA-256 alone $floor_sha
 OUT
@@ -180,6 +185,16 @@ if [ "$CASES" = all ]; then
 fi
 if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
     direct_put=$(median direct-put 1 100)
+    # The same PUT through a relay that only receives, hashes and sends on.
+    RELAY_PORT=$(free_port)
+    "$RELAY" "127.0.0.1:$RELAY_PORT" >"$WORK/relay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$RELAY_PORT/" && break
+        sleep 0.1
+    done
+    relay_put=$(S3_ENDPOINT=http://127.0.0.1:$RELAY_PORT median direct-put 1 100)
+    kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=
 fi
 t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
@@ -197,6 +212,7 @@ if [ "$CASES" = stream ]; then
 
 case                                   seconds    MiB/s
 direct S3 single PUT, 100 MiB          $(printf '%7s %8s' "$direct_put" "$(rate 100 "$direct_put")")
+same PUT through a bare relay          $(printf '%7s %8s' "$relay_put" "$(rate 100 "$relay_put")")
 intake /upload/stream, 100 MiB         $(printf '%7s %8s' "$intake_one" "$(rate 100 "$intake_one")")
 
 $(stream_summary)
@@ -295,6 +311,7 @@ cat <<OUT
 case                                   seconds    MiB/s   peak RSS MiB
 direct S3 multipart, 100 MiB           $(printf '%7s %8s' "$direct_mp" "$(rate 100 "$direct_mp")")
 direct S3 single PUT, 100 MiB          $(printf '%7s %8s' "$direct_put" "$(rate 100 "$direct_put")")
+same PUT through a bare relay          $(printf '%7s %8s' "$relay_put" "$(rate 100 "$relay_put")")
 intake /upload/stream, 100 MiB         $(printf '%7s %8s %12s' "$intake_one" "$(rate 100 "$intake_one")" "$rss_single")
 tus, 100 MiB                           $(printf '%7s %8s %12s' "$tus_single" "$(rate 100 "$tus_single")" "$tus_single_rss")
 intake 20 x 100 MiB concurrent         $(printf '%7s %8s %12s' "$c20" "$(rate 2000 "$c20")" "$rss20")
