@@ -329,6 +329,11 @@ pub struct KeyOutcome {
     pub decision: Option<Decision>,
 }
 
+/// [`Policy::interval_nanos`] in SQL, of the limit `rpm` (an int8 expression).
+pub fn interval_sql(rpm: &str) -> String {
+    format!("(greatest(60000000 / greatest({rpm}, 1), 1) * 1000)")
+}
+
 /// The statements of [`authenticate_batch`]: the lookup alone, and the
 /// lookup with the GCRA step on the accounts of the counted requests. Only
 /// existing subjects are updated; a new one is decided by [`decide_batch`].
@@ -368,11 +373,12 @@ static KEYS_COUNTED: std::sync::LazyLock<(String, String)> = std::sync::LazyLock
     let counted = format!(
         "WITH {auth}, req AS (
            SELECT 'a:' || id AS key, least(count(*), min(rpm)) AS k,
-                  greatest(60000000000 / greatest(min(rpm), 1), 1) AS t
+                  {} AS t
            FROM auth WHERE counted GROUP BY id
          ), upd AS ({})
          SELECT auth.*, upd.granted, upd.tat, now() AS now
          FROM auth LEFT JOIN upd ON auth.counted AND upd.key = 'a:' || auth.id",
+        interval_sql("min(rpm)"),
         gcra_update!()
     );
     (alone, counted)

@@ -567,3 +567,31 @@ async fn keys_of_one_account_decided_together_share_its_limit() {
     let distinct: std::collections::BTreeSet<i64> = ok.into_iter().collect();
     assert_eq!(distinct, (0..10).collect(), "each in its own place in line");
 }
+
+#[tokio::test]
+async fn the_database_computes_every_interval_as_the_server_does() {
+    let app = spawn_app().await;
+    let limits: Vec<i64> = [1, 7, 10, 30, 59, 61, 100, 500, 999, 7_000, 1_000_000]
+        .into_iter()
+        .chain([
+            59_999_999,
+            60_000_000,
+            60_000_001,
+            100_000_000,
+            i64::from(u32::MAX),
+        ])
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM unnest($1::int8[]) AS x(rpm)",
+        intake::ratelimit::interval_sql("rpm")
+    );
+    let intervals: Vec<i64> = sqlx::query_scalar(&sql)
+        .bind(&limits)
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+    for (limit, t) in limits.iter().zip(intervals) {
+        let policy = intake::ratelimit::Policy::account(uuid::Uuid::nil(), *limit as u32);
+        assert_eq!(t, policy.interval_nanos(), "limit {limit}");
+    }
+}
