@@ -396,7 +396,8 @@ static KEYS_COUNTED: std::sync::LazyLock<(String, String)> = std::sync::LazyLock
 /// find a secret that hashes to it.
 ///
 /// An account's limit is its custom `requests_per_minute` or its tier's,
-/// whose table is passed from [`Tier::ALL`] so that it stays defined once.
+/// written into the statement from [`Tier::ALL`] so that it stays defined
+/// once.
 async fn authenticate_batch(
     db: &mut PgConnection,
     checks: &[KeyCheck],
