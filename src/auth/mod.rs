@@ -19,6 +19,7 @@ pub use extract::{AdminAuth, CurrentAccount, SessionAccount};
 
 use crate::{
     error::ApiError,
+    ratelimit::{Decision, KeyCheck},
     state::AppState,
     tiers::{CustomLimits, Limits, Tier, effective_limits},
 };
@@ -159,6 +160,58 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .or_else(|| bearer(headers))
+}
+
+/// The principal of a request that presents a well-formed API key, and the
+/// decision on its account's limit when `count` and the key is valid, from
+/// the limiter's batched statement. `None` when the key is malformed or the
+/// statement failed: the caller then resolves the request the plain way.
+/// A database out of reach is the 503 the plain way would answer, without
+/// waiting for a connection a second time.
+pub async fn resolve_key(
+    state: &AppState,
+    key: &str,
+    ip: IpAddr,
+    count: bool,
+) -> Result<Option<(Principal, Option<Decision>)>, ApiError> {
+    let Some(parsed) = api_keys::parse(key) else {
+        return Ok(None);
+    };
+    let check = KeyCheck {
+        id: parsed.id.to_owned(),
+        digest: api_keys::digest(parsed.secret),
+        count,
+    };
+    let outcome = match state.limiter.check_key(check).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.unavailable => {
+            tracing::warn!(error = %e, "database unavailable");
+            return Err(ApiError::database_unavailable());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batched key check failed; checking the request alone");
+            return Ok(None);
+        }
+    };
+    Ok(Some(match outcome.account {
+        Some(account) => {
+            if outcome.stale {
+                api_keys::record_use(&state.db, parsed.id);
+            }
+            let principal = Principal::ApiKey {
+                account,
+                key_id: parsed.id.to_owned(),
+            };
+            (principal, outcome.decision)
+        }
+        None => (
+            Principal::Anonymous {
+                ip,
+                failure: Some(AuthFailure::InvalidKey),
+            },
+            None,
+        ),
+    }))
 }
 
 /// Resolves the credentials of a request. Errors are the store's, not the

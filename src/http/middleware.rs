@@ -15,7 +15,7 @@ use crate::{
     auth::{self, Principal},
     dashboard,
     error::ApiError,
-    ratelimit::{Decision, KeyCheck, Policy},
+    ratelimit::Policy,
     state::AppState,
 };
 
@@ -75,13 +75,13 @@ pub async fn authenticate_and_limit(
         .map(|c| c.0.ip());
     let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
     let is_admin = path == "/admin" || path.starts_with("/admin/");
-    let counts_as_account =
-        state.config.rate_limit_enabled && !ALWAYS_ANONYMOUS.contains(&path.as_str());
+    let always_anonymous = ALWAYS_ANONYMOUS.contains(&path.as_str());
+    let counts_as_account = state.config.rate_limit_enabled && !always_anonymous;
     // An API key is authenticated and, on the account's limit, counted by
     // one batched statement; anything else, or a failure of that statement,
     // takes the separate lookup and limiter check.
     let keyed = match auth::presented_key(req.headers()).filter(|_| !is_admin) {
-        Some(key) => match key_principal(&state, key, ip, counts_as_account).await {
+        Some(key) => match auth::resolve_key(&state, key, ip, counts_as_account).await {
             Ok(keyed) => keyed,
             Err(e) => return e.into_response(),
         },
@@ -97,7 +97,7 @@ pub async fn authenticate_and_limit(
     let anonymous = || Policy::anonymous(ip, state.config.anon_rate_limit_per_minute);
     let policy = if !state.config.rate_limit_enabled || decided.is_some() {
         None
-    } else if ALWAYS_ANONYMOUS.contains(&path.as_str()) {
+    } else if always_anonymous {
         Some(anonymous())
     } else {
         match &principal {
@@ -151,58 +151,6 @@ pub async fn authenticate_and_limit(
         d.apply(response.headers_mut());
     }
     response
-}
-
-/// The principal of a request that presents a well-formed API key, and the
-/// decision on its account's limit when `count` and the key is valid, from
-/// the limiter's batched statement. `None` when the key is malformed or the
-/// statement failed: the caller then resolves the request the plain way.
-/// A database out of reach is the 503 the plain way would answer, without
-/// waiting for a connection a second time.
-async fn key_principal(
-    state: &AppState,
-    key: &str,
-    ip: IpAddr,
-    count: bool,
-) -> Result<Option<(Principal, Option<Decision>)>, ApiError> {
-    let Some(parsed) = auth::api_keys::parse(key) else {
-        return Ok(None);
-    };
-    let check = KeyCheck {
-        id: parsed.id.to_owned(),
-        digest: auth::api_keys::digest(parsed.secret),
-        count,
-    };
-    let outcome = match state.limiter.check_key(check).await {
-        Ok(outcome) => outcome,
-        Err(e) if e.unavailable => {
-            tracing::warn!(error = %e, "database unavailable");
-            return Err(ApiError::database_unavailable());
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "batched key check failed; checking the request alone");
-            return Ok(None);
-        }
-    };
-    Ok(Some(match outcome.account {
-        Some(account) => {
-            if outcome.stale {
-                auth::api_keys::record_use(&state.db, parsed.id);
-            }
-            let principal = Principal::ApiKey {
-                account,
-                key_id: parsed.id.to_owned(),
-            };
-            (principal, outcome.decision)
-        }
-        None => (
-            Principal::Anonymous {
-                ip,
-                failure: Some(auth::AuthFailure::InvalidKey),
-            },
-            None,
-        ),
-    }))
 }
 
 #[cfg(test)]

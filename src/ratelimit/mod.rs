@@ -244,6 +244,24 @@ fn spread(
     })
 }
 
+/// Requests grouped by subject, in first-seen order: each subject with the
+/// positions of its requests and what came with its first one.
+fn by_subject<P: std::borrow::Borrow<Policy>, T>(
+    requests: impl IntoIterator<Item = (P, usize, T)>,
+) -> Vec<(P, Vec<usize>, T)> {
+    let mut subjects: Vec<(P, Vec<usize>, T)> = Vec::new();
+    for (p, i, extra) in requests {
+        match subjects
+            .iter_mut()
+            .find(|(q, ..)| q.borrow().key == p.borrow().key)
+        {
+            Some((_, positions, _)) => positions.push(i),
+            None => subjects.push((p, vec![i], extra)),
+        }
+    }
+    subjects
+}
+
 /// Decides a batch of requests in one statement, in their order. Requests on
 /// the same subject are grouped: the database lets through as many of them
 /// as the subject's allowance holds and advances its state once.
@@ -251,26 +269,19 @@ async fn decide_batch(
     db: &mut PgConnection,
     policies: &[Policy],
 ) -> Result<Vec<Decision>, sqlx::Error> {
-    // Subjects in first-seen order, with the positions of their requests.
-    let mut subjects: Vec<(&Policy, Vec<usize>)> = Vec::new();
-    for (i, p) in policies.iter().enumerate() {
-        match subjects.iter_mut().find(|(q, _)| q.key == p.key) {
-            Some((_, positions)) => positions.push(i),
-            None => subjects.push((p, vec![i])),
-        }
-    }
+    let subjects = by_subject(policies.iter().enumerate().map(|(i, p)| (p, i, ())));
     let mut rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-    let mut todo: Vec<&(&Policy, Vec<usize>)> = subjects.iter().collect();
+    let mut todo: Vec<&(&Policy, Vec<usize>, ())> = subjects.iter().collect();
     for _ in 0..3 {
         if todo.is_empty() {
             break;
         }
-        let keys: Vec<&str> = todo.iter().map(|(p, _)| p.key.as_str()).collect();
+        let keys: Vec<&str> = todo.iter().map(|(p, ..)| p.key.as_str()).collect();
         let wanted: Vec<i64> = todo
             .iter()
-            .map(|(p, pos)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
+            .map(|(p, pos, _)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
             .collect();
-        let intervals: Vec<i64> = todo.iter().map(|(p, _)| p.interval_nanos()).collect();
+        let intervals: Vec<i64> = todo.iter().map(|(p, ..)| p.interval_nanos()).collect();
         let decided: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(&format!(
             "WITH req AS (
                SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) AS x(key, k, t)
@@ -282,12 +293,12 @@ async fn decide_batch(
         .bind(&intervals)
         .fetch_all(&mut *db)
         .await?;
-        todo.retain(|(p, _)| !decided.iter().any(|(k, ..)| *k == p.key));
+        todo.retain(|(p, ..)| !decided.iter().any(|(k, ..)| *k == p.key));
         rows.extend(decided);
     }
     let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
     for (key, granted, tat, now) in rows {
-        let Some((policy, positions)) = subjects.iter().find(|(p, _)| p.key == key) else {
+        let Some((policy, positions, _)) = subjects.iter().find(|(p, ..)| p.key == key) else {
             continue;
         };
         for (&i, d) in positions
@@ -439,7 +450,7 @@ async fn authenticate_batch(
     // Counted requests per account, in their order, with what the
     // statement granted them; subjects without a row yet (new, or pruned)
     // are left to the plain limiter statement, which creates them.
-    let mut decided: Vec<Subject> = Vec::new();
+    let mut decided = Vec::new();
     let mut undecided: Vec<(Policy, usize)> = Vec::new();
     for row in rows {
         let i = usize::try_from(row.i - 1).map_err(|_| sqlx::Error::RowNotFound)?;
@@ -447,38 +458,28 @@ async fn authenticate_batch(
         // server's reading of the tier table and the overrides (a test holds
         // the two together); a difference is logged, not hidden.
         let limit = u32::try_from(row.rpm).unwrap_or(u32::MAX);
-        if limit != row.account.limits().requests_per_minute {
+        let server = row.account.limits().requests_per_minute;
+        if limit != server {
             tracing::error!(
                 account = %row.account.id,
                 database = row.rpm,
-                server = row.account.limits().requests_per_minute,
+                server,
                 "the batched key statement read another rate limit than the server"
             );
         }
         if checks[i].count {
             let policy = Policy::account(row.account.id, limit);
             match (row.granted, row.tat) {
-                (Some(granted), Some(tat)) => {
-                    match decided.iter_mut().find(|s| s.policy.key == policy.key) {
-                        Some(s) => s.positions.push(i),
-                        None => decided.push(Subject {
-                            policy,
-                            positions: vec![i],
-                            granted,
-                            tat,
-                            now: row.now,
-                        }),
-                    }
-                }
+                (Some(granted), Some(tat)) => decided.push((policy, i, (granted, tat, row.now))),
                 _ => undecided.push((policy, i)),
             }
         }
         outcomes[i].account = Some(row.account);
         outcomes[i].stale = row.stale;
     }
-    for s in &decided {
-        let decisions = spread(&s.policy, s.positions.len(), s.granted, s.tat, s.now);
-        for (&i, d) in s.positions.iter().zip(decisions) {
+    for (policy, positions, (granted, tat, now)) in by_subject(decided) {
+        let decisions = spread(&policy, positions.len(), granted, tat, now);
+        for (i, d) in positions.into_iter().zip(decisions) {
             outcomes[i].decision = Some(d);
         }
     }
@@ -496,16 +497,6 @@ async fn authenticate_batch(
         }
     }
     Ok(outcomes)
-}
-
-/// The counted requests of one account in a batch, and what the statement
-/// granted them together.
-struct Subject {
-    policy: Policy,
-    positions: Vec<usize>,
-    granted: i64,
-    tat: DateTime<Utc>,
-    now: DateTime<Utc>,
 }
 
 /// A request waiting for its lane's statement.
