@@ -595,3 +595,53 @@ async fn the_database_computes_every_interval_as_the_server_does() {
         assert_eq!(t, policy.interval_nanos(), "limit {limit}");
     }
 }
+
+#[tokio::test]
+async fn subjects_are_found_by_their_key_whatever_the_statistics_say() {
+    let app = spawn_app().await;
+    let mut conn = app.state.db.acquire().await.unwrap();
+    // Statistics of an almost empty table, as after a quiet night, and the
+    // generic plan a long-lived connection ends up caching.
+    sqlx::raw_sql(
+        "INSERT INTO rate_limits VALUES ('ip:192.0.2.1', now(), 1, 1000);
+         ANALYZE rate_limits;
+         SET plan_cache_mode = force_generic_plan;",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let [decide, counted] = intake::ratelimit::counting_statements();
+    for (name, sql, args) in [
+        (
+            "decide",
+            decide,
+            "'{ip:192.0.2.1}'::text[], '{1}'::int8[], '{1000}'::int8[]",
+        ),
+        (
+            "counted",
+            counted,
+            "'{k}'::text[], '{\"\\\\x00\"}'::bytea[], '{t}'::bool[]",
+        ),
+    ] {
+        sqlx::raw_sql(&format!("PREPARE {name} AS {sql}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({args})"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Conflict Arbiter Indexes: rate_limits_pkey"),
+            "{name}: {plan}"
+        );
+        // No scan of the table: each subject is a probe of its key.
+        assert!(!plan.contains("Scan on rate_limits"), "{name}: {plan}");
+        assert!(!plan.contains("Scan using rate_limits"), "{name}: {plan}");
+    }
+    sqlx::raw_sql("DEALLOCATE ALL; RESET plan_cache_mode;")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
