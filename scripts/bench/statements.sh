@@ -2,7 +2,7 @@
 # Counts the SQL statements intake sends Postgres per operation (what its
 # scale costs the database), with pg_stat_statements on a cluster of its own:
 #   - one limited API-key request (GET /me, GET /files);
-#   - a streaming upload of 1 MiB and of 64 MiB (8 parts), a batch of 10
+#   - a streaming upload of 1 MiB and of 64 MiB (one streamed PUT), a batch of 10
 #     files of 100 KiB in one request;
 #   - a presigned upload (issue, PUT to storage, complete), single and
 #     multipart (4 parts);
@@ -183,7 +183,7 @@ cases = [
     ("GET /me (API key)", lambda: call("GET", "/me", headers=AUTH), REPEAT),
     ("GET /files (API key)", lambda: call("GET", "/files", headers=AUTH), REPEAT),
     ("POST /upload/stream, 1 MiB", lambda: stream(small), REPEAT),
-    ("POST /upload/stream, 64 MiB (8 parts)", lambda: stream(big), 2),
+    ("POST /upload/stream, 64 MiB (one streamed PUT)", lambda: stream(big), 2),
     ("POST /upload/stream-batch, 10 x 100 KiB", lambda: batch([png(100 << 10)] * 10), REPEAT),
     ("presigned PUT, 1 MiB (issue + PUT + complete)", lambda: presigned(small), REPEAT),
     ("presigned multipart, 32 MiB (4 parts)", lambda: presigned(big[:32 * MiB], True), 2),
