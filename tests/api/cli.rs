@@ -4,19 +4,16 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, tempfile_dir::TempDir};
 
-fn intake(app: &crate::helpers::TestApp, args: &[&str]) -> (bool, Value, String) {
+fn intake(app: &crate::helpers::TestApp, root: &TempDir, args: &[&str]) -> (bool, Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_intake"))
         .args(args)
         .env_clear()
         .env("DATABASE_URL", app.database_url())
         .env("JWT_SECRET", "test-jwt-secret-0123456789abcdefghijklmnop")
         .env("STORAGE_BACKEND", "fs")
-        .env(
-            "FS_ROOT",
-            std::env::temp_dir().join(format!("intake-cli-{}", app.schema)),
-        )
+        .env("FS_ROOT", root.path())
         .env("RUST_LOG", "warn")
         .output()
         .expect("run intake");
@@ -32,10 +29,13 @@ fn intake(app: &crate::helpers::TestApp, args: &[&str]) -> (bool, Value, String)
 #[tokio::test]
 async fn admin_commands_manage_accounts_keys_and_usage() {
     let app = spawn_app().await;
-    let (ok, _, err) = intake(&app, &["migrate"]);
+    // The command line's own local folder, gone with the test.
+    let root = TempDir::new();
+    let (ok, _, err) = intake(&app, &root, &["migrate"]);
     assert!(ok, "{err}");
     let (ok, account, err) = intake(
         &app,
+        &root,
         &[
             "admin",
             "create-account",
@@ -51,6 +51,7 @@ async fn admin_commands_manage_accounts_keys_and_usage() {
 
     let (ok, updated, err) = intake(
         &app,
+        &root,
         &[
             "admin",
             "update-account",
@@ -68,6 +69,7 @@ async fn admin_commands_manage_accounts_keys_and_usage() {
 
     let (ok, key, err) = intake(
         &app,
+        &root,
         &["admin", "create-api-key", "--account", &id, "--name", "cli"],
     );
     assert!(ok, "{err}");
@@ -75,18 +77,19 @@ async fn admin_commands_manage_accounts_keys_and_usage() {
     let me = app.get("/me").bearer_auth(&key).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::OK);
 
-    let (ok, usage, err) = intake(&app, &["admin", "usage", "--account", &id]);
+    let (ok, usage, err) = intake(&app, &root, &["admin", "usage", "--account", &id]);
     assert!(ok, "{err}");
     assert_eq!(usage["tier"], "professional");
     assert_eq!(usage["usage"]["requests"]["remaining"], 99);
 
-    let (ok, reaped, err) = intake(&app, &["admin", "reap"]);
+    let (ok, reaped, err) = intake(&app, &root, &["admin", "reap"]);
     assert!(ok, "{err}");
     assert_eq!(reaped["leases"], 0);
 
     // Bad input fails with a message, not a panic.
     let (ok, _, err) = intake(
         &app,
+        &root,
         &[
             "admin",
             "create-account",
@@ -99,6 +102,7 @@ async fn admin_commands_manage_accounts_keys_and_usage() {
     assert!(!ok && err.contains("already exists"), "{err}");
     let (ok, _, err) = intake(
         &app,
+        &root,
         &[
             "admin",
             "create-account",
