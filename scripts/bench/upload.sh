@@ -13,7 +13,9 @@
 #   - the tus reference server (@tus/server + @tus/s3-store) and intake's own
 #     /upload/tus, driven by the same tus client (tus/client.mjs, PATCHes of
 #     one part each) with the same 100 MiB file and the same 10 x 20 MiB
-#     load, each case on a fresh server process for its peak RSS;
+#     load, each case on a fresh server process for its peak RSS, and a
+#     bare tus relay driven alike (receive, SHA-256, one S3 part per PATCH:
+#     examples/tus_relay.rs), the best tus ratio any server reaches here;
 #   - a batch of 50 x 1 MiB files vs 50 direct PUTs.
 #
 #   scripts/bench/upload.sh          (REPEAT=3 runs of each timed case; median)
@@ -40,11 +42,12 @@ PART_BYTES=${PART_BYTES:-8388608}
 ensure_rust
 ensure_s3s_fs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
-cargo build --release --locked --bin intake --example upload_bench --example relay_floor --example put_relay >/dev/null 2>&1
+cargo build --release --locked --bin intake --example upload_bench --example relay_floor --example put_relay --example tus_relay >/dev/null 2>&1
 BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 CLIENT=$CARGO_TARGET_DIR/release/examples/upload_bench
 FLOOR=$CARGO_TARGET_DIR/release/examples/relay_floor
 RELAY=$CARGO_TARGET_DIR/release/examples/put_relay
+TUS_RELAY=$CARGO_TARGET_DIR/release/examples/tus_relay
 
 DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
 PG_BIN=$(pg_bindir)
@@ -255,14 +258,17 @@ rss_single=$(peak_rss_mib)
 tus_status=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "$INTAKE_URL/upload/tus")
 stop_intake; empty_bucket
 
-# intake_tus COUNT MIB: one run on a fresh intake; prints "seconds rss".
+# intake_tus COUNT MIB: one run on a fresh intake; prints "seconds rss cpu"
+# (cpu: intake's user + system seconds for the run).
 # Every upload must have become a file of the full size.
 intake_tus() {
-    local count=$1 mib=$2 out seconds rss files
+    local count=$1 mib=$2 out seconds rss files t0 cpu
     start_intake
+    t0=$(cpu_ticks)
     out=$(TUS_AUTHORIZATION="Bearer $INTAKE_KEY" node scripts/bench/tus/client.mjs \
         "$INTAKE_URL/upload/tus" "$TUS_FILE" $((mib * 1048576)) "$count" "$PART_BYTES")
     rss=$(peak_rss_mib)
+    cpu=$(python3 -c "print(f'{($(cpu_ticks) - $t0) / $(getconf CLK_TCK):.2f}')")
     stop_intake
     files=$("$PG_BIN/psql" "$DB_URL" -tAc "SELECT count(*) FROM $SCHEMA.files
         WHERE filename LIKE 'bench-%.bin' AND size = $((mib * 1048576)) AND sha256 IS NOT NULL")
@@ -272,26 +278,60 @@ intake_tus() {
     "$PG_BIN/psql" "$DB_URL" -qc "DELETE FROM $SCHEMA.files WHERE filename LIKE 'bench-%.bin'"
     empty_bucket
     seconds=$(node -p "JSON.parse(process.argv[1]).seconds" "$out")
-    printf '%.3f %s\n' "$seconds" "$rss"
+    printf '%.3f %s %s\n' "$seconds" "$rss" "$cpu"
 }
 if [ "$tus_status" = 204 ] || [ "$tus_status" = 200 ]; then
-    read -r itus_single itus_single_rss < <(intake_tus 1 100)
-    read -r itus_c10 itus_c10_rss < <(intake_tus 10 20)
+    read -r itus_single itus_single_rss itus_single_cpu < <(intake_tus 1 100)
+    read -r itus_c10 itus_c10_rss itus_c10_cpu < <(intake_tus 10 20)
 else
-    itus_single=n/a itus_single_rss=n/a itus_c10=n/a itus_c10_rss=n/a
+    itus_single=n/a itus_single_rss=n/a itus_c10=n/a itus_c10_rss=n/a itus_single_cpu=n/a itus_c10_cpu=n/a
 fi
+
+# relay_tus COUNT MIB: the same client and file against a bare tus relay
+# (receive, SHA-256, one S3 part per PATCH, complete: examples/tus_relay.rs);
+# prints its seconds and its CPU seconds. Every upload must have become an
+# object of the full size.
+relay_tus() {
+    local count=$1 mib=$2 port out objects t0 cpu
+    port=$(free_port)
+    "$TUS_RELAY" "127.0.0.1:$port" bench >"$WORK/tus-relay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    t0=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+    out=$(node scripts/bench/tus/client.mjs "http://127.0.0.1:$port/files" "$TUS_FILE" \
+        $((mib * 1048576)) "$count" "$PART_BYTES")
+    cpu=$(python3 -c "print(f'{($(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat") - $t0) / $(getconf CLK_TCK):.2f}')")
+    kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=
+    objects=$(find "$WORK/s3/bench" -maxdepth 1 -type f -size "$((mib * 1048576))c" | wc -l)
+    if [ "$objects" != "$count" ]; then
+        echo "bare tus relay $count x $mib MiB: $objects objects of the full size, not $count" >&2; return 1
+    fi
+    empty_bucket
+    printf '%s %s\n' "$(node -p "JSON.parse(process.argv[1]).seconds.toFixed(3)" "$out")" "$cpu"
+}
+read -r rtus_single rtus_single_cpu < <(relay_tus 1 100)
+read -r rtus_c10 rtus_c10_cpu < <(relay_tus 10 20)
 
 part_mib=$((PART_BYTES / 1048576))
 tus_summary() {
     cat <<OUT
 intake /upload/tus, 100 MiB            $(printf '%7s %8s %12s' "$itus_single" "$(rate 100 "$itus_single")" "$itus_single_rss")
 intake tus 10 x 20 MiB concurrent      $(printf '%7s %8s %12s' "$itus_c10" "$(rate 200 "$itus_c10")" "$itus_c10_rss")
+bare tus relay, 100 MiB                $(printf '%7s %8s' "$rtus_single" "$(rate 100 "$rtus_single")")
+bare tus relay 10 x 20 MiB concurrent  $(printf '%7s %8s' "$rtus_c10" "$(rate 200 "$rtus_c10")")
 
 intake-tus / tus-reference throughput, 100 MiB:     $(ratio "$tus_single" "$itus_single")   goal >= 2
 intake-tus / tus-reference throughput, 10 x 20 MiB: $(ratio "$tus_c10" "$itus_c10")   goal >= 2
 intake-tus / tus-reference peak RSS, 100 MiB:       $(ratio "$itus_single_rss" "$tus_single_rss")   goal < 0.5
 intake-tus / tus-reference peak RSS, 10 x 20 MiB:   $(ratio "$itus_c10_rss" "$tus_c10_rss")   goal < 0.5
 intake-tus / intake-stream throughput, 100 MiB:     $(ratio "$intake_one" "$itus_single")
+  floor, a bare tus relay (receive + SHA-256 + one part per PATCH) / tus reference:
+    100 MiB: $(ratio "$tus_single" "$rtus_single")   10 x 20 MiB: $(ratio "$tus_c10" "$rtus_c10")
+  server CPU seconds, intake-tus / bare tus relay:
+    100 MiB: $itus_single_cpu / $rtus_single_cpu   10 x 20 MiB: $itus_c10_cpu / $rtus_c10_cpu
 OUT
 }
 if [ "$CASES" = tus ]; then
