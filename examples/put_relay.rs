@@ -23,12 +23,11 @@ use axum::{
     response::IntoResponse,
     routing::put,
 };
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body::Frame;
 use http_body_util::StreamBody;
 use sha2::{Digest, Sha256};
 
+#[path = "shared/hashed.rs"]
+mod hashed;
 #[path = "shared/s3.rs"]
 mod s3;
 
@@ -43,26 +42,7 @@ async fn relay(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("a Content-Length");
-    // The request body is not Sync, the SDK's body must be: the bytes cross
-    // a channel of two chunks, as in intake.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
-    let hashing = tokio::spawn(async move {
-        let mut hasher = Sha256::new();
-        let mut chunks = body.into_data_stream();
-        while let Some(chunk) = chunks.next().await {
-            let frame = chunk
-                .map(|c| {
-                    hasher.update(&c);
-                    Frame::data(c)
-                })
-                .map_err(std::io::Error::other);
-            if tx.send(frame).await.is_err() {
-                break;
-            }
-        }
-        hasher.finalize()
-    });
-    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let (frames, hashing) = hashed::frames(body, Sha256::new());
     let stored = s3
         .put_object()
         .bucket(bucket)
@@ -74,13 +54,12 @@ async fn relay(
         .send()
         .await
         .expect("put_object");
-    let digest = hashing.await.expect("hashing task");
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = hashing.await.expect("hashing task").finalize();
     (
         StatusCode::OK,
         [
             ("etag", stored.e_tag().unwrap_or_default().to_owned()),
-            ("x-relay-sha256", hex),
+            ("x-relay-sha256", hashed::hex(&digest)),
         ],
     )
 }

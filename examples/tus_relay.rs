@@ -37,12 +37,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{patch, post},
 };
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body::Frame;
 use http_body_util::StreamBody;
 use sha2::{Digest, Sha256};
 
+#[path = "shared/hashed.rs"]
+mod hashed;
 #[path = "shared/s3.rs"]
 mod s3;
 
@@ -119,26 +118,7 @@ async fn append(
         relay.uploads.lock().unwrap().insert(id, upload);
         return StatusCode::CONFLICT.into_response();
     }
-    // The request body is not Sync, the SDK's body must be: the bytes cross
-    // a channel of two chunks, as in intake.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
-    let mut hasher = std::mem::take(&mut upload.hasher);
-    let hashing = tokio::spawn(async move {
-        let mut chunks = body.into_data_stream();
-        while let Some(chunk) = chunks.next().await {
-            let frame = chunk
-                .map(|c| {
-                    hasher.update(&c);
-                    Frame::data(c)
-                })
-                .map_err(std::io::Error::other);
-            if tx.send(frame).await.is_err() {
-                break;
-            }
-        }
-        hasher
-    });
-    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let (frames, hashing) = hashed::frames(body, std::mem::take(&mut upload.hasher));
     let part_number = i32::try_from(upload.parts.len() + 1).unwrap();
     let stored = relay
         .s3
@@ -179,10 +159,12 @@ async fn append(
             .await
             .expect("complete_multipart_upload");
         let digest = upload.hasher.finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         return (
             StatusCode::NO_CONTENT,
-            [("upload-offset", new_offset), ("x-relay-sha256", hex)],
+            [
+                ("upload-offset", new_offset),
+                ("x-relay-sha256", hashed::hex(&digest)),
+            ],
         )
             .into_response();
     }
