@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -234,18 +234,20 @@ fn spread(
 }
 
 /// Requests grouped by subject, in first-seen order: each subject with the
-/// positions of its requests and what came with its first one.
+/// positions of its requests and what came with its first one. Linear in
+/// the batch (a batch may hold hundreds of subjects).
 fn by_subject<P: std::borrow::Borrow<Policy>, T>(
     requests: impl IntoIterator<Item = (P, usize, T)>,
 ) -> Vec<(P, Vec<usize>, T)> {
     let mut subjects: Vec<(P, Vec<usize>, T)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for (p, i, extra) in requests {
-        match subjects
-            .iter_mut()
-            .find(|(q, ..)| q.borrow().key == p.borrow().key)
-        {
-            Some((_, positions, _)) => positions.push(i),
-            None => subjects.push((p, vec![i], extra)),
+        match index.get(&p.borrow().key) {
+            Some(&at) => subjects[at].1.push(i),
+            None => {
+                index.insert(p.borrow().key.clone(), subjects.len());
+                subjects.push((p, vec![i], extra));
+            }
         }
     }
     subjects
@@ -281,9 +283,10 @@ async fn decide_batch(
         .bind(&intervals)
         .fetch_all(&mut *db)
         .await?;
+    let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
     for (key, granted, tat, now) in rows {
-        let Some((policy, positions, _)) = subjects.iter().find(|(p, ..)| p.key == key) else {
+        let Some((policy, positions, _)) = index.get(key.as_str()).map(|&at| &subjects[at]) else {
             continue;
         };
         for (&i, d) in positions
@@ -502,21 +505,16 @@ pub struct Limiter {
 impl Limiter {
     /// Starts the limiter's lanes on the current runtime.
     pub fn spawn(db: PgPool) -> Self {
-        let lanes =
-            (0..LANES)
-                .map(|_| {
-                    let (tx, rx) = mpsc::channel(4096);
-                    let db = db.clone();
-                    tokio::spawn(run(
-                        rx,
-                        db.clone(),
-                        |mut conn, batch: Vec<Policy>| async move {
-                            decide_batch(&mut conn, &batch).await
-                        },
-                    ));
-                    tx
-                })
-                .collect();
+        let decide = |mut conn: PoolConnection<Postgres>, batch: Vec<Policy>| async move {
+            decide_batch(&mut conn, &batch).await
+        };
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(4096);
+                tokio::spawn(run(rx, db.clone(), decide));
+                tx
+            })
+            .collect();
         let (keys, rx) = mpsc::channel(4096);
         tokio::spawn(run(rx, db, |mut conn, batch: Vec<KeyCheck>| async move {
             authenticate_batch(&mut conn, &batch).await
@@ -662,6 +660,25 @@ mod tests {
         assert_eq!(d.remaining, 0);
         assert_eq!(d.retry_after, Some(1));
         assert_eq!(d.reset_after, 60);
+    }
+
+    #[test]
+    fn requests_are_grouped_by_subject_in_first_seen_order() {
+        let ip = |last: u8| Policy::anonymous(std::net::IpAddr::from([192, 0, 2, last]), 10);
+        let batch = [ip(2), ip(1), ip(2), ip(3), ip(1), ip(2)];
+        let grouped = by_subject(batch.iter().enumerate().map(|(i, p)| (p, i, i * 10)));
+        let seen: Vec<(&str, Vec<usize>, usize)> = grouped
+            .iter()
+            .map(|(p, positions, first)| (p.key.as_str(), positions.clone(), *first))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("ip:192.0.2.2", vec![0, 2, 5], 0),
+                ("ip:192.0.2.1", vec![1, 4], 10),
+                ("ip:192.0.2.3", vec![3], 30),
+            ]
+        );
     }
 
     #[test]
