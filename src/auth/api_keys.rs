@@ -245,30 +245,25 @@ mod tests {
     fn a_key_use_is_recorded_once_a_minute() {
         let mut recording = HashMap::new();
         let t0 = Instant::now();
-        assert!(first_this_minute(&mut recording, "a", t0));
-        // Every request that finds the key stale before the update lands.
-        assert!(!first_this_minute(&mut recording, "a", t0));
-        assert!(!first_this_minute(
-            &mut recording,
-            "a",
-            t0 + Duration::from_secs(59)
-        ));
-        assert!(first_this_minute(
-            &mut recording,
-            "b",
-            t0 + Duration::from_secs(59)
-        ));
-        assert!(first_this_minute(
-            &mut recording,
-            "a",
-            t0 + Duration::from_secs(60)
-        ));
-        // Old entries are forgotten as new ones come.
-        assert!(first_this_minute(
-            &mut recording,
-            "c",
-            t0 + Duration::from_secs(200)
-        ));
+        // (key, seconds after t0, whether that use is recorded)
+        let uses = [
+            ("a", 0, true),
+            // Every request that finds the key stale before the update lands.
+            ("a", 0, false),
+            ("a", 59, false),
+            ("b", 59, true),
+            ("a", 60, true),
+            // Old entries are forgotten as new ones come.
+            ("c", 200, true),
+        ];
+        for (id, secs, recorded) in uses {
+            let at = t0 + Duration::from_secs(secs);
+            assert_eq!(
+                first_this_minute(&mut recording, id, at),
+                recorded,
+                "{id} at {secs} s"
+            );
+        }
         assert_eq!(recording.len(), 1);
     }
 
