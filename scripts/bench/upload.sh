@@ -93,7 +93,23 @@ start_intake() {
 }
 stop_intake() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+# cpu_ticks [PID]: user + system clock ticks of PID (default: intake).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$SERVER_PID}/stat"; }
+# cpu_seconds_since T0 [PID]: CPU seconds spent since cpu_ticks gave T0.
+cpu_seconds_since() { python3 -c "print(f'{($(cpu_ticks "${2:-}") - $1) / $(getconf CLK_TCK):.2f}')"; }
+# start_relay PORT BIN [ARGS...]: starts one of the bench's bare relays as
+# `BIN 127.0.0.1:PORT ARGS...` and waits for it to answer; stop_relay ends it.
+start_relay() {
+    local port=$1 bin=$2; shift 2
+    "$bin" "127.0.0.1:$port" "$@" >"$WORK/relay.log" 2>&1 &
+    RELAY_PID=$!
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
+        sleep 0.1
+    done
+    cat "$WORK/relay.log" >&2; return 1
+}
+stop_relay() { kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=; }
 # Deletes what the bucket holds between cases, so the disk does not fill.
 empty_bucket() { rm -rf "${WORK:?}/s3/bench/"*; }
 
@@ -190,14 +206,9 @@ if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
     direct_put=$(median direct-put 1 100)
     # The same PUT through a relay that only receives, hashes and sends on.
     RELAY_PORT=$(free_port)
-    "$RELAY" "127.0.0.1:$RELAY_PORT" >"$WORK/relay.log" 2>&1 &
-    RELAY_PID=$!
-    for _ in $(seq 1 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$RELAY_PORT/" && break
-        sleep 0.1
-    done
+    start_relay "$RELAY_PORT" "$RELAY"
     relay_put=$(S3_ENDPOINT=http://127.0.0.1:$RELAY_PORT median direct-put 1 100)
-    kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=
+    stop_relay
 fi
 t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
@@ -268,7 +279,7 @@ intake_tus() {
     out=$(TUS_AUTHORIZATION="Bearer $INTAKE_KEY" node scripts/bench/tus/client.mjs \
         "$INTAKE_URL/upload/tus" "$TUS_FILE" $((mib * 1048576)) "$count" "$PART_BYTES")
     rss=$(peak_rss_mib)
-    cpu=$(python3 -c "print(f'{($(cpu_ticks) - $t0) / $(getconf CLK_TCK):.2f}')")
+    cpu=$(cpu_seconds_since "$t0")
     stop_intake
     files=$("$PG_BIN/psql" "$DB_URL" -tAc "SELECT count(*) FROM $SCHEMA.files
         WHERE filename LIKE 'bench-%.bin' AND size = $((mib * 1048576)) AND sha256 IS NOT NULL")
@@ -294,17 +305,12 @@ fi
 relay_tus() {
     local count=$1 mib=$2 port out objects t0 cpu
     port=$(free_port)
-    "$TUS_RELAY" "127.0.0.1:$port" bench >"$WORK/tus-relay.log" 2>&1 &
-    RELAY_PID=$!
-    for _ in $(seq 1 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-        sleep 0.1
-    done
-    t0=$(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat")
+    start_relay "$port" "$TUS_RELAY" bench
+    t0=$(cpu_ticks "$RELAY_PID")
     out=$(node scripts/bench/tus/client.mjs "http://127.0.0.1:$port/files" "$TUS_FILE" \
         $((mib * 1048576)) "$count" "$PART_BYTES")
-    cpu=$(python3 -c "print(f'{($(awk '{print $14 + $15}' "/proc/$RELAY_PID/stat") - $t0) / $(getconf CLK_TCK):.2f}')")
-    kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=
+    cpu=$(cpu_seconds_since "$t0" "$RELAY_PID")
+    stop_relay
     objects=$(find "$WORK/s3/bench" -maxdepth 1 -type f -size "$((mib * 1048576))c" | wc -l)
     if [ "$objects" != "$count" ]; then
         echo "bare tus relay $count x $mib MiB: $objects objects of the full size, not $count" >&2; return 1
