@@ -1,12 +1,13 @@
 //! The reaper: the periodic clean-up every instance runs. It ends expired
 //! upload leases (uploads of dead instances, abandoned presigned uploads),
-//! retries queued object deletions and prunes idle rate-limit state. Each
-//! step is safe on several instances at once: rows are claimed with
-//! `SKIP LOCKED`, so each lease is ended and each object deleted once.
+//! retries queued object deletions, prunes idle rate-limit state and closes
+//! idle scratch files of tus parts ([`tus::trim_spills`]). Each step is
+//! safe on several instances at once: rows are claimed with `SKIP LOCKED`,
+//! so each lease is ended and each object deleted once.
 
 use std::time::Duration;
 
-use crate::{deletions, quota::slots, ratelimit, state::AppState};
+use crate::{deletions, quota::slots, ratelimit, state::AppState, tus};
 
 /// Idle rate-limit rows are pruned about this often.
 const PRUNE_PERIOD: Duration = Duration::from_secs(60);
@@ -18,9 +19,18 @@ pub async fn housekeeping(state: AppState) {
     let interval = state.config.reaper_interval;
     let prune_every = (PRUNE_PERIOD.as_secs() / interval.as_secs().max(1)).max(1);
     let mut tick = tokio::time::interval(interval);
+    // Idle scratch files of tus parts are closed on their own clock, so a
+    // long reaper interval does not keep them.
+    let mut trim = tokio::time::interval(tus::SPILL_IDLE);
     let mut round: u64 = 0;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = trim.tick() => {
+                tus::trim_spills(tus::SPILL_IDLE);
+                continue;
+            }
+        }
         round += 1;
         if let Err(e) = reap(&state).await {
             tracing::warn!(error = %e, "reaping failed; will retry");

@@ -14,7 +14,10 @@
 mod headers;
 mod receive;
 mod sha;
+mod spill;
 mod uploads;
+
+pub use spill::{IDLE as SPILL_IDLE, trim as trim_spills};
 
 use axum::{
     Extension,

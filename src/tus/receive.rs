@@ -28,7 +28,6 @@
 
 use std::{
     collections::VecDeque,
-    os::unix::fs::FileExt as _,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -42,6 +41,7 @@ use uuid::Uuid;
 use super::{
     headers::{BodyHasher, Checksum},
     sha::Sha256State,
+    spill::Spill,
     uploads::{self, Progress, State, Upload},
 };
 use crate::{
@@ -245,18 +245,6 @@ struct Buffer {
     len: usize,
 }
 
-/// The bytes of a part in flight, kept until storage has the part so that
-/// a body that breaks keeps them: in an unnamed temporary file (the
-/// system's temporary directory), written through the page cache and
-/// dropped with the part, so they cost no resident memory and, being
-/// unlinked from the start, vanish with the process whatever ends it.
-/// Writes are plain positional writes of the chunks as they come: into the
-/// page cache, as cheap as the copy a buffer would make.
-struct Spill {
-    file: std::fs::File,
-    len: usize,
-}
-
 impl Buffer {
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
@@ -264,7 +252,7 @@ impl Buffer {
     }
 
     fn spilled(&self) -> usize {
-        self.spill.as_ref().map_or(0, |s| s.len)
+        self.spill.as_ref().map_or(0, Spill::len)
     }
 
     /// Moves the first `n` bytes held in memory (those right after the
@@ -275,8 +263,8 @@ impl Buffer {
             return;
         }
         if self.spill.is_none() {
-            match tempfile::tempfile() {
-                Ok(file) => self.spill = Some(Spill { file, len: 0 }),
+            match Spill::open() {
+                Ok(spill) => self.spill = Some(spill),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not open a temporary file; the part stays in memory");
                     return;
@@ -290,11 +278,10 @@ impl Buffer {
         };
         let mut written = 0;
         for chunk in &moved {
-            if let Err(e) = spill.file.write_all_at(chunk, spill.len as u64) {
+            if let Err(e) = spill.append(chunk) {
                 tracing::warn!(error = %e, "could not write to a temporary file; the part stays in memory");
                 break;
             }
-            spill.len += chunk.len();
             written += 1;
         }
         for chunk in moved.drain(written..).rev() {
@@ -304,7 +291,7 @@ impl Buffer {
 
     /// Drops the first `n` bytes (a part storage has).
     fn drop_front(&mut self, n: usize) {
-        let spilled = self.spill.take().map_or(0, |s| s.len);
+        let spilled = self.spill.take().map_or(0, |s| s.len());
         self.len -= spilled;
         self.take(n - spilled);
     }
@@ -312,9 +299,7 @@ impl Buffer {
     /// Reads the spilled bytes back into memory (their part failed).
     fn unspill(&mut self) -> std::io::Result<()> {
         if let Some(spill) = self.spill.take() {
-            let mut bytes = vec![0; spill.len];
-            spill.file.read_exact_at(&mut bytes, 0)?;
-            self.chunks.push_front(Bytes::from(bytes));
+            self.chunks.push_front(Bytes::from(spill.read_all()?));
         }
         Ok(())
     }
