@@ -15,9 +15,9 @@
 #     one part each) with the same 100 MiB file and the same 10 x 20 MiB
 #     load, each case on a fresh server process, run once to warm it (as a
 #     server up for a while: connections, caches) and then timed, with the
-#     peak RSS of the timed pass, and a
-#     bare tus relay driven alike (receive, SHA-256, one S3 part per PATCH:
-#     examples/tus_relay.rs), the best tus ratio any server reaches here;
+#     peak RSS of the timed pass, and a bare tus relay driven alike
+#     (receive, SHA-256, one S3 part per PATCH: examples/tus_relay.rs), the
+#     best tus ratio any server reaches here;
 #   - a batch of 50 x 1 MiB files vs 50 direct PUTs.
 #
 #   scripts/bench/upload.sh          (REPEAT=3 runs of each timed case; median)

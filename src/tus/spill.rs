@@ -10,10 +10,11 @@
 //! about a fifth of the CPU of a tus upload on the bench (the kernel
 //! allocating the page-cache pages on the writes and freeing them on
 //! close); a reused file's pages are already there. The pool holds at most
-//! [`POOL_FILES`] files, each at most one part long, and the reaper closes
-//! those idle for [`IDLE`] ([`trim`]), well before the kernel would write
-//! a file's pages back to disk (30 s by default), so user bytes do not
-//! linger in them.
+//! [`POOL_FILES`] files, each about one part long, and every [`IDLE`] the
+//! reaper's loop closes those idle for as long ([`trim`]): a file is closed
+//! within twice that of its last use, before the kernel would write its
+//! pages back to disk (30 s by default), so user bytes do not linger in
+//! them.
 
 use std::{
     fs::File,
