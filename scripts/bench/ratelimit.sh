@@ -2,10 +2,13 @@
 # Benchmark of the per-minute rate limiter: requests/s and p50/p99 latency of
 # a light authenticated GET (/me) with the limiter on and off, for one hot
 # account and for many accounts, from wrk on loopback. Prints a table and the
-# on/off ratios measured in this run.
+# on/off ratios measured in this run: ROUNDS rounds (3 by default), each
+# the server with the limiter off and then on, and the median of the
+# rounds' ratios, since on a shared machine one pair of runs can differ by
+# more than the limiter costs.
 #
-#   scripts/bench/ratelimit.sh            # 15 s per case
-#   DURATION=30s CONNECTIONS=64 scripts/bench/ratelimit.sh
+#   scripts/bench/ratelimit.sh            # 15 s per case, 3 rounds
+#   ROUNDS=1 DURATION=30s CONNECTIONS=64 scripts/bench/ratelimit.sh
 #   INTAKE_BIN=path scripts/bench/ratelimit.sh   runs that intake binary
 #                                         (another build, to compare two)
 set -euo pipefail
@@ -13,6 +16,7 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
 
 DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 ACCOUNTS=${ACCOUNTS:-200}
 ensure_rust
@@ -109,29 +113,44 @@ PY
 }
 
 declare -A R
-for limiter in false true; do
-    start_server "$limiter"
-    # Warm the pool and caches.
-    wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me" >/dev/null
-    for scenario in hot many; do
-        R[$limiter-$scenario]=$(run_case "$limiter" "$scenario")
+for round in $(seq 1 "$ROUNDS"); do
+    for limiter in false true; do
+        start_server "$limiter"
+        # Warm the pool and caches.
+        wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me" >/dev/null
+        for scenario in hot many; do
+            R[$limiter-$scenario-$round]=$(run_case "$limiter" "$scenario")
+        done
+        stop_server
     done
-    stop_server
 done
 
-printf '\n%-8s %-8s %10s %9s %9s %8s\n' limiter accounts 'req/s' 'p50 ms' 'p99 ms' 'non-2xx'
-for scenario in hot many; do
-    for limiter in false true; do
-        read -r rps p50 p99 bad <<<"${R[$limiter-$scenario]}"
-        label=$([ "$limiter" = true ] && echo on || echo off)
-        who=$([ "$scenario" = hot ] && echo 1 || echo "$ACCOUNTS")
-        printf '%-8s %-8s %10s %9s %9s %8s\n' "$label" "$who" "$rps" "$p50" "$p99" "$bad"
+printf '\n%-6s %-8s %-8s %10s %9s %9s %8s\n' round limiter accounts 'req/s' 'p50 ms' 'p99 ms' 'non-2xx'
+for round in $(seq 1 "$ROUNDS"); do
+    for scenario in hot many; do
+        for limiter in false true; do
+            read -r rps p50 p99 bad <<<"${R[$limiter-$scenario-$round]}"
+            label=$([ "$limiter" = true ] && echo on || echo off)
+            who=$([ "$scenario" = hot ] && echo 1 || echo "$ACCOUNTS")
+            printf '%-6s %-8s %-8s %10s %9s %9s %8s\n' "$round" "$label" "$who" "$rps" "$p50" "$p99" "$bad"
+        done
     done
 done
 echo
 for scenario in hot many; do
-    read -r off_rps _ off_p99 _ <<<"${R[false-$scenario]}"
-    read -r on_rps _ on_p99 _ <<<"${R[true-$scenario]}"
-    python3 -c "print(f'$scenario: throughput on/off = {$on_rps/$off_rps:.2f}  (goal >= 0.90);  p99 added = {$on_p99-$off_p99:+.3f} ms  (goal < 1 ms)')"
+    pairs=
+    for round in $(seq 1 "$ROUNDS"); do
+        read -r off_rps _ off_p99 _ <<<"${R[false-$scenario-$round]}"
+        read -r on_rps _ on_p99 _ <<<"${R[true-$scenario-$round]}"
+        pairs="$pairs ($on_rps/$off_rps, $on_p99-$off_p99),"
+    done
+    python3 -c "
+import statistics
+pairs = [$pairs]
+ratios = ', '.join(f'{r:.2f}' for r, _ in pairs)
+added = ', '.join(f'{a:+.3f}' for _, a in pairs)
+print(f'$scenario: throughput on/off = {statistics.median(r for r, _ in pairs):.2f}  (goal >= 0.90);  p99 added = {statistics.median(a for _, a in pairs):+.3f} ms  (goal < 1 ms)')
+print(f'  each round: on/off {ratios};  p99 added {added} ms')
+"
 done
-echo "(wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"
+echo "(median of $ROUNDS rounds; wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"
