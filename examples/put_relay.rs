@@ -14,7 +14,6 @@
 // A measuring tool: any failure ends the run loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use aws_sdk_s3::primitives::ByteStream;
 use axum::{
     Router,
     body::Body,
@@ -23,7 +22,6 @@ use axum::{
     response::IntoResponse,
     routing::put,
 };
-use http_body_util::StreamBody;
 use sha2::{Digest, Sha256};
 
 #[path = "shared/hashed.rs"]
@@ -42,13 +40,13 @@ async fn relay(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("a Content-Length");
-    let (frames, hashing) = hashed::frames(body, Sha256::new());
+    let (stream, hashing) = hashed::body(body, Sha256::new());
     let stored = s3
         .put_object()
         .bucket(bucket)
         .key(key)
         .content_length(length)
-        .body(ByteStream::from_body_1_x(StreamBody::new(frames)))
+        .body(stream)
         .customize()
         .disable_payload_signing()
         .send()

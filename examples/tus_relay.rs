@@ -25,10 +25,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aws_sdk_s3::{
-    primitives::ByteStream,
-    types::{CompletedMultipartUpload, CompletedPart},
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use axum::{
     Router,
     body::Body,
@@ -37,7 +34,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{patch, post},
 };
-use http_body_util::StreamBody;
 use sha2::{Digest, Sha256};
 
 #[path = "shared/hashed.rs"]
@@ -118,7 +114,7 @@ async fn append(
         relay.uploads.lock().unwrap().insert(id, upload);
         return StatusCode::CONFLICT.into_response();
     }
-    let (frames, hashing) = hashed::frames(body, std::mem::take(&mut upload.hasher));
+    let (stream, hashing) = hashed::body(body, std::mem::take(&mut upload.hasher));
     let part_number = i32::try_from(upload.parts.len() + 1).unwrap();
     let stored = relay
         .s3
@@ -128,7 +124,7 @@ async fn append(
         .upload_id(&upload.upload_id)
         .part_number(part_number)
         .content_length(i64::try_from(len).unwrap())
-        .body(ByteStream::from_body_1_x(StreamBody::new(frames)))
+        .body(stream)
         .customize()
         .disable_payload_signing()
         .send()
