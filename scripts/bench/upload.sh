@@ -274,22 +274,28 @@ rss_single=$(peak_rss_mib)
 tus_status=$(curl -s -o /dev/null -w '%{http_code}' -X OPTIONS "$INTAKE_URL/upload/tus")
 stop_intake; empty_bucket
 
-# intake_tus COUNT MIB: one run on a fresh intake; prints "seconds rss cpu"
-# (cpu: intake's user + system seconds for the run).
-# Every upload must have become a file of the full size.
+# tus_load URL COUNT MIB: the bench's tus client, COUNT concurrent uploads
+# of MIB MiB of the bench file created at URL; prints its JSON line.
+tus_load() {
+    node scripts/bench/tus/client.mjs "$1" "$TUS_FILE" $(($3 * 1048576)) "$2" "$PART_BYTES"
+}
+# Removes intake's bench files (rows and objects).
+drop_tus_files() {
+    "$PG_BIN/psql" "$DB_URL" -qc "DELETE FROM $SCHEMA.files WHERE filename LIKE 'bench-%.bin'"
+    empty_bucket
+}
+
+# intake_tus COUNT MIB: on a fresh intake, the load once to warm it, then
+# timed; prints "seconds rss cpu" of the timed pass (cpu: intake's user +
+# system seconds). Every upload must have become a file of the full size.
 intake_tus() {
     local count=$1 mib=$2 out seconds rss files t0 cpu
     start_intake
-    for pass in warm timed; do
-        if [ "$pass" = timed ]; then
-            "$PG_BIN/psql" "$DB_URL" -qc "DELETE FROM $SCHEMA.files WHERE filename LIKE 'bench-%.bin'"
-            empty_bucket
-            reset_peak_rss
-            t0=$(cpu_ticks)
-        fi
-        out=$(TUS_AUTHORIZATION="Bearer $INTAKE_KEY" node scripts/bench/tus/client.mjs \
-            "$INTAKE_URL/upload/tus" "$TUS_FILE" $((mib * 1048576)) "$count" "$PART_BYTES")
-    done
+    TUS_AUTHORIZATION="Bearer $INTAKE_KEY" tus_load "$INTAKE_URL/upload/tus" "$count" "$mib" >/dev/null
+    drop_tus_files
+    reset_peak_rss
+    t0=$(cpu_ticks)
+    out=$(TUS_AUTHORIZATION="Bearer $INTAKE_KEY" tus_load "$INTAKE_URL/upload/tus" "$count" "$mib")
     rss=$(peak_rss_mib)
     cpu=$(cpu_seconds_since "$t0")
     stop_intake
@@ -298,8 +304,7 @@ intake_tus() {
     if [ "$files" != "$count" ]; then
         echo "intake tus $count x $mib MiB: $files files recorded, not $count" >&2; return 1
     fi
-    "$PG_BIN/psql" "$DB_URL" -qc "DELETE FROM $SCHEMA.files WHERE filename LIKE 'bench-%.bin'"
-    empty_bucket
+    drop_tus_files
     seconds=$(node -p "JSON.parse(process.argv[1]).seconds" "$out")
     printf '%.3f %s %s\n' "$seconds" "$rss" "$cpu"
 }
@@ -311,21 +316,17 @@ else
 fi
 
 # relay_tus COUNT MIB: the same client and file against a bare tus relay
-# (receive, SHA-256, one S3 part per PATCH, complete: examples/tus_relay.rs);
-# prints its seconds and its CPU seconds. Every upload must have become an
-# object of the full size.
+# (receive, SHA-256, one S3 part per PATCH, complete: examples/tus_relay.rs),
+# warmed and timed alike; prints its seconds and its CPU seconds. Every
+# upload must have become an object of the full size.
 relay_tus() {
     local count=$1 mib=$2 port out objects t0 cpu
     port=$(free_port)
     start_relay "$port" "$TUS_RELAY" bench
-    for pass in warm timed; do
-        if [ "$pass" = timed ]; then
-            empty_bucket
-            t0=$(cpu_ticks "$RELAY_PID")
-        fi
-        out=$(node scripts/bench/tus/client.mjs "http://127.0.0.1:$port/files" "$TUS_FILE" \
-            $((mib * 1048576)) "$count" "$PART_BYTES")
-    done
+    tus_load "http://127.0.0.1:$port/files" "$count" "$mib" >/dev/null
+    empty_bucket
+    t0=$(cpu_ticks "$RELAY_PID")
+    out=$(tus_load "http://127.0.0.1:$port/files" "$count" "$mib")
     cpu=$(cpu_seconds_since "$t0" "$RELAY_PID")
     stop_relay
     objects=$(find "$WORK/s3/bench" -maxdepth 1 -type f -size "$((mib * 1048576))c" | wc -l)
