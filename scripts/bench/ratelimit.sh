@@ -2,21 +2,25 @@
 # Benchmark of the per-minute rate limiter: requests/s and p50/p99 latency of
 # a light authenticated GET (/me) with the limiter on and off, for one hot
 # account and for many accounts, from wrk on loopback. Prints a table and the
-# on/off ratios measured in this run: ROUNDS rounds (3 by default), each
-# the server with the limiter off and then on, and the median of the
-# rounds' ratios, since on a shared machine one pair of runs can differ by
-# more than the limiter costs.
+# on/off ratios measured in this run.
 #
-#   scripts/bench/ratelimit.sh            # 15 s per case, 3 rounds
-#   ROUNDS=1 DURATION=30s CONNECTIONS=64 scripts/bench/ratelimit.sh
+# Two servers run side by side on one database, one with the limiter off and
+# one with it on, and each round measures the two back to back (off first in
+# odd rounds, on first in even ones). On a shared machine the throughput
+# drifts by more than the limiter costs over a minute; a pair a few seconds
+# apart sees the same machine, and the median of ROUNDS pairs (6 by
+# default) is what is reported, beside every pair.
+#
+#   scripts/bench/ratelimit.sh            # 5 s per measurement, 6 rounds
+#   ROUNDS=10 DURATION=3s CONNECTIONS=64 scripts/bench/ratelimit.sh
 #   INTAKE_BIN=path scripts/bench/ratelimit.sh   runs that intake binary
 #                                         (another build, to compare two)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
 
-DURATION=${DURATION:-15s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-6}
 CONNECTIONS=${CONNECTIONS:-32}
 ACCOUNTS=${ACCOUNTS:-200}
 ensure_rust
@@ -31,12 +35,10 @@ export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
 export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz
 export ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
 export STORAGE_BACKEND=fs FS_ROOT=$(mktemp -d) LOG_FORMAT=json RUST_LOG=warn
-PORT=$(free_port)
-export BIND_ADDR=127.0.0.1:$PORT
 WORK=$(mktemp -d)
-SERVER_PID=
+declare -A PORT PID
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    for pid in "${PID[@]}"; do kill "$pid" 2>/dev/null || true; done
     "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
     rm -rf "$WORK" "$FS_ROOT"
 }
@@ -47,21 +49,24 @@ trap cleanup EXIT
 [ -n "${INTAKE_BIN:-}" ] || cargo build --release --locked --bin intake >/dev/null 2>&1
 BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 
+# start_server LIMITER: the server with the limiter on (true) or off (false),
+# on its own port.
 start_server() {
-    RATE_LIMIT_ENABLED=$1 "$BIN" serve >"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
+    PORT[$1]=$(free_port)
+    BIND_ADDR=127.0.0.1:${PORT[$1]} RATE_LIMIT_ENABLED=$1 "$BIN" serve >"$WORK/server-$1.log" 2>&1 &
+    PID[$1]=$!
     for _ in $(seq 1 100); do
-        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
+        curl -fs "http://127.0.0.1:${PORT[$1]}/healthz" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    cat "$WORK/server.log" >&2; return 1
+    cat "$WORK/server-$1.log" >&2; return 1
 }
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
 
 start_server true
+start_server false
 # Accounts with a limit far above what the machine can send, so every request
 # takes the allowed path and the limiter's cost is what is measured.
-python3 - "$PORT" "$ACCOUNTS" "$WORK/keys.txt" <<'PY'
+python3 - "${PORT[true]}" "$ACCOUNTS" "$WORK/keys.txt" <<'PY'
 import json, os, sys, urllib.request
 port, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def call(method, path, body):
@@ -76,7 +81,6 @@ for i in range(n):
     keys.append(call("POST", f"/admin/accounts/{acct['id']}/api-keys", {"name": "bench"})["key"])
 open(out, "w").write("\n".join(keys) + "\n")
 PY
-stop_server
 
 cat > "$WORK/many.lua" <<LUA
 local keys = {}
@@ -89,14 +93,20 @@ end
 LUA
 HOT_KEY=$(head -n 1 "$WORK/keys.txt")
 
-# run_case NAME LIMITER SCENARIO -> "rps p50_ms p99_ms non2xx"
+# load LIMITER SCENARIO DURATION: wrk's report.
+load() {
+    local url="http://127.0.0.1:${PORT[$1]}/me"
+    if [ "$2" = hot ]; then
+        wrk -t1 -c"$CONNECTIONS" -d"$3" --latency -H "Authorization: Bearer $HOT_KEY" "$url"
+    else
+        wrk -t1 -c"$CONNECTIONS" -d"$3" --latency -s "$WORK/many.lua" "$url"
+    fi
+}
+
+# run_case LIMITER SCENARIO -> "rps p50_ms p99_ms non2xx"
 run_case() {
     local limiter=$1 scenario=$2 out
-    if [ "$scenario" = hot ]; then
-        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me")
-    else
-        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/many.lua" "http://127.0.0.1:$PORT/me")
-    fi
+    out=$(load "$limiter" "$scenario" "$DURATION")
     printf '%s\n' "$out" >"$WORK/wrk-$limiter-$scenario.txt"
     python3 - "$WORK/wrk-$limiter-$scenario.txt" <<'PY'
 import re, sys
@@ -112,16 +122,19 @@ print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0}")
 PY
 }
 
+# Warm both servers' pools, statements and caches in both scenarios.
+for limiter in false true; do
+    for scenario in hot many; do load "$limiter" "$scenario" 2s >/dev/null; done
+done
+
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
-    for limiter in false true; do
-        start_server "$limiter"
-        # Warm the pool and caches.
-        wrk -t1 -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $HOT_KEY" "http://127.0.0.1:$PORT/me" >/dev/null
-        for scenario in hot many; do
+    order="false true"
+    [ $((round % 2)) = 0 ] && order="true false"
+    for scenario in hot many; do
+        for limiter in $order; do
             R[$limiter-$scenario-$round]=$(run_case "$limiter" "$scenario")
         done
-        stop_server
     done
 done
 
@@ -153,4 +166,4 @@ print(f'$scenario: throughput on/off = {statistics.median(r for r, _ in pairs):.
 print(f'  each round: on/off {ratios};  p99 added {added} ms')
 "
 done
-echo "(median of $ROUNDS rounds; wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"
+echo "(median of $ROUNDS back-to-back pairs; wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"
