@@ -511,14 +511,17 @@ impl Limiter {
         let lanes = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(4096);
-                tokio::spawn(run(rx, db.clone(), decide));
+                tokio::spawn(run("policies", rx, db.clone(), decide));
                 tx
             })
             .collect();
         let (keys, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, db, |mut conn, batch: Vec<KeyCheck>| async move {
-            authenticate_batch(&mut conn, &batch).await
-        }));
+        tokio::spawn(run(
+            "keys",
+            rx,
+            db,
+            |mut conn, batch: Vec<KeyCheck>| async move { authenticate_batch(&mut conn, &batch).await },
+        ));
         Self { lanes, keys }
     }
 
@@ -557,8 +560,16 @@ async fn submit<J, O>(lane: &mpsc::Sender<Pending<J, O>>, job: J) -> Result<O, L
 /// is out of reach, every request that queued while the lane waited for a
 /// connection is answered with that failure at once, so no request waits
 /// longer than one acquire timeout.
-async fn run<J, O, F, Fut>(mut rx: mpsc::Receiver<Pending<J, O>>, db: PgPool, decide: F)
-where
+///
+/// `lane` labels the lane's metrics: its batch sizes, and how long each
+/// batch's statement took from the lane's side (the database's answer,
+/// or the error), which is what every request of the batch waited for.
+async fn run<J, O, F, Fut>(
+    lane: &'static str,
+    mut rx: mpsc::Receiver<Pending<J, O>>,
+    db: PgPool,
+    decide: F,
+) where
     F: Fn(PoolConnection<Postgres>, Vec<J>) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<O>, sqlx::Error>>,
 {
@@ -566,12 +577,16 @@ where
         let conn = db.acquire().await;
         let mut batch = vec![first];
         gather(&mut rx, &mut batch).await;
-        metrics::histogram!("intake_ratelimit_batch_size").record(batch.len() as f64);
+        metrics::histogram!("intake_ratelimit_batch_size", "lane" => lane)
+            .record(batch.len() as f64);
         let (jobs, replies): (Vec<J>, Vec<_>) = batch.into_iter().map(|p| (p.job, p.reply)).unzip();
+        let started = std::time::Instant::now();
         let decided = match conn {
             Ok(conn) => decide(conn, jobs).await,
             Err(e) => Err(e),
         };
+        metrics::histogram!("intake_ratelimit_statement_seconds", "lane" => lane)
+            .record(started.elapsed().as_secs_f64());
         match decided {
             Ok(outcomes) => {
                 for (reply, o) in replies.into_iter().zip(outcomes) {

@@ -68,6 +68,11 @@ async fn metrics_are_prometheus_text() {
     assert!(text.contains("intake_http_requests_total{"), "{text}");
     assert!(text.contains("route=\"/limits\""), "{text}");
     assert!(text.contains("intake_ratelimit_decisions_total{"), "{text}");
+    // The anonymous request's lane reports its statement's duration.
+    assert!(
+        text.contains("intake_ratelimit_statement_seconds_count{lane=\"policies\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
