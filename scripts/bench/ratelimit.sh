@@ -103,14 +103,32 @@ load() {
     fi
 }
 
-# run_case LIMITER SCENARIO -> "rps p50_ms p99_ms non2xx"
+# key_lane LIMITER: the key lane's "batches statement_seconds requests" so far,
+# from the server's metrics.
+key_lane() {
+    curl -fs "http://127.0.0.1:${PORT[$1]}/metrics" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def value(name):
+    m = re.search(r"^" + name + r"\{lane=\"keys\"\} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+print(value("intake_ratelimit_statement_seconds_count"), value("intake_ratelimit_statement_seconds_sum"),
+      value("intake_ratelimit_batch_size_sum"))'
+}
+
+# run_case LIMITER SCENARIO -> "rps p50_ms p99_ms non2xx batch statement_ms":
+# wrk's figures, and the key lane's mean requests per statement and mean
+# statement time (the server's wait for Postgres) during the run.
 run_case() {
-    local limiter=$1 scenario=$2 out
+    local limiter=$1 scenario=$2 out before
+    before=$(key_lane "$limiter")
     out=$(load "$limiter" "$scenario" "$DURATION")
     printf '%s\n' "$out" >"$WORK/wrk-$limiter-$scenario.txt"
-    python3 - "$WORK/wrk-$limiter-$scenario.txt" <<'PY'
+    python3 - "$WORK/wrk-$limiter-$scenario.txt" "$before" "$(key_lane "$limiter")" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
+(b0, s0, r0), (b1, s1, r1) = (map(float, a.split()) for a in sys.argv[2:4])
+batches = max(b1 - b0, 1)
 def ms(v):
     n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -118,7 +136,7 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0}")
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad.group(1) if bad else 0} {(r1 - r0) / batches:.1f} {(s1 - s0) / batches * 1000:.3f}")
 PY
 }
 
@@ -138,14 +156,14 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-printf '\n%-6s %-8s %-8s %10s %9s %9s %8s\n' round limiter accounts 'req/s' 'p50 ms' 'p99 ms' 'non-2xx'
+printf '\n%-6s %-8s %-8s %10s %9s %9s %8s %7s %9s\n' round limiter accounts 'req/s' 'p50 ms' 'p99 ms' 'non-2xx' batch 'stmt ms'
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in hot many; do
         for limiter in false true; do
-            read -r rps p50 p99 bad <<<"${R[$limiter-$scenario-$round]}"
+            read -r rps p50 p99 bad batch stmt <<<"${R[$limiter-$scenario-$round]}"
             label=$([ "$limiter" = true ] && echo on || echo off)
             who=$([ "$scenario" = hot ] && echo 1 || echo "$ACCOUNTS")
-            printf '%-6s %-8s %-8s %10s %9s %9s %8s\n' "$round" "$label" "$who" "$rps" "$p50" "$p99" "$bad"
+            printf '%-6s %-8s %-8s %10s %9s %9s %8s %7s %9s\n' "$round" "$label" "$who" "$rps" "$p50" "$p99" "$bad" "$batch" "$stmt"
         done
     done
 done
@@ -153,17 +171,18 @@ echo
 for scenario in hot many; do
     pairs=
     for round in $(seq 1 "$ROUNDS"); do
-        read -r off_rps _ off_p99 _ <<<"${R[false-$scenario-$round]}"
-        read -r on_rps _ on_p99 _ <<<"${R[true-$scenario-$round]}"
-        pairs="$pairs ($on_rps/$off_rps, $on_p99-$off_p99),"
+        read -r off_rps _ off_p99 _ _ off_stmt <<<"${R[false-$scenario-$round]}"
+        read -r on_rps _ on_p99 _ _ on_stmt <<<"${R[true-$scenario-$round]}"
+        pairs="$pairs ($on_rps/$off_rps, $on_p99-$off_p99, $on_stmt-$off_stmt),"
     done
     python3 -c "
 import statistics
 pairs = [$pairs]
-ratios = ', '.join(f'{r:.2f}' for r, _ in pairs)
-added = ', '.join(f'{a:+.3f}' for _, a in pairs)
-print(f'$scenario: throughput on/off = {statistics.median(r for r, _ in pairs):.2f}  (goal >= 0.90);  p99 added = {statistics.median(a for _, a in pairs):+.3f} ms  (goal < 1 ms)')
+ratios = ', '.join(f'{r:.2f}' for r, _, _ in pairs)
+added = ', '.join(f'{a:+.3f}' for _, a, _ in pairs)
+print(f'$scenario: throughput on/off = {statistics.median(r for r, _, _ in pairs):.2f}  (goal >= 0.90);  p99 added = {statistics.median(a for _, a, _ in pairs):+.3f} ms  (goal < 1 ms)')
 print(f'  each round: on/off {ratios};  p99 added {added} ms')
+print(f'  key statement time added by the limiter: {statistics.median(s for _, _, s in pairs):+.3f} ms per batch (median)')
 "
 done
 echo "(median of $ROUNDS back-to-back pairs; wrk -t1 -c$CONNECTIONS -d$DURATION on 127.0.0.1; $(nproc) cores shared by wrk, intake and Postgres)"
