@@ -233,13 +233,17 @@ fn spread(
     })
 }
 
-/// Requests grouped by subject, in first-seen order: each subject with the
-/// positions of its requests and what came with its first one. Linear in
-/// the batch (a batch may hold hundreds of subjects).
+/// Subjects in first-seen order, each with the positions of its requests
+/// and what came with its first one.
+type Groups<P, T> = Vec<(P, Vec<usize>, T)>;
+
+/// Requests grouped by subject, with where each subject's key is in the
+/// groups (to match the statement's rows to them). Linear in the batch (a
+/// batch may hold hundreds of subjects).
 fn by_subject<P: std::borrow::Borrow<Policy>, T>(
     requests: impl IntoIterator<Item = (P, usize, T)>,
-) -> Vec<(P, Vec<usize>, T)> {
-    let mut subjects: Vec<(P, Vec<usize>, T)> = Vec::new();
+) -> (Groups<P, T>, HashMap<String, usize>) {
+    let mut subjects: Groups<P, T> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (p, i, extra) in requests {
         match index.get(&p.borrow().key) {
@@ -250,7 +254,7 @@ fn by_subject<P: std::borrow::Borrow<Policy>, T>(
             }
         }
     }
-    subjects
+    (subjects, index)
 }
 
 /// The statement of [`decide_batch`].
@@ -270,7 +274,7 @@ async fn decide_batch(
     db: &mut PgConnection,
     policies: &[Policy],
 ) -> Result<Vec<Decision>, sqlx::Error> {
-    let subjects = by_subject(policies.iter().enumerate().map(|(i, p)| (p, i, ())));
+    let (subjects, index) = by_subject(policies.iter().enumerate().map(|(i, p)| (p, i, ())));
     let keys: Vec<&str> = subjects.iter().map(|(p, ..)| p.key.as_str()).collect();
     let wanted: Vec<i64> = subjects
         .iter()
@@ -283,7 +287,6 @@ async fn decide_batch(
         .bind(&intervals)
         .fetch_all(&mut *db)
         .await?;
-    let index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
     for (key, granted, tat, now) in rows {
         let Some((policy, positions, _)) = index.get(key.as_str()).map(|&at| &subjects[at]) else {
@@ -468,7 +471,7 @@ async fn authenticate_batch(
         outcomes[i].account = Some(row.account);
         outcomes[i].stale = row.stale;
     }
-    for (policy, positions, (granted, tat, now)) in by_subject(decided) {
+    for (policy, positions, (granted, tat, now)) in by_subject(decided).0 {
         let decisions = spread(&policy, positions.len(), granted, tat, now);
         for (i, d) in positions.into_iter().zip(decisions) {
             outcomes[i].decision = Some(d);
@@ -705,7 +708,7 @@ mod tests {
     fn requests_are_grouped_by_subject_in_first_seen_order() {
         let ip = |last: u8| Policy::anonymous(std::net::IpAddr::from([192, 0, 2, last]), 10);
         let batch = [ip(2), ip(1), ip(2), ip(3), ip(1), ip(2)];
-        let grouped = by_subject(batch.iter().enumerate().map(|(i, p)| (p, i, i * 10)));
+        let (grouped, index) = by_subject(batch.iter().enumerate().map(|(i, p)| (p, i, i * 10)));
         let seen: Vec<(&str, Vec<usize>, usize)> = grouped
             .iter()
             .map(|(p, positions, first)| (p.key.as_str(), positions.clone(), *first))
@@ -718,6 +721,10 @@ mod tests {
                 ("ip:192.0.2.3", vec![3], 30),
             ]
         );
+        for (at, (p, ..)) in grouped.iter().enumerate() {
+            assert_eq!(index[&p.key], at);
+        }
+        assert_eq!(index.len(), grouped.len());
     }
 
     #[tokio::test]
