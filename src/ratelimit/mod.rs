@@ -565,8 +565,10 @@ async fn submit<J, O>(lane: &mpsc::Sender<Pending<J, O>>, job: J) -> Result<O, L
 /// longer than one acquire timeout.
 ///
 /// `lane` labels the lane's metrics: its batch sizes, and how long each
-/// batch's statement took from the lane's side (the database's answer,
-/// or the error), which is what every request of the batch waited for.
+/// batch's statement took from the lane's side until the database answered
+/// or the statement failed, which is what every request of the batch
+/// waited for (a batch that got no connection ran no statement and is not
+/// timed).
 async fn run<J, O, F, Fut>(
     lane: &'static str,
     mut rx: mpsc::Receiver<Pending<J, O>>,
@@ -583,13 +585,16 @@ async fn run<J, O, F, Fut>(
         metrics::histogram!("intake_ratelimit_batch_size", "lane" => lane)
             .record(batch.len() as f64);
         let (jobs, replies): (Vec<J>, Vec<_>) = batch.into_iter().map(|p| (p.job, p.reply)).unzip();
-        let started = std::time::Instant::now();
         let decided = match conn {
-            Ok(conn) => decide(conn, jobs).await,
+            Ok(conn) => {
+                let started = std::time::Instant::now();
+                let decided = decide(conn, jobs).await;
+                metrics::histogram!("intake_ratelimit_statement_seconds", "lane" => lane)
+                    .record(started.elapsed().as_secs_f64());
+                decided
+            }
             Err(e) => Err(e),
         };
-        metrics::histogram!("intake_ratelimit_statement_seconds", "lane" => lane)
-            .record(started.elapsed().as_secs_f64());
         match decided {
             Ok(outcomes) => {
                 for (reply, o) in replies.into_iter().zip(outcomes) {
