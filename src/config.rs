@@ -169,6 +169,9 @@ pub struct Config {
     /// Connections served at once; past it, new ones wait in the listen
     /// backlog until one closes.
     pub max_connections: usize,
+    /// Largest read buffer of one connection: the size of the chunks an
+    /// upload's body arrives in, and the bound on a request's headers.
+    pub read_buffer_bytes: usize,
     /// Password hashes (argon2, 19 MiB each) computed at once.
     pub password_hash_concurrency: usize,
     /// Password hashes that may wait for a free slot; past it, 503.
@@ -192,6 +195,12 @@ pub struct Config {
 
 /// One megabyte as the tier table counts it (binary).
 pub const MB: u64 = 1024 * 1024;
+
+/// The smallest read buffer hyper accepts.
+const READ_BUFFER_MIN: usize = 8 * 1024;
+/// The largest read buffer accepted: past a few MiB a bigger read saves no
+/// more CPU, and each upload holds a few buffers.
+const READ_BUFFER_MAX: usize = 16 * 1024 * 1024;
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -274,6 +283,13 @@ impl Config {
                 reason: "S3 multipart parts must be at least 5 MiB (5242880)".into(),
             });
         }
+        let read_buffer_bytes = env.parse_or("READ_BUFFER_BYTES", 64 * 1024)?;
+        if !(READ_BUFFER_MIN..=READ_BUFFER_MAX).contains(&read_buffer_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "READ_BUFFER_BYTES",
+                reason: format!("must be between {READ_BUFFER_MIN} and {READ_BUFFER_MAX}"),
+            });
+        }
         let ai = ai_config(&env)?;
         Ok(Self {
             database_url: Secret(env.required("DATABASE_URL")?),
@@ -302,6 +318,7 @@ impl Config {
             header_read_timeout: Duration::from_secs(env.positive("HEADER_READ_TIMEOUT_SECS", 10)?),
             max_connections: usize::try_from(env.positive("MAX_CONNECTIONS", 10_000)?)
                 .unwrap_or(usize::MAX),
+            read_buffer_bytes,
             password_hash_concurrency,
             password_hash_queue: env
                 .parse_or("PASSWORD_HASH_QUEUE", 4 * password_hash_concurrency)?,
@@ -635,6 +652,20 @@ mod tests {
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.upload_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.read_buffer_bytes, 64 * 1024);
+        for (value, ok) in [
+            ("8191", false),
+            ("8192", true),
+            ("1048576", true),
+            ("16777216", true),
+            ("16777217", false),
+        ] {
+            let c = config(&[BASE[0], BASE[1], ("READ_BUFFER_BYTES", value)]);
+            assert_eq!(c.is_ok(), ok, "READ_BUFFER_BYTES={value}");
+            if let Err(err) = c {
+                assert!(err.to_string().contains("READ_BUFFER_BYTES"), "{err}");
+            }
+        }
         assert!(c.password_hash_concurrency >= 1);
         assert_eq!(c.password_hash_queue, 4 * c.password_hash_concurrency);
         for zero in [

@@ -102,6 +102,7 @@ impl App {
         let bounds = http::serve::Bounds {
             header_read_timeout: state.config.header_read_timeout,
             max_connections: state.config.max_connections,
+            read_buffer_bytes: state.config.read_buffer_bytes,
         };
         http::serve::serve(self.listener, router, bounds, signal).await;
         housekeeping.abort();

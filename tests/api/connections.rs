@@ -10,7 +10,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{assert_problem, spawn};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Holdings, assert_problem, fixtures, spawn};
 
 /// Opens a connection and sends the first half of a request's headers.
 async fn half_a_header(addr: &str) -> TcpStream {
@@ -126,4 +128,38 @@ async fn connections_past_max_connections_wait_until_one_closes() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_read_buffer_bounds_headers_and_uploads_still_arrive_whole() {
+    let app = spawn().var("READ_BUFFER_BYTES", "8192").start().await;
+    // Headers past the buffer: hyper answers 431 and nothing runs.
+    let resp = app
+        .get("/healthz")
+        .header("x-pad", "p".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The same request on the default 64 KiB buffer is served.
+    let roomy = spawn().start().await;
+    let resp = roomy
+        .get("/healthz")
+        .header("x-pad", "p".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // An upload read 8 KiB at a time is stored whole.
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(3 * 1024 * 1024 + 5);
+    let resp = app.upload(&key, "big.png", "image/png", &data).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(file["size"], data.len());
+    assert_eq!(file["sha256"], hex::encode(Sha256::digest(&data)));
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
 }
