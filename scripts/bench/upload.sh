@@ -3,13 +3,14 @@
 # same run, on one S3 server (s3s-fs) on loopback:
 #   - 100 MiB through intake vs the same bytes straight to S3 with the same
 #     operations (multipart, same part size, parts one after another), and a
-#     single direct PUT for reference; intake's CPU seconds per GiB, beside
+#     single direct PUT for reference; intake's CPU seconds per GiB (and
+#     again on a server reading 1 MiB at a time), beside
 #     the least a relay that receives, hashes (SHA-256) and sends spends
 #     (examples/relay_floor.rs), and the same direct PUT sent through a bare
 #     relay (receive, SHA-256, one PUT: examples/put_relay.rs), the best
 #     single-PUT ratio any relay reaches here;
 #   - peak RSS of intake under 20 concurrent 100 MiB uploads and under 10
-#     concurrent 20 MiB uploads;
+#     concurrent 20 MiB uploads (those also with 1 MiB reads);
 #   - the tus reference server (@tus/server + @tus/s3-store) and intake's own
 #     /upload/tus, driven by the same tus client (tus/client.mjs, PATCHes of
 #     one part each) with the same 100 MiB file and the same 10 x 20 MiB
@@ -185,6 +186,7 @@ stream_summary() {
 intake / direct single PUT (100 MiB):  $(ratio "$direct_put" "$intake_one")   goal >= 0.90
   floor, a bare relay (receive + SHA-256 + one PUT) / direct: $(ratio "$direct_put" "$relay_put")
 intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
+  the same with 1 MiB reads (READ_BUFFER_BYTES=1048576): $cpu_per_gib_1m
   floor, receive + SHA-256 + send only: $floor_64 (64 KiB reads), $floor_1m (1 MiB reads); SHA-256 alone $floor_sha
 OUT
 }
@@ -219,6 +221,26 @@ t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
 t1=$(cpu_ticks)
 cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
+    # The same uploads on a server reading 1 MiB at a time
+    # (READ_BUFFER_BYTES): less CPU per byte, more memory per upload.
+    stop_intake; empty_bucket
+    READ_BUFFER_BYTES=1048576 start_intake
+    "$CLIENT" intake 1 1 >/dev/null; empty_bucket
+    t0=$(cpu_ticks)
+    median intake 1 100 >/dev/null
+    t1=$(cpu_ticks)
+    cpu_per_gib_1m=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+    if [ "$CASES" = all ]; then
+        stop_intake
+        READ_BUFFER_BYTES=1048576 start_intake
+        "$CLIENT" intake-concurrent 10 20 >/dev/null
+        rss10_1m=$(peak_rss_mib)
+        empty_bucket
+    fi
+    stop_intake
+    start_intake
+fi
 # The least any server spends per GiB that receives, hashes and sends on
 # (examples/relay_floor.rs), on this machine, now.
 if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
@@ -387,8 +409,9 @@ intake / direct multipart (100 MiB):   $(ratio "$direct_mp" "$intake_one")   goa
 $(stream_summary)
 peak RSS, 20 x 100 MiB:                $rss20 MiB   goal <= 64 MiB (32 + 20 x 1 MiB of chunks: one PUT each, no part)
 peak RSS, 10 x 20 MiB:                 $rss10 MiB   goal <= 64 MiB
+  the same with 1 MiB reads (READ_BUFFER_BYTES=1048576): $rss10_1m MiB
 intake / tus throughput, 100 MiB:      $(ratio "$tus_single" "$intake_one")   goal >= 2
-intake / tus throughput, 10 x 20 MiB:  $(ratio "$tus_c10" "$c10")   goal >= 2
+intake / tus throughput, 10 x 20 MiB:  $(ratio "$tus_c10" "$c10")   goal >= 3
 $(batch_summary)
 $(tus_summary)
 (median of $REPEAT runs for single cases; part size $part_mib MiB; $(nproc) cores shared by client, intake and s3s-fs)
