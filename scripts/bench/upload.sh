@@ -238,8 +238,10 @@ if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
         rss10_1m=$(peak_rss_mib)
         empty_bucket
     fi
+    # Back on the default buffer, warmed as the server before it was.
     stop_intake
     start_intake
+    "$CLIENT" intake 1 100 >/dev/null; empty_bucket
 fi
 # The least any server spends per GiB that receives, hashes and sends on
 # (examples/relay_floor.rs), on this machine, now.

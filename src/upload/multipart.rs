@@ -32,7 +32,8 @@ pub const MAX_PART_HEADER_BYTES: usize = 1024 * 1024;
 struct HeadersTooLarge;
 
 /// The request body, counting the bytes read while multer looks for a part's
-/// headers, so a part with endless headers cannot grow its buffer forever.
+/// headers, so a part with endless headers cannot grow its buffer forever
+/// (it holds at most the header limit and one read more).
 ///
 /// It also hands multer one chunk per poll: multer reads its stream until
 /// the stream is pending, appending every chunk to one buffer, so a body
@@ -103,9 +104,14 @@ impl Stream for MeteredBody {
                     self.first = None;
                 }
                 self.handed_out = true;
+                // multer asks for another chunk only while the headers it
+                // has are unfinished, so the bytes read before this chunk
+                // are all header bytes; this chunk may hold the headers' end
+                // and then a read's worth of data (READ_BUFFER_BYTES may be
+                // larger than the limit), so it is not counted against them.
                 if self.reading_headers.load(Ordering::Relaxed)
-                    && self.header_bytes.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len()
-                        > MAX_PART_HEADER_BYTES
+                    && self.header_bytes.fetch_add(chunk.len(), Ordering::Relaxed)
+                        >= MAX_PART_HEADER_BYTES
                 {
                     return Poll::Ready(Some(Err(Box::new(HeadersTooLarge))));
                 }

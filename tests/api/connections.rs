@@ -12,7 +12,7 @@ use tokio::{
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Holdings, assert_problem, fixtures, spawn};
+use crate::helpers::{Form, Holdings, assert_problem, fixtures, spawn};
 
 /// Opens a connection and sends the first half of a request's headers.
 async fn half_a_header(addr: &str) -> TcpStream {
@@ -161,5 +161,34 @@ async fn the_read_buffer_bounds_headers_and_uploads_still_arrive_whole() {
     assert_eq!(
         app.settled(account.id).await,
         Holdings::stored(1, data.len() as i64)
+    );
+}
+
+#[tokio::test]
+async fn reads_larger_than_the_part_header_limit_still_upload_files_and_batches() {
+    // Each read may carry more than a part header block may hold (1 MiB):
+    // the bytes after a part's headers are not counted as headers.
+    let app = spawn().var("READ_BUFFER_BYTES", "4194304").start().await;
+    let (account, key) = app.account_with_key("professional").await;
+    let data = fixtures::png(6 * 1024 * 1024);
+    let resp = app.upload(&key, "big.png", "image/png", &data).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let mut form = Form::new();
+    for i in 0..4 {
+        form = form.part(
+            "files",
+            &format!("{i}.png"),
+            "image/png",
+            &fixtures::png(1536 * 1024 + i),
+        );
+    }
+    let resp = app.upload_form("/upload/stream-batch", &key, form).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["uploaded"], 4, "{body}");
+    let batch: i64 = (0..4).map(|i| 1536 * 1024 + i).sum();
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(5, data.len() as i64 + batch)
     );
 }
