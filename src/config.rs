@@ -170,7 +170,7 @@ pub struct Config {
     /// backlog until one closes.
     pub max_connections: usize,
     /// Largest read buffer of one connection: the size of the chunks an
-    /// upload's body arrives in, and the bound on a request's headers.
+    /// upload's body arrives in, and about the bound on a request's headers.
     pub read_buffer_bytes: usize,
     /// Password hashes (argon2, 19 MiB each) computed at once.
     pub password_hash_concurrency: usize,
