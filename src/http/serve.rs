@@ -45,7 +45,7 @@ pub async fn serve(
     // streamed upload holds a few chunks at once (being parsed, waiting for
     // storage, being sent), so it bounds an upload's memory. The default of
     // 64 KiB keeps 10 concurrent uploads under 64 MiB; 1 MiB reads cost
-    // about a fifth less CPU per byte and several times the memory
+    // about a sixth less CPU per byte and several times the memory
     // (docs/benchmarks.md).
     builder
         .max_buf_size(bounds.read_buffer_bytes)

@@ -104,9 +104,9 @@ impl Stream for MeteredBody {
                     self.first = None;
                 }
                 self.handed_out = true;
-                // multer asks for another chunk only while the headers it
-                // has are unfinished, so the bytes read before this chunk
-                // are all header bytes; this chunk may hold the headers' end
+                // multer gives out the part in the same poll that brings
+                // the headers' end, so every chunk read for them before this
+                // one held only header bytes. This one may hold their end
                 // and then a read's worth of data (READ_BUFFER_BYTES may be
                 // larger than the limit), so it is not counted against them.
                 if self.reading_headers.load(Ordering::Relaxed)
