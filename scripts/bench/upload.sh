@@ -40,6 +40,9 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/services.sh
 
 REPEAT=${REPEAT:-3}
+# The read buffer (READ_BUFFER_BYTES) of the second measurement of CPU per
+# GiB and of the 10 x 20 MiB peak RSS.
+BIG_READS=1048576
 CASES=${CASES:-all}
 PART_BYTES=${PART_BYTES:-8388608}
 ensure_rust
@@ -103,6 +106,9 @@ reset_peak_rss() { echo 5 >"/proc/${1:-$SERVER_PID}/clear_refs"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$SERVER_PID}/stat"; }
 # cpu_seconds_since T0 [PID]: CPU seconds spent since cpu_ticks gave T0.
 cpu_seconds_since() { python3 -c "print(f'{($(cpu_ticks "${2:-}") - $1) / $(getconf CLK_TCK):.2f}')"; }
+# per_gib T0 T1 MIB: CPU seconds per GiB between two cpu_ticks readings
+# taken around MIB MiB of uploads.
+per_gib() { python3 -c "print(f'{($2 - $1) / $(getconf CLK_TCK) / ($3 / 1024):.2f}')"; }
 # start_relay PORT BIN [ARGS...]: starts one of the bench's bare relays as
 # `BIN 127.0.0.1:PORT ARGS...` and waits for it to answer; stop_relay ends it.
 start_relay() {
@@ -186,7 +192,7 @@ stream_summary() {
 intake / direct single PUT (100 MiB):  $(ratio "$direct_put" "$intake_one")   goal >= 0.90
   floor, a bare relay (receive + SHA-256 + one PUT) / direct: $(ratio "$direct_put" "$relay_put")
 intake CPU seconds per GiB streamed:   $cpu_per_gib   goal <= 1
-  the same with 1 MiB reads (READ_BUFFER_BYTES=1048576): $cpu_per_gib_1m
+  the same with 1 MiB reads (READ_BUFFER_BYTES=$BIG_READS): $cpu_per_gib_1m
   floor, receive + SHA-256 + send only: $floor_64 (64 KiB reads), $floor_1m (1 MiB reads); SHA-256 alone $floor_sha
 OUT
 }
@@ -220,20 +226,20 @@ fi
 t0=$(cpu_ticks)
 intake_one=$(median intake 1 100)
 t1=$(cpu_ticks)
-cpu_per_gib=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+cpu_per_gib=$(per_gib "$t0" "$t1" $((REPEAT * 100)))
 if [ "$CASES" = all ] || [ "$CASES" = stream ]; then
     # The same uploads on a server reading 1 MiB at a time
     # (READ_BUFFER_BYTES): less CPU per byte, more memory per upload.
     stop_intake; empty_bucket
-    READ_BUFFER_BYTES=1048576 start_intake
+    READ_BUFFER_BYTES=$BIG_READS start_intake
     "$CLIENT" intake 1 1 >/dev/null; empty_bucket
     t0=$(cpu_ticks)
     median intake 1 100 >/dev/null
     t1=$(cpu_ticks)
-    cpu_per_gib_1m=$(python3 -c "print(f'{($t1 - $t0) / 100 / ($REPEAT * 100 / 1024):.2f}')")
+    cpu_per_gib_1m=$(per_gib "$t0" "$t1" $((REPEAT * 100)))
     if [ "$CASES" = all ]; then
         stop_intake
-        READ_BUFFER_BYTES=1048576 start_intake
+        READ_BUFFER_BYTES=$BIG_READS start_intake
         "$CLIENT" intake-concurrent 10 20 >/dev/null
         rss10_1m=$(peak_rss_mib)
         empty_bucket
@@ -411,7 +417,7 @@ intake / direct multipart (100 MiB):   $(ratio "$direct_mp" "$intake_one")   goa
 $(stream_summary)
 peak RSS, 20 x 100 MiB:                $rss20 MiB   goal <= 64 MiB (32 + 20 x 1 MiB of chunks: one PUT each, no part)
 peak RSS, 10 x 20 MiB:                 $rss10 MiB   goal <= 64 MiB
-  the same with 1 MiB reads (READ_BUFFER_BYTES=1048576): $rss10_1m MiB
+  the same with 1 MiB reads (READ_BUFFER_BYTES=$BIG_READS): $rss10_1m MiB
 intake / tus throughput, 100 MiB:      $(ratio "$tus_single" "$intake_one")   goal >= 2
 intake / tus throughput, 10 x 20 MiB:  $(ratio "$tus_c10" "$c10")   goal >= 3
 $(batch_summary)
