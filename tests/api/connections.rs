@@ -167,20 +167,12 @@ async fn reads_larger_than_the_part_header_limit_still_upload_files_and_batches(
     let data = fixtures::png(6 * 1024 * 1024);
     let resp = app.upload(&key, "big.png", "image/png", &data).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let mut form = Form::new();
-    for i in 0..4 {
-        form = form.part(
-            "files",
-            &format!("{i}.png"),
-            "image/png",
-            &fixtures::png(1536 * 1024 + i),
-        );
-    }
+    let form = Form::pngs(4, 1536 * 1024);
     let resp = app.upload_form("/upload/stream-batch", &key, form).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["uploaded"], 4, "{body}");
-    let batch: i64 = (0..4).map(|i| 1536 * 1024 + i).sum();
+    let batch = 4 * 1536 * 1024;
     assert_eq!(
         app.settled(account.id).await,
         Holdings::stored(5, data.len() as i64 + batch)

@@ -732,6 +732,18 @@ impl Form {
         }
     }
 
+    /// A batch form of `count` PNG files of `len` bytes each.
+    pub fn pngs(count: usize, len: usize) -> Self {
+        (0..count).fold(Self::new(), |form, i| {
+            form.part(
+                "files",
+                &format!("{i}.png"),
+                "image/png",
+                &fixtures::png(len),
+            )
+        })
+    }
+
     pub fn part(mut self, name: &str, filename: &str, content_type: &str, data: &[u8]) -> Self {
         self.body
             .extend_from_slice(format!("--{}\r\n", self.boundary).as_bytes());

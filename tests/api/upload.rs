@@ -108,18 +108,6 @@ async fn a_batch_stores_each_file_and_reports_each_failure() {
     app.assert_left_with(account.id, 3).await;
 }
 
-/// A batch form of `count` PNG files of `len` bytes each.
-fn pngs(count: usize, len: usize) -> Form {
-    (0..count).fold(Form::new(), |form, i| {
-        form.part(
-            "files",
-            &format!("{i}.png"),
-            "image/png",
-            &fixtures::png(len),
-        )
-    })
-}
-
 /// The statuses of a batch answer's results, in order.
 fn statuses(body: &Value) -> Vec<u64> {
     body["results"]
@@ -144,7 +132,7 @@ async fn a_batch_at_the_quota_stores_its_first_files_and_refuses_the_rest() {
         )
         .await;
         let resp = app
-            .upload_form("/upload/stream-batch", &key, pngs(8, 20_000))
+            .upload_form("/upload/stream-batch", &key, Form::pngs(8, 20_000))
             .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let body: Value = resp.json().await.unwrap();
@@ -173,7 +161,7 @@ async fn a_batch_over_the_tier_size_keeps_nothing() {
     app.patch_account(account.id, json!({"custom_limits": {"batch_size": 2}}))
         .await;
     let resp = app
-        .upload_form("/upload/stream-batch", &key, pngs(3, 20_000))
+        .upload_form("/upload/stream-batch", &key, Form::pngs(3, 20_000))
         .await;
     let body = assert_problem(resp, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large").await;
     assert_eq!(body["limit"], 2);
@@ -195,7 +183,7 @@ async fn a_batch_is_one_request_for_the_rate_limit() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
     let resp = app
-        .upload_form("/upload/stream-batch", &key, pngs(5, 1000))
+        .upload_form("/upload/stream-batch", &key, Form::pngs(5, 1000))
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "29");
