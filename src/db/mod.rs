@@ -1,5 +1,7 @@
 //! The Postgres pool and the schema migrations.
 
+pub mod heartbeat;
+
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{

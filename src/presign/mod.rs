@@ -302,7 +302,6 @@ async fn start(state: &AppState, account: &Account, d: &Declared) -> Result<Pres
         UploadKind::Presigned,
         limits.concurrent_uploads,
         expiry + LEASE_GRACE,
-        false,
     )
     .await?;
     match sign(state, slot.lease(), limits.storage_bytes, d, expiry).await {

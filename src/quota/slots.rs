@@ -17,11 +17,11 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::reservations;
 use crate::{
+    db::heartbeat::Heartbeat,
     deletions::{self, Doomed},
     error::ApiError,
     storage::ObjectStore,
@@ -40,6 +40,13 @@ pub enum UploadKind {
 }
 
 impl UploadKind {
+    /// Whether one request holds the whole upload, so that its lease is
+    /// renewed while that request runs. Presigned and resumable uploads
+    /// outlive their requests: their leases last until their own expiry.
+    pub fn renewed_by_its_request(self) -> bool {
+        matches!(self, Self::Stream)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Stream => "stream",
@@ -193,15 +200,16 @@ async fn renew(db: &PgPool, lease_id: Uuid, ttl: Duration) -> Result<bool, sqlx:
 /// handed over to outlive the request.
 pub struct Slot {
     lease: Option<Lease>,
-    renewer: Option<JoinHandle<()>>,
+    heartbeat: Heartbeat,
     db: PgPool,
     store: std::sync::Arc<dyn ObjectStore>,
 }
 
 impl Slot {
     /// Takes one of the account's `limit` slots for an upload, or answers
-    /// 429 `concurrent_upload_limit` (and counts the refusal). With `renew`,
-    /// the lease is renewed every third of `ttl` while the guard lives.
+    /// 429 `concurrent_upload_limit` (and counts the refusal). A streaming
+    /// upload's lease is renewed every third of `ttl` while the guard lives
+    /// ([`UploadKind::renewed_by_its_request`]).
     pub async fn take(
         db: &PgPool,
         store: &std::sync::Arc<dyn ObjectStore>,
@@ -209,7 +217,6 @@ impl Slot {
         kind: UploadKind,
         limit: u32,
         ttl: Duration,
-        renew_while_held: bool,
     ) -> Result<Self, ApiError> {
         let Some(lease) = acquire(db, account_id, kind, limit, ttl).await? else {
             metrics::counter!("intake_upload_rejections_total", "code" => "concurrent_upload_limit")
@@ -220,24 +227,28 @@ impl Slot {
             });
         };
         metrics::gauge!("intake_uploads_in_flight").increment(1.0);
-        let renewer = renew_while_held.then(|| {
-            let (db, id) = (db.clone(), lease.id);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(ttl / 3);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = renew(&db, id, ttl).await {
-                        tracing::warn!(error = %e, lease = %id, "could not renew an upload lease");
-                    }
-                }
+        let id = lease.id;
+        let heartbeat = if kind.renewed_by_its_request() {
+            let db = db.clone();
+            Heartbeat::start(ttl / 3, "an upload lease", id, move || {
+                let db = db.clone();
+                async move { renew(&db, id, ttl).await }
             })
+        } else {
+            Heartbeat::none()
+        };
+        // The holder ended without reaching release (client gone): the
+        // lease ends in the background.
+        let (db, store) = (db.clone(), store.clone());
+        let heartbeat = heartbeat.on_drop({
+            let (db, store) = (db.clone(), store.clone());
+            async move { end_logged(&db, store.as_ref(), id).await }
         });
         Ok(Self {
             lease: Some(lease),
-            renewer,
-            db: db.clone(),
-            store: store.clone(),
+            heartbeat,
+            db,
+            store,
         })
     }
 
@@ -253,9 +264,7 @@ impl Slot {
     /// gauge counts the uploads this process's requests are running, so it
     /// drops here, whoever ends the lease later.
     fn disarm(&mut self) -> Option<Lease> {
-        if let Some(task) = self.renewer.take() {
-            task.abort();
-        }
+        self.heartbeat.stop();
         let lease = self.lease.take();
         if lease.is_some() {
             metrics::gauge!("intake_uploads_in_flight").decrement(1.0);
@@ -288,13 +297,9 @@ async fn end_logged(db: &PgPool, store: &dyn ObjectStore, lease_id: Uuid) {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(lease) = self.disarm() {
-            // The holder ended without reaching release (client gone):
-            // finish in the background.
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let (db, store) = (self.db.clone(), self.store.clone());
-                handle.spawn(async move { end_logged(&db, store.as_ref(), lease.id).await });
-            }
+        // The heartbeat, dropped after this, ends the lease if it is armed.
+        if self.lease.take().is_some() {
+            metrics::gauge!("intake_uploads_in_flight").decrement(1.0);
         }
     }
 }

@@ -215,7 +215,6 @@ async fn create_upload(
         UploadKind::Tus,
         limits.concurrent_uploads,
         state.config.tus_expiry,
-        false,
     )
     .await?;
     match open(state, slot.lease(), limits.storage_bytes, c).await {

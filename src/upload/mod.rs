@@ -80,7 +80,6 @@ async fn upload<T>(
         UploadKind::Stream,
         limits.concurrent_uploads,
         state.config.upload_lease_ttl,
-        true,
     )
     .await?;
     let ctx = Ctx {
