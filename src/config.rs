@@ -164,6 +164,9 @@ pub struct Config {
     /// How long any request body (an upload's or a JSON one) may send
     /// nothing before the request ends with 408.
     pub upload_idle_timeout: Duration,
+    /// How long a request body that is not an upload (JSON) may take to
+    /// arrive whole, from its headers, before the request ends with 408.
+    pub body_timeout: Duration,
     /// How long a connection may take to send a request's headers.
     pub header_read_timeout: Duration,
     /// Connections served at once; past it, new ones wait in the listen
@@ -315,6 +318,7 @@ impl Config {
                 env.parse_or::<u64>("UPLOAD_LEASE_TTL_SECS", 30)?.max(2),
             ),
             upload_idle_timeout: Duration::from_secs(env.positive("UPLOAD_IDLE_TIMEOUT_SECS", 30)?),
+            body_timeout: Duration::from_secs(env.positive("BODY_TIMEOUT_SECS", 10)?),
             header_read_timeout: Duration::from_secs(env.positive("HEADER_READ_TIMEOUT_SECS", 10)?),
             max_connections: usize::try_from(env.positive("MAX_CONNECTIONS", 10_000)?)
                 .unwrap_or(usize::MAX),
@@ -651,6 +655,7 @@ mod tests {
         let c = config(&BASE).unwrap();
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.upload_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.body_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.read_buffer_bytes, 64 * 1024);
         for (value, ok) in [

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod ai;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod dashboard;
 pub mod db;

@@ -1,7 +1,7 @@
 //! The HTTP surface: the router, its middleware stack and the OpenAPI
 //! document generated from the same route list.
 
-pub mod idle;
+pub mod bodies;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
@@ -111,7 +111,7 @@ fn tus_routes() -> OpenApiRouter<AppState> {
 
 /// Builds the application: routes, fallbacks and the middleware stack
 /// (outermost first: request id, tracing, metrics, authentication and rate
-/// limit, the body idle timeout, body limit).
+/// limit, the body guard (idle time, whole-body deadline, shutdown), body limit).
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes(&state.config).split_for_parts();
     problems::document(&mut doc);
@@ -145,7 +145,7 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
                 }))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), idle::idle_bodies))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), bodies::guard_bodies))
                 .layer(DefaultBodyLimit::max(crate::extract::JSON_BODY_LIMIT)),
         )
         .with_state(state)

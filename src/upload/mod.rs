@@ -25,13 +25,14 @@ pub use filename::sanitize_filename;
 
 use crate::{
     auth::CurrentAccount,
+    body::UploadBody,
     error::ApiError,
     extract::Json,
     files::FileView,
     quota::slots::{Slot, UploadKind},
     state::AppState,
 };
-use multipart::{MAX_PART_HEADER_BYTES, Parts, Waits, content_length};
+use multipart::{MAX_PART_HEADER_BYTES, Parts, content_length};
 use pipeline::Ctx;
 
 /// Counts a refused upload by its code.
@@ -47,7 +48,7 @@ pub async fn stream_single(
     State(state): State<AppState>,
     auth: CurrentAccount,
     headers: HeaderMap,
-    body: Body,
+    UploadBody(body): UploadBody,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
     let whole = state.config.stream_max_file_bytes + MAX_PART_HEADER_BYTES as u64;
     upload(&state, &auth, &headers, body, whole, async |ctx, parts| {
@@ -68,11 +69,7 @@ async fn upload<T>(
     run: impl AsyncFnOnce(&Ctx<'_>, &mut Parts) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let limits = auth.account.limits();
-    let waits = Waits {
-        idle: state.config.upload_idle_timeout,
-        shutdown: state.shutdown.clone(),
-    };
-    let mut parts = Parts::new(headers, body, whole_stream_limit, waits.clone())?;
+    let mut parts = Parts::new(headers, body, whole_stream_limit)?;
     let slot = Slot::take(
         &state.db,
         &state.store,
@@ -88,7 +85,6 @@ async fn upload<T>(
         limits,
         lease: slot.lease(),
         body_len: content_length(headers),
-        waits,
     };
     let result = run(&ctx, &mut parts).await;
     slot.release().await;
@@ -139,7 +135,7 @@ pub async fn stream_batch(
     State(state): State<AppState>,
     auth: CurrentAccount,
     headers: HeaderMap,
-    body: Body,
+    UploadBody(body): UploadBody,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let per_part = state.config.stream_max_file_bytes + MAX_PART_HEADER_BYTES as u64;
     let whole = per_part.saturating_mul(u64::from(auth.account.limits().batch_size));

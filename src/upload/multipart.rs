@@ -1,16 +1,14 @@
-//! Reading a multipart body one part at a time, with bounds on what a
-//! client can make the reader hold (part headers) or wait for (idle time,
-//! shutdown).
+//! Reading a multipart body one part at a time, with a bound on what a
+//! client can make the reader hold (part headers). How long it may make the
+//! reader wait is the body guard's ([`crate::body`]).
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
 };
 
 use axum::{
@@ -19,7 +17,6 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 
@@ -132,9 +129,7 @@ fn multipart_error(e: multer::Error) -> ApiError {
         multer::Error::StreamReadFailed(inner) if inner.is::<HeadersTooLarge>() => {
             ApiError::bad_request(HeadersTooLarge.to_string())
         }
-        multer::Error::StreamReadFailed(_) => ApiError::bad_request(
-            "the request body could not be read to its end (client gone or body truncated)",
-        ),
+        multer::Error::StreamReadFailed(inner) => crate::body::broken(inner.as_ref()),
         multer::Error::IncompleteStream
         | multer::Error::IncompleteFieldData { .. }
         | multer::Error::IncompleteHeaders => {
@@ -150,48 +145,19 @@ pub struct Parts {
     multipart: multer::Multipart<'static>,
     reading_headers: Arc<AtomicBool>,
     header_bytes: Arc<AtomicUsize>,
-    waits: Waits,
     boundary_len: usize,
     data_start: Arc<AtomicU64>,
 }
 
-/// How long a read may wait, and the signal that ends every wait.
-#[derive(Clone)]
-pub struct Waits {
-    /// Longest time without a byte.
-    pub idle: Duration,
-    /// Cancelled when the server's shutdown grace period is over.
-    pub shutdown: CancellationToken,
-}
-
-impl Waits {
-    /// Waits for `read` unless the client sends nothing for the idle time or
-    /// the server shuts down.
-    async fn bound<T>(&self, read: impl Future<Output = T>) -> Result<T, ApiError> {
-        tokio::select! {
-            r = tokio::time::timeout(self.idle, read) => r.map_err(|_| ApiError::idle_timeout()),
-            () = self.shutdown.cancelled() => Err(shutting_down()),
-        }
-    }
-
-    /// The next chunk of a part, or `None` at its end.
-    pub async fn chunk(
-        &self,
-        field: &mut multer::Field<'static>,
-    ) -> Result<Option<Bytes>, ApiError> {
-        self.bound(field.chunk()).await?.map_err(multipart_error)
-    }
+/// The next chunk of a part, or `None` at its end.
+pub async fn chunk(field: &mut multer::Field<'static>) -> Result<Option<Bytes>, ApiError> {
+    field.chunk().await.map_err(multipart_error)
 }
 
 impl Parts {
     /// Starts reading a `multipart/form-data` body of at most
     /// `whole_stream_limit` bytes.
-    pub fn new(
-        headers: &HeaderMap,
-        body: Body,
-        whole_stream_limit: u64,
-        waits: Waits,
-    ) -> Result<Self, ApiError> {
+    pub fn new(headers: &HeaderMap, body: Body, whole_stream_limit: u64) -> Result<Self, ApiError> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -227,7 +193,6 @@ impl Parts {
             multipart: multer::Multipart::with_constraints(body, boundary, constraints),
             reading_headers,
             header_bytes,
-            waits,
             data_start,
         })
     }
@@ -251,11 +216,7 @@ impl Parts {
     pub async fn next(&mut self) -> Result<Option<multer::Field<'static>>, ApiError> {
         self.header_bytes.store(0, Ordering::Relaxed);
         self.reading_headers.store(true, Ordering::Relaxed);
-        let field = self
-            .waits
-            .bound(self.multipart.next_field())
-            .await?
-            .map_err(multipart_error)?;
+        let field = self.multipart.next_field().await.map_err(multipart_error)?;
         self.reading_headers.store(false, Ordering::Relaxed);
         Ok(field)
     }
@@ -269,10 +230,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::ServiceUnavailable("the server is shutting down; retry the upload".into())
 }
 
 /// Properties over generated bodies (proptest, bounded to run with every
@@ -326,21 +283,13 @@ mod fuzz {
         headers
     }
 
-    fn waits() -> Waits {
-        Waits {
-            idle: Duration::from_secs(10),
-            shutdown: CancellationToken::new(),
-        }
-    }
-
     /// Reads every part to its end; returns the data bytes read.
     async fn drain(headers: &HeaderMap, body: Body, limit: u64) -> Result<usize, ApiError> {
-        let waits = waits();
-        let mut parts = Parts::new(headers, body, limit, waits.clone())?;
+        let mut parts = Parts::new(headers, body, limit)?;
         let mut data = 0;
         while let Some(mut field) = parts.next().await? {
             let _ = (field.name(), field.file_name(), field.content_type());
-            while let Some(chunk) = waits.chunk(&mut field).await? {
+            while let Some(chunk) = chunk(&mut field).await? {
                 data += chunk.len();
             }
         }
@@ -434,12 +383,11 @@ mod fuzz {
         );
         let headers = headers("multipart/form-data; boundary=XyZ");
         let first = runtime().block_on(async {
-            let waits = waits();
-            let mut parts = Parts::new(&headers, body, 1 << 30, waits.clone())?;
+            let mut parts = Parts::new(&headers, body, 1 << 30)?;
             let Some(mut field) = parts.next().await? else {
                 return Ok(None);
             };
-            waits.chunk(&mut field).await
+            chunk(&mut field).await
         });
         assert!(
             matches!(&first, Ok(Some(chunk)) if !chunk.is_empty()),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::multipart::Waits;
+use super::multipart;
 use crate::{
     auth::Account,
     deletions::{self, Doomed},
@@ -62,8 +62,6 @@ pub struct Ctx<'a> {
     /// The request's `Content-Length`, when the client sent one: no file of
     /// the request can be larger, so no reservation needs to be either.
     pub body_len: Option<u64>,
-    /// The bounds of every read.
-    pub waits: Waits,
 }
 
 impl Ctx<'_> {
@@ -71,7 +69,7 @@ impl Ctx<'_> {
         &self,
         field: &mut multer::Field<'static>,
     ) -> Result<Option<Bytes>, FileError> {
-        self.waits.chunk(field).await.map_err(fatal)
+        multipart::chunk(field).await.map_err(fatal)
     }
 
     /// Deletes a file this request stored (a request that turned out to be
@@ -85,7 +83,7 @@ impl Ctx<'_> {
     /// headers are read from where they start (and the bytes skipped count
     /// as file data, not as headers). `Err` when the body broke meanwhile.
     pub async fn skip_rest(&self, field: &mut multer::Field<'static>) -> Result<(), ApiError> {
-        while self.waits.chunk(field).await?.is_some() {}
+        while multipart::chunk(field).await?.is_some() {}
         Ok(())
     }
 

@@ -178,3 +178,82 @@ async fn reads_larger_than_the_part_header_limit_still_upload_files_and_batches(
         Holdings::stored(5, data.len() as i64 + batch)
     );
 }
+
+/// A body that sends `chunks` one at a time, `every` apart.
+fn trickled(chunks: Vec<Vec<u8>>, every: Duration) -> reqwest::Body {
+    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut left| async move {
+        let next = left.next()?;
+        tokio::time::sleep(every).await;
+        Some((Ok::<_, std::io::Error>(next), left))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[tokio::test]
+async fn a_trickled_json_body_ends_with_408_at_the_body_deadline() {
+    let app = spawn()
+        .var("BODY_TIMEOUT_SECS", "1")
+        .var("UPLOAD_IDLE_TIMEOUT_SECS", "30")
+        .start()
+        .await;
+    let account = app.account("free").await;
+    // A byte every 100 ms: never idle, but 20 s to arrive whole.
+    let json = format!(
+        "{{\"email\": \"{}\", \"password\": \"{}\"}}",
+        account.email,
+        crate::helpers::PASSWORD
+    );
+    let chunks: Vec<Vec<u8>> = json.bytes().map(|b| vec![b]).collect();
+    assert!(chunks.len() > 20, "the body takes longer than the deadline");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.post("/auth/login")
+            .header("content-type", "application/json")
+            .body(trickled(chunks, Duration::from_millis(100)))
+            .send(),
+    )
+    .await
+    .expect("answered at the deadline, before the body is whole")
+    .unwrap();
+    let body = assert_problem(resp, StatusCode::REQUEST_TIMEOUT, "invalid_request").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive whole within 1 s"),
+        "{body}"
+    );
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, 0);
+}
+
+#[tokio::test]
+async fn an_upload_body_may_take_longer_than_the_body_deadline() {
+    let app = spawn().var("BODY_TIMEOUT_SECS", "1").start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(40 * 1024);
+    let form = Form::new()
+        .part("file", "slow.png", "image/png", &data)
+        .finish();
+    let content_type = form.content_type();
+    // Twenty pieces 100 ms apart: twice the deadline.
+    let chunks: Vec<Vec<u8>> = form
+        .body
+        .chunks(form.body.len().div_ceil(20))
+        .map(<[u8]>::to_vec)
+        .collect();
+    let resp = app
+        .post("/upload/stream")
+        .bearer_auth(&key)
+        .header("content-type", content_type)
+        .body(trickled(chunks, Duration::from_millis(100)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(file["sha256"], hex::encode(Sha256::digest(&data)));
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+}

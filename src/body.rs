@@ -1,0 +1,328 @@
+//! The one request body reader. Every route reads its body through
+//! [`Guarded`], which the HTTP layer wraps around each request's body: it
+//! alone decides when a body has taken too long (nothing sent for the idle
+//! time while the server waits for it, or, for a body that is not an
+//! upload, not whole within the whole-body deadline) and when the server's
+//! shutdown ends it, and it alone words those answers ([`BodyError`]).
+//! Readers (multipart, tus, the presigned data route, the JSON extractor)
+//! map a broken body with [`broken`], so every route answers the same.
+//!
+//! tower-http's `TimeoutBody` restarts its timer on every chunk and has
+//! neither a whole-body deadline nor a shutdown signal, so this is our own:
+//! one timer for waiting, armed when a read finds nothing ready (time the
+//! server spends elsewhere, such as waiting for storage, is not the
+//! client's idleness), one for the deadline, and the shutdown token, which
+//! is checked on every read.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequest, Request},
+};
+use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::ApiError;
+
+/// Why the guard ended a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Nothing arrived for this long while the server waited for it.
+    #[error("the request body sent nothing for {} s", .0.as_secs())]
+    Idle(Duration),
+    /// A body that is not an upload was not whole within this long.
+    #[error("the request body did not arrive whole within {} s", .0.as_secs())]
+    Deadline(Duration),
+    /// The server's shutdown grace period is over.
+    #[error("the server is shutting down; retry the request")]
+    ShuttingDown,
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Idle(_) | BodyError::Deadline(_) => ApiError::InvalidRequest {
+                status: axum::http::StatusCode::REQUEST_TIMEOUT,
+                detail: e.to_string(),
+            },
+            BodyError::ShuttingDown => ApiError::ServiceUnavailable(e.to_string()),
+        }
+    }
+}
+
+/// The answer for a body that broke while a route read it: the guard's own
+/// answer if it ended the body, else a 400 (a client that hung up, or a
+/// body shorter than it said).
+pub fn broken(error: &(dyn std::error::Error + 'static)) -> ApiError {
+    cause(error).map_or_else(
+        || ApiError::bad_request("the request body could not be read to its end"),
+        ApiError::from,
+    )
+}
+
+/// The guard's error somewhere in a chain of errors (readers wrap the
+/// body's error in their own: multer, axum).
+pub fn cause(error: &(dyn std::error::Error + 'static)) -> Option<BodyError> {
+    let mut at = Some(error);
+    while let Some(e) = at {
+        if let Some(found) = e.downcast_ref::<BodyError>() {
+            return Some(*found);
+        }
+        at = e.source();
+    }
+    None
+}
+
+/// The bounds of one request's body.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// Longest wait for the next byte (`UPLOAD_IDLE_TIMEOUT_SECS`).
+    pub idle: Duration,
+    /// Longest time for a body that is not an upload to arrive whole
+    /// (`BODY_TIMEOUT_SECS`), from when the guard is put on.
+    pub deadline: Duration,
+    /// Cancelled when the shutdown grace period is over.
+    pub shutdown: CancellationToken,
+}
+
+/// What the guard and the route share: whether the route reads an upload
+/// (no whole-body deadline), and what ended the body, if the guard did.
+#[derive(Debug, Default)]
+pub struct Watch {
+    upload: AtomicBool,
+    /// 0 while the guard has not ended the body, else one of `ENDED_*`.
+    ended: AtomicU8,
+}
+
+const ENDED_IDLE: u8 = 1;
+const ENDED_DEADLINE: u8 = 2;
+const ENDED_SHUTDOWN: u8 = 3;
+
+impl Watch {
+    /// What ended the body, if the guard did.
+    pub fn ended(&self, bounds: &Bounds) -> Option<BodyError> {
+        match self.ended.load(Ordering::Relaxed) {
+            ENDED_IDLE => Some(BodyError::Idle(bounds.idle)),
+            ENDED_DEADLINE => Some(BodyError::Deadline(bounds.deadline)),
+            ENDED_SHUTDOWN => Some(BodyError::ShuttingDown),
+            _ => None,
+        }
+    }
+
+    fn end(&self, why: BodyError) -> BodyError {
+        let code = match why {
+            BodyError::Idle(_) => ENDED_IDLE,
+            BodyError::Deadline(_) => ENDED_DEADLINE,
+            BodyError::ShuttingDown => ENDED_SHUTDOWN,
+        };
+        self.ended.store(code, Ordering::Relaxed);
+        why
+    }
+}
+
+/// A request body held to its [`Bounds`].
+pub struct Guarded {
+    inner: Body,
+    bounds: Bounds,
+    watch: Arc<Watch>,
+    /// Armed when a read finds nothing ready; disarmed by the next chunk.
+    idle: Pin<Box<Sleep>>,
+    waiting: bool,
+    deadline: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Guarded {
+    /// Puts the guard on `inner`; the deadline counts from now.
+    pub fn new(inner: Body, bounds: Bounds, watch: Arc<Watch>) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            idle: Box::pin(tokio::time::sleep_until(now + bounds.idle)),
+            waiting: false,
+            deadline: Box::pin(tokio::time::sleep_until(now + bounds.deadline)),
+            shutdown: Box::pin(bounds.shutdown.clone().cancelled_owned()),
+            bounds,
+            watch,
+        }
+    }
+
+    fn end(&self, why: BodyError) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Poll::Ready(Some(Err(axum::Error::new(self.watch.end(why)))))
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if this.bounds.shutdown.is_cancelled() {
+            return this.end(BodyError::ShuttingDown);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                return Poll::Ready(frame);
+            }
+            Poll::Pending => {}
+        }
+        if !this.waiting {
+            this.waiting = true;
+            let at = Instant::now() + this.bounds.idle;
+            this.idle.as_mut().reset(at);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            return this.end(BodyError::ShuttingDown);
+        }
+        if this.idle.as_mut().poll(cx).is_ready() {
+            return this.end(BodyError::Idle(this.bounds.idle));
+        }
+        if !this.watch.upload.load(Ordering::Relaxed) && this.deadline.as_mut().poll(cx).is_ready()
+        {
+            return this.end(BodyError::Deadline(this.bounds.deadline));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of an upload route: read for as long as bytes keep coming (the
+/// idle time and shutdown still apply), without the whole-body deadline of
+/// other requests. Upload handlers take it in place of `Body`.
+pub struct UploadBody(pub Body);
+
+impl<S: Send + Sync> FromRequest<S> for UploadBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(watch) = req.extensions().get::<Arc<Watch>>() {
+            watch.upload.store(true, Ordering::Relaxed);
+        }
+        Ok(Self(req.into_body()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn bounds(idle_ms: u64, deadline_ms: u64) -> Bounds {
+        Bounds {
+            idle: Duration::from_millis(idle_ms),
+            deadline: Duration::from_millis(deadline_ms),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A body that sends one byte every `every`, `count` times.
+    fn trickle(every: Duration, count: usize) -> Body {
+        Body::from_stream(
+            futures_util::stream::iter(0..count).then(move |_| async move {
+                tokio::time::sleep(every).await;
+                Ok::<_, std::io::Error>(Bytes::from_static(b"x"))
+            }),
+        )
+    }
+
+    async fn read(body: Guarded) -> Result<usize, axum::Error> {
+        Ok(Body::new(body).collect().await?.to_bytes().len())
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_sending_is_read_whole() {
+        let watch = Arc::new(Watch::default());
+        let body = Guarded::new(
+            trickle(Duration::from_millis(5), 10),
+            bounds(1000, 5000),
+            watch.clone(),
+        );
+        assert_eq!(read(body).await.ok(), Some(10));
+        assert_eq!(watch.ended(&bounds(1000, 5000)), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_ends_at_the_idle_time() {
+        let watch = Arc::new(Watch::default());
+        let b = bounds(30, 60_000);
+        let body = Guarded::new(
+            trickle(Duration::from_secs(60), 1),
+            b.clone(),
+            watch.clone(),
+        );
+        let err = read(body).await.err().map(|e| broken(&e));
+        assert!(
+            matches!(&err, Some(ApiError::InvalidRequest { status, detail })
+                if *status == axum::http::StatusCode::REQUEST_TIMEOUT && detail.contains("sent nothing")),
+            "{err:?}"
+        );
+        assert_eq!(watch.ended(&b), Some(BodyError::Idle(b.idle)));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_ends_at_the_deadline_unless_it_is_an_upload() {
+        let b = bounds(1000, 100);
+        let watch = Arc::new(Watch::default());
+        let body = Guarded::new(
+            trickle(Duration::from_millis(10), 1000),
+            b.clone(),
+            watch.clone(),
+        );
+        assert!(read(body).await.is_err());
+        assert_eq!(watch.ended(&b), Some(BodyError::Deadline(b.deadline)));
+
+        let upload = Arc::new(Watch::default());
+        upload.upload.store(true, Ordering::Relaxed);
+        let body = Guarded::new(
+            trickle(Duration::from_millis(10), 20),
+            b.clone(),
+            upload.clone(),
+        );
+        assert_eq!(read(body).await.ok(), Some(20), "20 bytes over 200 ms");
+        assert_eq!(upload.ended(&b), None);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_waiting_body() {
+        let b = bounds(60_000, 60_000);
+        let watch = Arc::new(Watch::default());
+        let body = Guarded::new(
+            trickle(Duration::from_secs(60), 1),
+            b.clone(),
+            watch.clone(),
+        );
+        let reading = tokio::spawn(read(body));
+        b.shutdown.cancel();
+        let err = reading.await.ok().and_then(Result::err).map(|e| broken(&e));
+        assert!(
+            matches!(err, Some(ApiError::ServiceUnavailable(_))),
+            "{err:?}"
+        );
+        assert_eq!(watch.ended(&b), Some(BodyError::ShuttingDown));
+    }
+}
