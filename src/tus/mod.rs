@@ -11,7 +11,12 @@
 //! last byte records the file. The state lives in `tus_uploads`
 //! ([`uploads`]) and the bytes in the object store, never on an instance.
 
+mod assembly;
+mod buffer;
+mod commit;
 mod headers;
+mod hold;
+mod part;
 mod receive;
 mod sha;
 mod spill;
@@ -287,7 +292,6 @@ async fn write(
         limits: account.limits(),
         content_length: headers::content_length(headers),
         checksum,
-        released: false.into(),
     };
     // In a task of its own: a client that goes away mid-body ends its
     // request, not the bookkeeping of the bytes it did send.

@@ -226,7 +226,7 @@ pub(super) async fn run(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<BatchRespons
                 finishing.all().await;
                 results.append(&mut finishing.results);
                 for stored in results.iter().filter_map(|r| r.file.as_ref()) {
-                    ctx.forget(stored.id).await?;
+                    ctx.delete_recorded(stored.id).await?;
                 }
                 return Err(ApiError::BatchTooLarge {
                     limit: u64::from(ctx.limits.batch_size),

@@ -113,15 +113,16 @@ async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> 
     // The body must end here; only then is the file finished and recorded.
     match parts.next().await {
         Ok(None) => ctx.complete(staged).await.map_err(|e| e.error),
-        Ok(Some(_)) => Err(ctx
-            .abandon(
-                staged,
-                ApiError::bad_request(
-                    "send exactly one part named file; use /upload/stream-batch for several",
-                ),
-            )
-            .await),
-        Err(e) => Err(ctx.abandon(staged, e).await),
+        Ok(Some(_)) => {
+            ctx.give_back(staged).await;
+            Err(ApiError::bad_request(
+                "send exactly one part named file; use /upload/stream-batch for several",
+            ))
+        }
+        Err(e) => {
+            ctx.give_back(staged).await;
+            Err(e)
+        }
     }
 }
 

@@ -72,9 +72,11 @@ impl Ctx<'_> {
         multipart::chunk(field).await.map_err(fatal)
     }
 
-    /// Deletes a file this request stored (a request that turned out to be
-    /// refused as a whole keeps nothing).
-    pub async fn forget(&self, file_id: Uuid) -> Result<(), ApiError> {
+    /// Deletes a file this request recorded (a request that turned out to
+    /// be refused as a whole keeps nothing). Unlike [`Ctx::give_back`],
+    /// which ends a file before it is recorded, the file is the files
+    /// table's by now: it goes as any deleted file does, its usage with it.
+    pub async fn delete_recorded(&self, file_id: Uuid) -> Result<(), ApiError> {
         let store = self.state.store.as_ref();
         files::delete(&self.state.db, store, self.account.id, file_id).await
     }
@@ -178,7 +180,10 @@ impl Ctx<'_> {
         };
         match streamed {
             Ok(()) => Ok(staged),
-            Err(e) => Err(self.discard(staged, e).await),
+            Err(e) => {
+                self.give_back(staged).await;
+                Err(e)
+            }
         }
     }
 
@@ -197,7 +202,10 @@ impl Ctx<'_> {
                 staged.reserved = staged.total;
                 Ok(staged)
             }
-            Err(e) => Err(self.discard(staged, e.into()).await),
+            Err(e) => {
+                self.give_back(staged).await;
+                Err(e.into())
+            }
         }
     }
 
@@ -237,16 +245,15 @@ impl Ctx<'_> {
                 metrics::counter!("intake_upload_bytes_total").increment(total);
                 Ok(view)
             }
-            Err(e) => Err(self
-                .release_file(
-                    Doomed {
-                        object_key: key,
-                        multipart_upload_id: upload_id,
-                    },
-                    reserved,
-                    e,
-                )
-                .await),
+            Err(e) => {
+                let doomed = Doomed {
+                    object_key: key,
+                    multipart_upload_id: upload_id,
+                };
+                self.give_back(Unrecorded::without_writer(doomed, reserved))
+                    .await;
+                Err(e)
+            }
         }
     }
 
@@ -271,45 +278,37 @@ impl Ctx<'_> {
         {
             Ok(writer) => Ok(writer),
             Err(e) => {
-                let doomed = Doomed {
-                    object_key: key.to_owned(),
-                    multipart_upload_id: None,
-                };
-                Err(self.release_file(doomed, len, e.into()).await)
+                let doomed = Doomed::object(key.to_owned());
+                self.give_back(Unrecorded::without_writer(doomed, len))
+                    .await;
+                Err(e.into())
             }
         }
     }
 
-    /// Ends a received file that the request as a whole refused, giving back
-    /// its object and its reservation.
-    pub async fn abandon(&self, staged: Staged, error: ApiError) -> ApiError {
-        self.discard(staged, error.into()).await.error
-    }
-
-    /// Ends a file refused while it streamed.
-    async fn discard(&self, staged: Staged, error: FileError) -> FileError {
-        let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
-        if let Err(abort) = staged.writer.abort().await {
-            tracing::warn!(error = %abort, key = staged.key, "could not abort a refused upload's object");
+    /// Gives back everything a file that is not recorded took, whatever
+    /// stopped it: aborts its writer if it is still open, then, if it
+    /// reserved anything, removes its object (or queues it) and gives back
+    /// its reservation. The lease tracks the object until the reservation
+    /// is given back, so a crash in between leaves the reaper to finish.
+    pub async fn give_back(&self, file: impl Into<Unrecorded>) {
+        let Unrecorded {
+            writer,
+            doomed,
+            reserved,
+        } = file.into();
+        if let Some(writer) = writer
+            && let Err(abort) = writer.abort().await
+        {
+            tracing::warn!(error = %abort, key = doomed.object_key, "could not abort a refused upload's object");
         }
         // Nothing reserved: every byte stayed in the writer's memory (a
         // write to storage is always reserved first) and the lease never
         // named the object (its first reservation does), so nothing is
         // left to give back.
-        if staged.reserved == 0 {
-            return error;
+        if reserved == 0 {
+            return;
         }
-        let doomed = Doomed {
-            object_key: staged.key,
-            multipart_upload_id: upload_id,
-        };
-        self.release_file(doomed, staged.reserved, error).await
-    }
-
-    /// Gives back everything a failed file took: object, tracking, quota.
-    /// The lease tracks the object until the reservation is given back, so
-    /// a crash in between leaves the reaper to finish.
-    async fn release_file(&self, doomed: Doomed, reserved: u64, error: FileError) -> FileError {
         let (db, store) = (&self.state.db, self.state.store.as_ref());
         let released = async {
             deletions::remove_or_enqueue(db, store, &doomed).await?;
@@ -319,7 +318,42 @@ impl Ctx<'_> {
         if let Err(e) = released {
             tracing::error!(error = %e, key = doomed.object_key, "could not release a failed upload");
         }
-        error
+    }
+}
+
+/// What a file that is not recorded took, for [`Ctx::give_back`].
+pub struct Unrecorded {
+    /// Its writer, while the object is not finished.
+    writer: Option<Box<dyn ObjectWriter>>,
+    /// The object (or multipart upload) storage may hold.
+    doomed: Doomed,
+    /// The quota it reserved.
+    reserved: u64,
+}
+
+impl Unrecorded {
+    /// A file whose writer is gone (finished, or never opened): only what
+    /// storage may hold of it and what it reserved are left.
+    fn without_writer(doomed: Doomed, reserved: u64) -> Self {
+        Self {
+            writer: None,
+            doomed,
+            reserved,
+        }
+    }
+}
+
+impl From<Staged> for Unrecorded {
+    fn from(staged: Staged) -> Self {
+        let multipart_upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
+        Self {
+            writer: Some(staged.writer),
+            doomed: Doomed {
+                object_key: staged.key,
+                multipart_upload_id,
+            },
+            reserved: staged.reserved,
+        }
     }
 }
 

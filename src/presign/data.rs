@@ -1,0 +1,159 @@
+//! The local-folder backend's upload URL (`PUT /upload/presigned/{id}/data`).
+//! This module alone decides whether a request may write an upload's
+//! staging object (the signature, the signed headers, one writer at a time)
+//! and holds the bytes to the signed length and checksum.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::uploads::{self, State as UploadState, Upload};
+use crate::{
+    error::ApiError,
+    extract::{Path, Query},
+    state::AppState,
+    storage::{FsStore, PutConditions},
+};
+
+/// The signed query of a local-folder upload URL.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DataQuery {
+    /// Unix second the URL expires at.
+    pub expires: u64,
+    /// HMAC of the upload's conditions.
+    pub signature: String,
+}
+
+/// The local-folder backend's upload URL: the bytes of a presigned upload,
+/// held to the declared length, type and checksum.
+#[utoipa::path(put, path = "/upload/presigned/{id}/data", tag = "uploads",
+    params(("id" = Uuid, Path), DataQuery),
+    request_body(content_type = "application/octet-stream"),
+    responses((status = 200), (status = 400), (status = 403, description = "bad or expired signature")))]
+pub async fn data(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<DataQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let row = uploads::find(&state.db, id, None)
+        .await
+        .map_err(|_| forbidden())?;
+    let Some(fs) = state.store.as_fs() else {
+        return Err(ApiError::not_found("upload route"));
+    };
+    let conditions = PutConditions {
+        content_length: row.size as u64,
+        content_type: row.content_type.clone(),
+        sha256: row.sha256(),
+    };
+    let key = row.target_key();
+    if row.state != UploadState::Pending
+        || !fs.verify(
+            "PUT",
+            &key,
+            query.expires,
+            &FsStore::put_binding(&conditions),
+            &query.signature,
+        )
+    {
+        return Err(forbidden());
+    }
+    let header_is = |name: header::HeaderName, want: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == want)
+    };
+    if !header_is(header::CONTENT_LENGTH, &row.size.to_string())
+        || !header_is(header::CONTENT_TYPE, &row.content_type)
+    {
+        return Err(ApiError::bad_request(
+            "Content-Length and Content-Type must be the signed ones",
+        ));
+    }
+    // One writer at a time, each held to the idle timeout of uploads.
+    let idle = state.config.upload_idle_timeout;
+    if !uploads::claim_writer(&state.db, id, idle * 2, false).await? {
+        return Err(ApiError::Conflict(
+            "another request is writing this upload".into(),
+        ));
+    }
+    let written = write_data(&state, &row, &key, &conditions, body).await;
+    if let Err(e) = uploads::release_writer(&state.db, id).await {
+        tracing::warn!(error = %e, upload = %id, "could not release the writer; it lapses");
+    }
+    written.map(|()| StatusCode::OK)
+}
+
+/// Streams a data route body into the upload's staging object, held to the
+/// signed length and checksum and to the idle timeout.
+async fn write_data(
+    state: &AppState,
+    row: &Upload,
+    key: &str,
+    conditions: &PutConditions,
+    body: Body,
+) -> Result<(), ApiError> {
+    let idle = state.config.upload_idle_timeout;
+    let part = usize::try_from(state.config.upload_part_bytes).unwrap_or(usize::MAX);
+    let mut writer = state.store.writer(key, &row.content_type, part).await?;
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let mut renewed = tokio::time::Instant::now();
+    let received = async {
+        while let Some(chunk) = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::idle_timeout())?
+        {
+            let chunk = chunk
+                .map_err(|_| ApiError::bad_request("the body could not be read to its end"))?;
+            total += chunk.len() as u64;
+            if total > row.size() {
+                return Err(ApiError::bad_request(
+                    "more bytes than the signed Content-Length",
+                ));
+            }
+            hasher.update(&chunk);
+            writer.write(chunk).await?;
+            if renewed.elapsed() > idle / 2 {
+                uploads::claim_writer(&state.db, row.id, idle * 2, true).await?;
+                renewed = tokio::time::Instant::now();
+            }
+        }
+        if total != row.size() {
+            return Err(ApiError::bad_request(
+                "fewer bytes than the signed Content-Length",
+            ));
+        }
+        if let Some(want) = conditions.sha256 {
+            let got: [u8; 32] = hasher.finalize().into();
+            if got != want {
+                return Err(ApiError::bad_request(
+                    "the content does not match the signed sha256",
+                ));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match received {
+        Ok(()) => Ok(writer.finish().await.map(|_| ())?),
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
+    }
+}
+
+fn forbidden() -> ApiError {
+    ApiError::Forbidden("the upload URL is invalid or expired".into())
+}

@@ -1,0 +1,236 @@
+//! Issuing a presigned upload. This module alone decides how an upload is
+//! sent (one PUT to a staging key, or a multipart upload of parts of
+//! [`part_size`]) and the order in which issuing takes the slot, reserves,
+//! signs and records, so that a failure at any step keeps nothing.
+
+use std::time::Duration;
+
+use axum::{extract::State, http::StatusCode};
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{
+    LEASE_GRACE,
+    doc::{PartUrl, PresignBody, PresignRequest, Presigned},
+    uploads::{self, NewUpload},
+};
+use crate::{
+    auth::{Account, CurrentAccount},
+    error::ApiError,
+    extract::Json,
+    files,
+    quota::{
+        caps::{Cap, Route},
+        reservations,
+        slots::{Lease, Slot, UploadKind},
+    },
+    sniff::{self, Kind},
+    state::AppState,
+    storage::PutConditions,
+    upload::sanitize_filename,
+};
+
+/// Above this size an upload is always multipart (S3's single-PUT limit).
+pub(super) const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// Smallest part intake hands out (S3's minimum is 5 MiB).
+const MIN_PART: u64 = 8 * 1024 * 1024;
+/// S3's largest part count.
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for `size` bytes: at least 8 MiB, whole MiB, and at most
+/// 10,000 parts.
+pub fn part_size(size: u64) -> u64 {
+    let mib = 1024 * 1024;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(mib) * mib;
+    needed.max(MIN_PART)
+}
+
+fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], ApiError> {
+    let bytes = hex::decode(hex_digest.trim())
+        .map_err(|_| ApiError::unprocessable("sha256 must be 64 hexadecimal characters"))?;
+    bytes
+        .try_into()
+        .map_err(|_| ApiError::unprocessable("sha256 must be 64 hexadecimal characters"))
+}
+
+/// A request to issue, parsed and checked against the caller's caps.
+struct Declared {
+    filename: String,
+    kind: Kind,
+    size: u64,
+    sha256: Option<[u8; 32]>,
+    multipart: bool,
+}
+
+impl Declared {
+    fn parse(body: PresignRequest, account: &Account, stream_max: u64) -> Result<Self, ApiError> {
+        let filename = sanitize_filename(&body.filename);
+        let kind = sniff::announced(&body.content_type, &filename)?;
+        if body.size == 0 {
+            return Err(ApiError::unprocessable("size must be at least 1 byte"));
+        }
+        Cap::new(&account.limits(), kind.category, Route::Direct, stream_max).check(body.size)?;
+        let sha256 = body.sha256.as_deref().map(parse_sha256).transpose()?;
+        let multipart = body.multipart || body.size > SINGLE_PUT_MAX;
+        if multipart && sha256.is_some() {
+            return Err(ApiError::unprocessable(
+                "sha256 binds a single PUT; leave it out of multipart uploads",
+            ));
+        }
+        Ok(Self {
+            filename,
+            kind,
+            size: body.size,
+            sha256,
+            multipart,
+        })
+    }
+}
+
+/// Issues the URLs of one upload.
+#[utoipa::path(post, path = "/upload/presigned", tag = "uploads", request_body = PresignBody,
+    responses((status = 201, body = Presigned), (status = 413, description = "above the type's cap"),
+              (status = 415), (status = 429), (status = 507)))]
+pub async fn issue(
+    State(state): State<AppState>,
+    auth: CurrentAccount,
+    Json(body): Json<PresignRequest>,
+) -> Result<(StatusCode, Json<Presigned>), ApiError> {
+    let declared = Declared::parse(body, &auth.account, state.config.stream_max_file_bytes)?;
+    let answer = start(&state, &auth.account, &declared).await?;
+    metrics::counter!("intake_presigned_issued_total").increment(1);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Takes the slot, then reserves, signs and records the upload; the slot
+/// is handed over to the upload only when all of that succeeded, and
+/// released (with whatever it holds) otherwise.
+async fn start(state: &AppState, account: &Account, d: &Declared) -> Result<Presigned, ApiError> {
+    let limits = account.limits();
+    let expiry = state.config.presign_expiry;
+    let slot = Slot::take(
+        &state.db,
+        &state.store,
+        account.id,
+        UploadKind::Presigned,
+        limits.concurrent_uploads,
+        expiry + LEASE_GRACE,
+    )
+    .await?;
+    match sign(state, slot.lease(), limits.storage_bytes, d, expiry).await {
+        Ok(answer) => {
+            slot.hand_over();
+            Ok(answer)
+        }
+        Err(e) => {
+            slot.release().await;
+            Err(e)
+        }
+    }
+}
+
+async fn sign(
+    state: &AppState,
+    lease: &Lease,
+    quota: Option<u64>,
+    d: &Declared,
+    expiry: Duration,
+) -> Result<Presigned, ApiError> {
+    let id = Uuid::now_v7();
+    // A single PUT writes to a staging key that completion copies from, so
+    // its URL can never touch the file; part URLs die with their multipart
+    // upload and write to the file's key.
+    let key = if d.multipart {
+        files::object_key(lease.account_id, id)
+    } else {
+        uploads::staging_key(lease.account_id, id)
+    };
+    reservations::reserve(&state.db, lease, d.size, quota, Some(&key)).await?;
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut answer = Presigned {
+        upload_id: id,
+        expires_at,
+        method: None,
+        url: None,
+        headers: None,
+        part_size: None,
+        parts: None,
+    };
+    let multipart = if d.multipart {
+        let upload_id = state.store.create_multipart(&key, d.kind.mime).await?;
+        lease
+            .track_object(&state.db, Some(&key), Some(&upload_id))
+            .await?;
+        let part = part_size(d.size);
+        answer.part_size = Some(part);
+        answer.parts = Some(part_urls(state, &key, &upload_id, d.size, part, expiry).await?);
+        Some((upload_id, part))
+    } else {
+        let conditions = PutConditions {
+            content_length: d.size,
+            content_type: d.kind.mime.to_owned(),
+            sha256: d.sha256,
+        };
+        let signed = state.store.presign_put(&key, &conditions, expiry).await?;
+        answer.method = Some(signed.method.to_string());
+        answer.url = Some(signed.url);
+        answer.headers = Some(
+            signed
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.to_string(), serde_json::Value::from(v.to_str().ok()?)))
+                })
+                .collect(),
+        );
+        None
+    };
+    uploads::insert(
+        &state.db,
+        &NewUpload {
+            id,
+            account_id: lease.account_id,
+            lease_id: lease.id,
+            filename: &d.filename,
+            content_type: d.kind.mime,
+            category: d.kind.category,
+            size: d.size,
+            sha256: d.sha256,
+            multipart,
+            expires_at,
+        },
+    )
+    .await?;
+    Ok(answer)
+}
+
+/// Signs one URL per part of a multipart upload of `size` bytes.
+async fn part_urls(
+    state: &AppState,
+    key: &str,
+    upload_id: &str,
+    size: u64,
+    part: u64,
+    expiry: Duration,
+) -> Result<Vec<PartUrl>, ApiError> {
+    let count = size.div_ceil(part);
+    let mut parts = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for n in 1..=count {
+        let len = if n == count {
+            size - part * (count - 1)
+        } else {
+            part
+        };
+        let number = i32::try_from(n).map_err(|e| ApiError::Internal(e.into()))?;
+        let signed = state
+            .store
+            .presign_upload_part(key, upload_id, number, len, expiry)
+            .await?;
+        parts.push(PartUrl {
+            part_number: number.unsigned_abs(),
+            url: signed.url,
+        });
+    }
+    Ok(parts)
+}
