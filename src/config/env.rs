@@ -36,6 +36,7 @@ pub(super) struct Env<'a> {
 }
 
 impl<'a> Env<'a> {
+    /// The variables `get` looks up.
     pub(super) fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Self {
         Self { get }
     }
