@@ -6,6 +6,13 @@
 //! `<root>/.tus/<id>`, synced after every part, and are renamed into place
 //! when complete. Presigned
 //! URLs point back to intake itself and carry an HMAC-signed, expiring token.
+//!
+//! This file decides the folder's layout (which key is which path) and
+//! what a signed URL carries; the listing's walk and the writer of one
+//! object live beside it.
+
+mod walk;
+mod writer;
 
 use std::{
     io::SeekFrom,
@@ -20,10 +27,11 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::{ObjectBody, ObjectStore, ObjectWriter, PresignedRequest, PutConditions, StorageError};
+use writer::FsWriter;
 
 /// Objects as files below a root folder.
 #[derive(Clone)]
@@ -251,13 +259,7 @@ impl ObjectStore for FsStore {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        Ok(Box::new(FsWriter {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            dest,
-            upload_id,
-            written: 0,
-        }))
+        Ok(Box::new(FsWriter::new(file, tmp, dest, upload_id)))
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -415,187 +417,6 @@ impl ObjectStore for FsStore {
     }
 
     fn list(&self, page_size: usize) -> super::Listing<'_> {
-        let page_size = page_size.max(1);
-        let walk = Walk {
-            root: self.root.clone(),
-            stack: Vec::new(),
-            started: false,
-        };
-        Box::pin(futures_util::stream::try_unfold(
-            walk,
-            move |mut walk| async move {
-                let page = walk.next_page(page_size).await?;
-                Ok((!page.is_empty()).then_some((page, walk)))
-            },
-        ))
-    }
-}
-
-/// A depth-first walk of the folder in ascending byte order of the keys.
-/// A directory's names are read (and sorted) when the walk enters it, so
-/// it holds the names of the directories on the current path, never the
-/// whole tree. (std's `read_dir` gives no order, and no crate walks a tree
-/// in the byte order of the paths joined with `/`, which is what lets the
-/// listing be merged with sorted rows.)
-struct Walk {
-    root: PathBuf,
-    /// Each open directory: its key prefix (`""` or `a/b/`) and its entries
-    /// not yet visited, last first.
-    stack: Vec<(String, Vec<WalkEntry>)>,
-    started: bool,
-}
-
-struct WalkEntry {
-    name: String,
-    dir: bool,
-}
-
-impl Walk {
-    /// The directory's entries, sorted as their keys sort: a directory as
-    /// its name followed by `/`. The root's partial writes are left out.
-    async fn read(&self, prefix: &str) -> Result<Vec<WalkEntry>, StorageError> {
-        let mut entries = Vec::new();
-        let mut dir = tokio::fs::read_dir(self.root.join(prefix)).await?;
-        while let Some(entry) = dir.next_entry().await? {
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::warn!(
-                    dir = prefix,
-                    "a file name that is not UTF-8 is no object key; skipped"
-                );
-                continue;
-            };
-            if prefix.is_empty() && (name == TMP_DIR || name == TUS_DIR) {
-                continue;
-            }
-            let kind = entry.file_type().await?;
-            if kind.is_dir() || kind.is_file() {
-                entries.push(WalkEntry {
-                    name,
-                    dir: kind.is_dir(),
-                });
-            }
-        }
-        let sort_key = |e: &WalkEntry| {
-            let mut k = e.name.clone().into_bytes();
-            if e.dir {
-                k.push(b'/');
-            }
-            k
-        };
-        entries.sort_by_cached_key(sort_key);
-        entries.reverse();
-        Ok(entries)
-    }
-
-    async fn next_page(
-        &mut self,
-        page_size: usize,
-    ) -> Result<Vec<super::ListedObject>, StorageError> {
-        if !self.started {
-            self.started = true;
-            let root = self.read("").await?;
-            self.stack.push((String::new(), root));
-        }
-        let mut page = Vec::new();
-        while page.len() < page_size {
-            let Some((prefix, entries)) = self.stack.last_mut() else {
-                break;
-            };
-            let Some(entry) = entries.pop() else {
-                self.stack.pop();
-                continue;
-            };
-            let key = format!("{prefix}{}", entry.name);
-            if entry.dir {
-                let prefix = format!("{key}/");
-                match self.read(&prefix).await {
-                    Ok(entries) => self.stack.push((prefix, entries)),
-                    // Removed since its parent was read (an emptied folder).
-                    Err(StorageError::NotFound) => {}
-                    Err(e) => return Err(e),
-                }
-            } else {
-                match tokio::fs::metadata(self.root.join(&key)).await {
-                    Ok(meta) => page.push(super::ListedObject {
-                        key,
-                        size: meta.len(),
-                    }),
-                    // Deleted since its folder was read.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(page)
-    }
-}
-
-/// Appends to a temporary file; `finish` syncs and renames it into place.
-struct FsWriter {
-    file: Option<BufWriter<tokio::fs::File>>,
-    tmp: PathBuf,
-    dest: PathBuf,
-    upload_id: String,
-    written: u64,
-}
-
-impl FsWriter {
-    fn file(&mut self) -> Result<&mut BufWriter<tokio::fs::File>, StorageError> {
-        self.file
-            .as_mut()
-            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("writer already ended")))
-    }
-}
-
-#[async_trait]
-impl ObjectWriter for FsWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        self.file()?.write_all(&chunk).await?;
-        self.written += chunk.len() as u64;
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| StorageError::backend(anyhow::anyhow!("writer already ended")))?;
-        let result = async {
-            file.flush().await?;
-            file.get_ref().sync_all().await?;
-            drop(file);
-            place(&self.tmp, &self.dest).await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                // Renamed: nothing left for Drop to remove.
-                self.tmp = PathBuf::new();
-                Ok(self.written)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
-        self.file.take();
-        let tmp = std::mem::take(&mut self.tmp);
-        match tokio::fs::remove_file(&tmp).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
-    }
-
-    fn multipart_upload_id(&self) -> Option<&str> {
-        Some(&self.upload_id)
-    }
-}
-
-impl Drop for FsWriter {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            // Never finished nor aborted: remove the partial file.
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        walk::listing(self.root.clone(), page_size)
     }
 }

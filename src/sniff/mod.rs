@@ -1,8 +1,21 @@
 //! What a file is, decided from its first bytes (magic numbers), reconciled
 //! with the type the client declared and the file's extension.
+//!
+//! This file holds the decision; the types intake accepts (with their
+//! aliases and extensions) and the UTF-8 check of text documents live
+//! beside it.
+
+mod types;
+mod utf8;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use types::{
+    BINARY_TYPES, TEXT_TYPES, extension, extension_category, is_generic, normalize, same_type,
+};
+pub use utf8::Utf8Stream;
+use utf8::utf8_prefix_valid;
 
 /// The categories the tier table caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
@@ -28,115 +41,6 @@ impl Category {
     }
 }
 
-/// Types accepted by their magic numbers, with their category.
-const BINARY_TYPES: &[(&str, Category)] = &[
-    ("image/jpeg", Category::Image),
-    ("image/png", Category::Image),
-    ("image/gif", Category::Image),
-    ("image/webp", Category::Image),
-    ("image/tiff", Category::Image),
-    ("image/bmp", Category::Image),
-    ("image/heif", Category::Image),
-    ("image/avif", Category::Image),
-    ("image/jxl", Category::Image),
-    ("image/vnd.microsoft.icon", Category::Image),
-    ("video/mp4", Category::Video),
-    ("video/x-m4v", Category::Video),
-    ("video/x-matroska", Category::Video),
-    ("video/webm", Category::Video),
-    ("video/quicktime", Category::Video),
-    ("video/x-msvideo", Category::Video),
-    ("video/x-ms-wmv", Category::Video),
-    ("video/mpeg", Category::Video),
-    ("video/x-flv", Category::Video),
-    ("application/pdf", Category::Document),
-    ("application/rtf", Category::Document),
-    ("application/msword", Category::Document),
-    (
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        Category::Document,
-    ),
-    ("application/vnd.ms-excel", Category::Document),
-    (
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        Category::Document,
-    ),
-    ("application/vnd.ms-powerpoint", Category::Document),
-    (
-        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-        Category::Document,
-    ),
-    (
-        "application/vnd.oasis.opendocument.text",
-        Category::Document,
-    ),
-    (
-        "application/vnd.oasis.opendocument.spreadsheet",
-        Category::Document,
-    ),
-    (
-        "application/vnd.oasis.opendocument.presentation",
-        Category::Document,
-    ),
-    ("application/epub+zip", Category::Document),
-];
-
-/// Text documents: no magic number, so they are known by extension or
-/// declared type, and must be valid UTF-8 throughout.
-const TEXT_TYPES: &[(&str, &[&str])] = &[
-    ("text/plain", &["txt", "text"]),
-    ("text/csv", &["csv"]),
-    ("text/markdown", &["md", "markdown"]),
-    ("application/json", &["json"]),
-];
-
-/// Extensions whose category is known, to catch a file named for one kind
-/// of content that holds another.
-const EXTENSIONS: &[(&str, Category)] = &[
-    ("jpg", Category::Image),
-    ("jpeg", Category::Image),
-    ("jpe", Category::Image),
-    ("png", Category::Image),
-    ("gif", Category::Image),
-    ("webp", Category::Image),
-    ("tif", Category::Image),
-    ("tiff", Category::Image),
-    ("bmp", Category::Image),
-    ("heic", Category::Image),
-    ("heif", Category::Image),
-    ("avif", Category::Image),
-    ("jxl", Category::Image),
-    ("ico", Category::Image),
-    ("mp4", Category::Video),
-    ("m4v", Category::Video),
-    ("mkv", Category::Video),
-    ("webm", Category::Video),
-    ("mov", Category::Video),
-    ("avi", Category::Video),
-    ("wmv", Category::Video),
-    ("mpg", Category::Video),
-    ("mpeg", Category::Video),
-    ("flv", Category::Video),
-    ("pdf", Category::Document),
-    ("rtf", Category::Document),
-    ("doc", Category::Document),
-    ("docx", Category::Document),
-    ("xls", Category::Document),
-    ("xlsx", Category::Document),
-    ("ppt", Category::Document),
-    ("pptx", Category::Document),
-    ("odt", Category::Document),
-    ("ods", Category::Document),
-    ("odp", Category::Document),
-    ("epub", Category::Document),
-    ("txt", Category::Document),
-    ("text", Category::Document),
-    ("csv", Category::Document),
-    ("md", Category::Document),
-    ("markdown", Category::Document),
-    ("json", Category::Document),
-];
-
 /// How many leading bytes the decision may look at.
 pub const SNIFF_BYTES: usize = 64 * 1024;
 
@@ -160,47 +64,6 @@ pub enum SniffError {
     /// The declared type or extension disagrees with the bytes.
     #[error("{0}")]
     Mismatch(String),
-}
-
-fn normalize(declared: &str) -> String {
-    let base = declared
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match base.as_str() {
-        "image/jpg" | "image/pjpeg" => "image/jpeg".into(),
-        "image/x-icon" => "image/vnd.microsoft.icon".into(),
-        "image/heic" => "image/heif".into(),
-        "video/x-mp4" | "video/m4v" => "video/mp4".into(),
-        "application/x-pdf" => "application/pdf".into(),
-        "text/rtf" => "application/rtf".into(),
-        "text/x-markdown" => "text/markdown".into(),
-        "text/json" => "application/json".into(),
-        _ => base,
-    }
-}
-
-/// Types that say nothing about the content.
-fn is_generic(declared: &str) -> bool {
-    declared.is_empty()
-        || declared == "application/octet-stream"
-        || declared == "binary/octet-stream"
-}
-
-/// MP4 and M4V are the same container; either name fits either.
-fn same_type(a: &str, b: &str) -> bool {
-    a == b || (matches!(a, "video/mp4" | "video/x-m4v") && matches!(b, "video/mp4" | "video/x-m4v"))
-}
-
-fn extension(filename: &str) -> Option<String> {
-    let (stem, ext) = filename.rsplit_once('.')?;
-    (!stem.is_empty()).then(|| ext.to_ascii_lowercase())
-}
-
-fn extension_category(ext: &str) -> Option<Category> {
-    EXTENSIONS.iter().find(|(e, _)| *e == ext).map(|(_, c)| *c)
 }
 
 /// Decides a file's type from its first bytes (`head`, up to
@@ -350,50 +213,6 @@ pub fn expected_category(declared: &str, filename: &str) -> Result<Option<Catego
     announced(declared, filename).map(|kind| Some(kind.category))
 }
 
-/// Whether `bytes` is valid UTF-8, allowing a sequence cut at the end when
-/// more bytes follow.
-fn utf8_prefix_valid(bytes: &[u8], complete: bool) -> bool {
-    match std::str::from_utf8(bytes) {
-        Ok(_) => true,
-        Err(e) => !complete && e.error_len().is_none(),
-    }
-}
-
-/// Checks UTF-8 across chunk boundaries while a text document streams.
-#[derive(Debug, Default)]
-pub struct Utf8Stream {
-    carry: Vec<u8>,
-}
-
-impl Utf8Stream {
-    /// Feeds the next bytes; `false` as soon as they cannot be UTF-8.
-    pub fn feed(&mut self, chunk: &[u8]) -> bool {
-        let joined;
-        let bytes = if self.carry.is_empty() {
-            chunk
-        } else {
-            joined = [self.carry.as_slice(), chunk].concat();
-            joined.as_slice()
-        };
-        match std::str::from_utf8(bytes) {
-            Ok(_) => {
-                self.carry.clear();
-                true
-            }
-            Err(e) if e.error_len().is_none() => {
-                self.carry = bytes[e.valid_up_to()..].to_vec();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Whether the stream ended on a whole character.
-    pub fn finish(&self) -> bool {
-        self.carry.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,19 +330,6 @@ mod tests {
             Err(SniffError::Mismatch(_))
         ));
     }
-
-    #[test]
-    fn utf8_is_checked_across_chunks() {
-        let text = "añb€c".as_bytes();
-        let mut s = Utf8Stream::default();
-        for b in text {
-            assert!(s.feed(&[*b]));
-        }
-        assert!(s.finish());
-        let mut s = Utf8Stream::default();
-        assert!(s.feed(&text[..2]));
-        assert!(!s.feed(b"\xff"));
-    }
 }
 
 /// Properties over generated inputs (proptest), bounded to a few thousand
@@ -604,37 +410,6 @@ mod fuzz {
                 prop_assert_eq!(canonical(kind.mime), Some(kind.mime));
             }
             let _ = expected_category(&declared, &filename);
-        }
-
-        /// The streaming UTF-8 check agrees with std's over the whole
-        /// bytes, however they are cut, and carries at most 3 bytes.
-        #[test]
-        fn the_streamed_utf8_check_agrees_with_the_whole_one(
-            bytes in prop_oneof![
-                vec(any::<u8>(), 0..300),
-                any::<String>().prop_map(String::into_bytes),
-                (any::<String>(), any::<usize>(), any::<u8>()).prop_map(|(s, i, b)| {
-                    let mut v = s.into_bytes();
-                    if !v.is_empty() {
-                        let i = i % v.len();
-                        v[i] = b;
-                    }
-                    v
-                }),
-            ],
-            cuts in vec(1usize..8, 1..6),
-        ) {
-            let mut stream = Utf8Stream::default();
-            let mut ok = true;
-            let (mut at, mut i) = (0, 0);
-            while at < bytes.len() && ok {
-                let end = (at + cuts[i % cuts.len()]).min(bytes.len());
-                ok = stream.feed(&bytes[at..end]);
-                prop_assert!(stream.carry.len() <= 3);
-                at = end;
-                i += 1;
-            }
-            prop_assert_eq!(ok && stream.finish(), std::str::from_utf8(&bytes).is_ok());
         }
     }
 }

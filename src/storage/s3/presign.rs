@@ -1,0 +1,114 @@
+//! Presigned S3 requests: what each URL signs, and the headers a client
+//! must send with it for the signature to hold.
+
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{S3Store, map_err};
+use crate::storage::{PresignedRequest, PutConditions, StorageError, attachment_disposition};
+
+impl S3Store {
+    /// A URL for one part of a presigned multipart upload; its length is
+    /// signed.
+    pub(super) async fn sign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        len: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
+        let req = self
+            .presign_client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(len as i64)
+            .presigned(config)
+            .await
+            .map_err(map_err)?;
+        let mut out = presigned(req)?;
+        out.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        Ok(out)
+    }
+
+    /// A URL that downloads the object as an attachment named `filename`.
+    pub(super) async fn sign_get(
+        &self,
+        key: &str,
+        filename: &str,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
+        let req = self
+            .presign_client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .response_content_disposition(attachment_disposition(filename))
+            .presigned(config)
+            .await
+            .map_err(map_err)?;
+        presigned(req)
+    }
+
+    /// A URL for the PUT of a whole object, signing its length, type and,
+    /// when given, its SHA-256.
+    pub(super) async fn sign_put(
+        &self,
+        key: &str,
+        conditions: &PutConditions,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
+        let mut req = self
+            .presign_client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(conditions.content_length as i64)
+            .content_type(&conditions.content_type);
+        if let Some(sha) = conditions.sha256 {
+            req = req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha));
+        }
+        let req = req.presigned(config).await.map_err(map_err)?;
+        let mut out = presigned(req)?;
+        // The signature covers these; the client must send them as given.
+        out.headers.insert(
+            http::header::CONTENT_TYPE,
+            header_value(&conditions.content_type)?,
+        );
+        out.headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(conditions.content_length),
+        );
+        Ok(out)
+    }
+}
+
+fn presigned(
+    req: aws_sdk_s3::presigning::PresignedRequest,
+) -> Result<PresignedRequest, StorageError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers() {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(StorageError::backend)?;
+        let value = HeaderValue::from_str(value).map_err(StorageError::backend)?;
+        headers.insert(name, value);
+    }
+    Ok(PresignedRequest {
+        method: req.method().parse().map_err(StorageError::backend)?,
+        url: req.uri().to_owned(),
+        headers,
+    })
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, StorageError> {
+    HeaderValue::from_str(s).map_err(StorageError::backend)
+}
