@@ -161,14 +161,6 @@ impl ApiError {
         }
     }
 
-    /// 408 `invalid_request`: a request body that sent nothing for too long.
-    pub fn idle_timeout() -> Self {
-        Self::InvalidRequest {
-            status: StatusCode::REQUEST_TIMEOUT,
-            detail: "the request sent nothing for too long".into(),
-        }
-    }
-
     /// 404 `not_found` for a resource that does not exist or is not the caller's.
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(format!("{what} not found"))

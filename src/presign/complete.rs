@@ -174,11 +174,7 @@ async fn complete_body(body: Body) -> Result<CompleteRequest, ApiError> {
                 limit: COMPLETE_BODY_LIMIT as u64,
             });
         }
-        Err(_) => {
-            return Err(ApiError::bad_request(
-                "the body could not be read to its end",
-            ));
-        }
+        Err(e) => return Err(crate::body::broken(&*e)),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(CompleteRequest::default());

@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 use super::uploads::{self, State as UploadState, Upload};
 use crate::{
+    body::UploadBody,
+    db::heartbeat::Heartbeat,
     error::ApiError,
     extract::{Path, Query},
     state::AppState,
@@ -41,7 +43,7 @@ pub async fn data(
     Path(id): Path<Uuid>,
     Query(query): Query<DataQuery>,
     headers: HeaderMap,
-    body: Body,
+    UploadBody(body): UploadBody,
 ) -> Result<StatusCode, ApiError> {
     let row = uploads::find(&state.db, id, None)
         .await
@@ -79,14 +81,29 @@ pub async fn data(
             "Content-Length and Content-Type must be the signed ones",
         ));
     }
-    // One writer at a time, each held to the idle timeout of uploads.
-    let idle = state.config.upload_idle_timeout;
-    if !uploads::claim_writer(&state.db, id, idle * 2, false).await? {
+    // One writer at a time. The claim is renewed while the request runs
+    // and lapses on its own if this instance dies.
+    let claim = state.config.upload_idle_timeout * 2;
+    if !uploads::claim_writer(&state.db, id, claim, false).await? {
         return Err(ApiError::Conflict(
             "another request is writing this upload".into(),
         ));
     }
+    let mut heartbeat = Heartbeat::start(claim / 4, "a presigned upload's writer claim", id, {
+        let db = state.db.clone();
+        move || {
+            let db = db.clone();
+            async move { uploads::claim_writer(&db, id, claim, true).await }
+        }
+    })
+    .on_drop({
+        let db = state.db.clone();
+        async move {
+            let _ = uploads::release_writer(&db, id).await;
+        }
+    });
     let written = write_data(&state, &row, &key, &conditions, body).await;
+    heartbeat.stop();
     if let Err(e) = uploads::release_writer(&state.db, id).await {
         tracing::warn!(error = %e, upload = %id, "could not release the writer; it lapses");
     }
@@ -94,7 +111,7 @@ pub async fn data(
 }
 
 /// Streams a data route body into the upload's staging object, held to the
-/// signed length and checksum and to the idle timeout.
+/// signed length and checksum (the body guard holds it to the idle time).
 async fn write_data(
     state: &AppState,
     row: &Upload,
@@ -102,20 +119,14 @@ async fn write_data(
     conditions: &PutConditions,
     body: Body,
 ) -> Result<(), ApiError> {
-    let idle = state.config.upload_idle_timeout;
     let part = usize::try_from(state.config.upload_part_bytes).unwrap_or(usize::MAX);
     let mut writer = state.store.writer(key, &row.content_type, part).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     let mut stream = body.into_data_stream();
-    let mut renewed = tokio::time::Instant::now();
     let received = async {
-        while let Some(chunk) = tokio::time::timeout(idle, stream.next())
-            .await
-            .map_err(|_| ApiError::idle_timeout())?
-        {
-            let chunk = chunk
-                .map_err(|_| ApiError::bad_request("the body could not be read to its end"))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| crate::body::broken(&e))?;
             total += chunk.len() as u64;
             if total > row.size() {
                 return Err(ApiError::bad_request(
@@ -124,10 +135,6 @@ async fn write_data(
             }
             hasher.update(&chunk);
             writer.write(chunk).await?;
-            if renewed.elapsed() > idle / 2 {
-                uploads::claim_writer(&state.db, row.id, idle * 2, true).await?;
-                renewed = tokio::time::Instant::now();
-            }
         }
         if total != row.size() {
             return Err(ApiError::bad_request(

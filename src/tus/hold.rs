@@ -4,7 +4,8 @@
 //! the row is let go exactly once.
 //!
 //! While the request runs the hold is renewed (with the upload's expiry
-//! and its lease); it expires on its own if the instance dies.
+//! and its lease) by a [`Heartbeat`]; it expires on its own if the
+//! instance dies.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{receive::Writer, uploads};
+use crate::{db::heartbeat::Heartbeat, quota::slots::Lease};
 
 /// Whether the request still holds the upload's row.
 #[derive(Clone, Copy)]
@@ -30,7 +32,9 @@ pub(super) struct Hold {
     db: sqlx::PgPool,
     id: Uuid,
     token: Uuid,
-    renewer: Option<tokio::task::JoinHandle<()>>,
+    /// Renews the hold and the lease; if the request is dropped while the
+    /// row is held, unlocks it in the background.
+    heartbeat: Heartbeat,
     grip: Grip,
 }
 
@@ -41,30 +45,30 @@ impl Hold {
         let hold = w.state.config.upload_lease_ttl;
         let expiry = w.state.config.tus_expiry;
         let lease = w.lease();
+        let (lease_id, account_id, lease_ttl) = (lease.id, lease.account_id, lease.ttl());
         let every = (hold.min(expiry) / 3).max(Duration::from_millis(200));
-        let renewer = {
+        let heartbeat = Heartbeat::start(every, "a resumable upload", id, {
             let db = db.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let renewed = async {
-                        uploads::renew(&db, id, token, hold, expiry).await?;
-                        lease.renew(&db).await
-                    }
-                    .await;
-                    if let Err(e) = renewed {
-                        tracing::warn!(error = %e, upload = %id, "could not renew a resumable upload");
-                    }
+            move || {
+                let db = db.clone();
+                let lease = Lease::existing(lease_id, account_id, lease_ttl);
+                async move {
+                    uploads::renew(&db, id, token, hold, expiry).await?;
+                    lease.renew(&db).await
                 }
-            })
-        };
+            }
+        })
+        .on_drop({
+            let db = db.clone();
+            async move {
+                let _ = uploads::unlock(&db, id, token).await;
+            }
+        });
         Self {
             db,
             id,
             token,
-            renewer: Some(renewer),
+            heartbeat,
             grip: Grip::Held,
         }
     }
@@ -72,12 +76,12 @@ impl Hold {
     /// Notes that the commit recording `expires_at` let go of the row (the
     /// request writes nothing more).
     pub(super) fn let_go_by_commit(&mut self, expires_at: DateTime<Utc>) {
-        self.grip = Grip::Committed(expires_at);
+        self.let_go(Grip::Committed(expires_at));
     }
 
     /// Notes that completing the upload let go of the row.
     pub(super) fn let_go_by_completion(&mut self) {
-        self.grip = Grip::Released;
+        self.let_go(Grip::Released);
     }
 
     /// The expiry the commit that let go of the row recorded, if a commit
@@ -92,9 +96,7 @@ impl Hold {
     /// Stops renewing and lets go of the row, unless the request already
     /// did.
     pub(super) async fn end(mut self) {
-        if let Some(task) = self.renewer.take() {
-            task.abort();
-        }
+        self.heartbeat.stop();
         if !matches!(self.grip, Grip::Held) {
             return;
         }
@@ -103,21 +105,11 @@ impl Hold {
             tracing::warn!(error = %e, upload = %self.id, "could not release a resumable upload; its hold expires");
         }
     }
-}
 
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if let Some(task) = self.renewer.take() {
-            task.abort();
-        }
-        // Dropped while held, without `end`: let go in the background.
-        if matches!(self.grip, Grip::Held)
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            let (db, id, token) = (self.db.clone(), self.id, self.token);
-            handle.spawn(async move {
-                let _ = uploads::unlock(&db, id, token).await;
-            });
-        }
+    /// Notes that the request no longer holds the row, so a drop does not
+    /// unlock it.
+    fn let_go(&mut self, grip: Grip) {
+        self.grip = grip;
+        self.heartbeat.stop();
     }
 }

@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Account, CurrentAccount, Principal},
+    body::UploadBody,
     error::ApiError,
     extract::Path,
     files,
@@ -341,7 +342,7 @@ pub async fn create(
     State(state): State<AppState>,
     auth: CurrentAccount,
     headers: HeaderMap,
-    body: Body,
+    UploadBody(body): UploadBody,
 ) -> Result<Response, ApiError> {
     let creation = Creation::parse(&headers, &auth.account, state.config.stream_max_file_bytes)?;
     let with_body = headers::is_offset_stream(&headers);
@@ -435,7 +436,7 @@ pub async fn append(
     auth: CurrentAccount,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
-    body: Body,
+    UploadBody(body): UploadBody,
 ) -> Result<Response, ApiError> {
     if !headers::is_offset_stream(&headers) {
         return Err(ApiError::UnsupportedMediaType(format!(

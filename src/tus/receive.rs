@@ -12,13 +12,10 @@
 //! offset where it was; parts stored for it are overwritten by the next
 //! request, and never make it into the file.
 
-use std::time::Duration;
-
 use axum::body::{Body, BodyDataStream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -142,14 +139,10 @@ impl Writer {
             return Err(Stop::past_length());
         }
         let mut hasher: Option<BodyHasher> = self.checksum.as_ref().map(Checksum::hasher);
-        let (idle, shutdown) = (
-            self.state.config.upload_idle_timeout,
-            self.state.shutdown.clone(),
-        );
         let mut stream = body.into_data_stream();
         let mut received: u64 = 0;
         let broken = loop {
-            let chunk = match next_chunk(&mut stream, idle, &shutdown).await {
+            let chunk = match next_chunk(&mut stream).await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break None,
                 Err(e) => break Some(e),
@@ -204,28 +197,12 @@ impl Writer {
     }
 }
 
-/// The next chunk of the body (`None` at its end), held to the idle
-/// timeout of uploads and to the server's shutdown.
-async fn next_chunk(
-    stream: &mut BodyDataStream,
-    idle: Duration,
-    shutdown: &CancellationToken,
-) -> Result<Option<Bytes>, ApiError> {
-    let next = tokio::select! {
-        biased;
-        () = shutdown.cancelled() => return Err(ApiError::ServiceUnavailable(
-            "the server is shutting down; resume the upload".into())),
-        next = tokio::time::timeout(idle, stream.next()) => next,
-    };
-    match next {
-        Err(_) => Err(ApiError::InvalidRequest {
-            status: http::StatusCode::REQUEST_TIMEOUT,
-            detail: "the upload sent nothing for too long".into(),
-        }),
-        Ok(None) => Ok(None),
-        Ok(Some(Err(_))) => Err(ApiError::bad_request(
-            "the body could not be read to its end",
-        )),
-        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-    }
+/// The next chunk of the body (`None` at its end). The body guard holds it
+/// to the idle time and the server's shutdown ([`crate::body`]).
+async fn next_chunk(stream: &mut BodyDataStream) -> Result<Option<Bytes>, ApiError> {
+    stream
+        .next()
+        .await
+        .transpose()
+        .map_err(|e| crate::body::broken(&e))
 }
