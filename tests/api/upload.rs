@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    Backend, Form, Holdings, Proxy, assert_problem, env, fixtures, spawn, spawn_app,
+    Backend, Form, Holdings, MIB, Relay, assert_problem,
+    clients::stream::{Answer, BodySender, STREAM_END, channel_body, open_stream, part_head},
+    env, fixtures, spawn, spawn_app,
 };
-
-const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn every_category_uploads_with_its_sha256_on_both_backends() {
@@ -240,23 +240,6 @@ async fn files_past_the_streaming_cap_are_sent_to_presigned_uploads() {
     assert_eq!(limits["stream_max_file_bytes"], 2 * MIB);
 }
 
-/// A body that the test feeds by hand, to see what the server does before
-/// the client has finished.
-pub(crate) fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    reqwest::Body,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
-}
-
-pub(crate) fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
-    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
-}
-
 #[tokio::test]
 async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
     refused_at_the_cap_without_waiting(false).await;
@@ -393,79 +376,17 @@ async fn a_file_that_fits_exactly_in_the_quota_is_accepted() {
     assert_eq!(app.settled(account.id).await, Holdings::stored(1, 300_000));
 }
 
-/// The boundary of [`start_stream`]'s form.
-pub const STREAM_BOUNDARY: &str = "slow";
-
-/// Starts a `/upload/stream` of one file whose bytes the test sends by hand
-/// after the part head sent here; the form ends when the test sends
-/// `--slow--` or drops the sender.
-pub async fn start_stream(
-    app: &crate::helpers::TestApp,
-    key: &str,
-    filename: &str,
-    content_type: &str,
-) -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-) {
-    let (tx, body) = channel_body();
-    let request = app
-        .post("/upload/stream")
-        .bearer_auth(key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={STREAM_BOUNDARY}"),
-        )
-        .body(body)
-        .send();
-    let handle = tokio::spawn(request);
-    tx.send(Ok(part_head(
-        STREAM_BOUNDARY,
-        "file",
-        filename,
-        content_type,
-    )))
-    .await
-    .unwrap();
-    (tx, handle)
-}
-
 /// Starts an upload whose body stays open until the returned sender drops.
-async fn open_upload(
-    app: &crate::helpers::TestApp,
-    key: &str,
-) -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-) {
-    let (tx, handle) = start_stream(app, key, "slow.png", "image/png").await;
-    tx.send(Ok(fixtures::png(100_000))).await.unwrap();
-    (tx, handle)
-}
-
-pub(crate) async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
-    let usage: Value = app
-        .get("/usage")
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    usage["usage"]["concurrent_uploads"]["active"]
-        .as_i64()
-        .unwrap()
-}
-
-pub(crate) async fn wait_active(app: &crate::helpers::TestApp, key: &str, n: i64) {
-    for _ in 0..100 {
-        if active(app, key).await == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("active uploads never reached {n}");
+async fn open_upload(app: &crate::helpers::TestApp, key: &str) -> (BodySender, Answer) {
+    open_stream(
+        &app.client,
+        app.url("/upload/stream"),
+        key,
+        "slow.png",
+        "image/png",
+        fixtures::png(100_000),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -479,7 +400,7 @@ async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
     .await;
     let (first_tx, first) = open_upload(&app, &key).await;
     let (second_tx, second) = open_upload(&app, &key).await;
-    wait_active(&app, &key, 2).await;
+    app.wait_active(&key, 2).await;
 
     let resp = app
         .upload(&key, "third.png", "image/png", &fixtures::png(100))
@@ -494,18 +415,15 @@ async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
     assert_eq!(body["limit"], 2);
 
     // A finished upload gives its slot back.
-    first_tx
-        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
-        .await
-        .unwrap();
+    first_tx.send(Ok(STREAM_END.to_vec())).await.unwrap();
     drop(first_tx);
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::CREATED);
-    wait_active(&app, &key, 1).await;
+    app.wait_active(&key, 1).await;
 
     // So does a client that disconnects mid-file: nothing of it stays.
     second.abort();
     drop(second_tx);
-    wait_active(&app, &key, 0).await;
+    app.wait_active(&key, 0).await;
     app.assert_left_with(account.id, 1).await;
     assert_eq!(
         app.upload(&key, "again.png", "image/png", &fixtures::png(100))
@@ -585,7 +503,7 @@ async fn storage_failing_mid_put_of_a_known_length_leaves_nothing_behind() {
 /// Storage goes away 12 MiB into a 20 MiB upload, sent chunked (parts of
 /// a multipart upload) or with its length (one streamed PUT).
 async fn storage_fails_mid_upload(body_len: Option<usize>) {
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
     let app = spawn()
         .var("S3_ENDPOINT", &proxy.addr)
         .var("UPLOAD_PART_BYTES", "5242880")
@@ -842,13 +760,10 @@ async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
     // One upload finishes within the grace period, one never would.
     let (quick_tx, quick) = open_upload(&app, &key).await;
     let (_stuck_tx, stuck) = open_upload(&app, &key).await;
-    wait_active(&app, &key, 2).await;
+    app.wait_active(&key, 2).await;
     app.signal_shutdown();
     app.not_accepting().await;
-    quick_tx
-        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
-        .await
-        .unwrap();
+    quick_tx.send(Ok(STREAM_END.to_vec())).await.unwrap();
     drop(quick_tx);
     assert_eq!(quick.await.unwrap().unwrap().status(), StatusCode::CREATED);
     let resp = stuck.await.unwrap().unwrap();
