@@ -995,108 +995,172 @@ async fn a_text_document_stays_checked_across_parts_and_requests() {
     assert_nothing_left(&app, account.id, 1).await;
 }
 
+/// A creation request intake refuses: its headers, and the problem.
+struct RefusedCreation {
+    what: &'static str,
+    headers: Vec<(&'static str, String)>,
+    status: StatusCode,
+    code: &'static str,
+}
+
+/// Every way a creation is refused before anything is held.
+fn refused_creations() -> Vec<RefusedCreation> {
+    let bad = |what, headers: &[(&'static str, &str)]| RefusedCreation {
+        what,
+        headers: headers.iter().map(|(h, v)| (*h, (*v).to_owned())).collect(),
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+    };
+    // No or another protocol version: 412 with the version intake speaks.
+    let version = |what, headers: &[(&'static str, &str)]| RefusedCreation {
+        status: StatusCode::PRECONDITION_FAILED,
+        code: "tus_version_unsupported",
+        ..bad(what, headers)
+    };
+    const V: (&str, &str) = ("tus-resumable", "1.0.0");
+    vec![
+        version("no version", &[("upload-length", "10")]),
+        version(
+            "another version",
+            &[("upload-length", "10"), ("tus-resumable", "0.2.2")],
+        ),
+        // Lengths: missing, negative, not a number, absurd, zero, deferred.
+        bad("no length", &[V]),
+        bad("a negative length", &[V, ("upload-length", "-1")]),
+        bad("a length not a number", &[V, ("upload-length", "ten")]),
+        bad(
+            "an absurd length",
+            &[V, ("upload-length", "99999999999999999999999")],
+        ),
+        bad("a zero length", &[V, ("upload-length", "0")]),
+        bad("a deferred length", &[V, ("upload-defer-length", "1")]),
+        // Metadata: not base64, a key twice, a name that is not UTF-8.
+        bad(
+            "metadata not base64",
+            &[
+                V,
+                ("upload-length", "10"),
+                ("upload-metadata", "filename not*base64"),
+            ],
+        ),
+        bad(
+            "a metadata key twice",
+            &[
+                V,
+                ("upload-length", "10"),
+                ("upload-metadata", "filename YQ==,filename Yg=="),
+            ],
+        ),
+        bad(
+            "a file name not UTF-8",
+            &[
+                V,
+                ("upload-length", "10"),
+                ("upload-metadata", "filename /w=="),
+            ],
+        ),
+        // A declared type intake does not take is refused before anything
+        // is held.
+        RefusedCreation {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            ..bad(
+                "a type intake does not take",
+                &[
+                    V,
+                    ("upload-length", "10"),
+                    (
+                        "upload-metadata",
+                        &metadata(&[
+                            ("filename", "a.exe"),
+                            ("filetype", "application/x-msdownload"),
+                        ]),
+                    ),
+                ],
+            )
+        },
+    ]
+}
+
+/// A PATCH intake refuses on an upload of 10 bytes at offset 0.
+struct RefusedPatch {
+    what: &'static str,
+    offset: Option<&'static str>,
+    content_type: &'static str,
+    body: &'static str,
+    status: StatusCode,
+    code: &'static str,
+}
+
+const OCTETS: &str = "application/offset+octet-stream";
+
+/// The wrong offset, the wrong body type, a body past the length, no offset.
+const REFUSED_PATCHES: &[RefusedPatch] = &[
+    RefusedPatch {
+        what: "the wrong offset",
+        offset: Some("5"),
+        content_type: OCTETS,
+        body: "hello",
+        status: StatusCode::CONFLICT,
+        code: "conflict",
+    },
+    RefusedPatch {
+        what: "the wrong body type",
+        offset: Some("0"),
+        content_type: "application/octet-stream",
+        body: "hello",
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "unsupported_media_type",
+    },
+    RefusedPatch {
+        what: "a body past the length",
+        offset: Some("0"),
+        content_type: OCTETS,
+        body: "more than ten bytes",
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+    },
+    RefusedPatch {
+        what: "no offset",
+        offset: None,
+        content_type: OCTETS,
+        body: "hello",
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+    },
+];
+
 #[tokio::test]
 async fn malformed_tus_requests_are_refused_and_keep_nothing() {
     let app = spawn().start().await;
     let (account, key) = app.account_with_key("starter").await;
     let (_, other_key) = app.account_with_key("starter").await;
-    // No or another protocol version: 412 with the version intake speaks.
-    for version in [None, Some("0.2.2")] {
-        let mut req = app
-            .post("/upload/tus")
-            .bearer_auth(&key)
-            .header("upload-length", "10");
-        if let Some(v) = version {
-            req = req.header("tus-resumable", v);
+    for case in refused_creations() {
+        let mut req = app.post("/upload/tus").bearer_auth(&key);
+        for (name, value) in &case.headers {
+            req = req.header(*name, value);
         }
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.headers()["tus-version"], "1.0.0");
-        assert_problem(
-            resp,
-            StatusCode::PRECONDITION_FAILED,
-            "tus_version_unsupported",
-        )
-        .await;
-    }
-    // Lengths: missing, negative, not a number, absurd, deferred, zero.
-    for length in [
-        None,
-        Some("-1"),
-        Some("ten"),
-        Some("99999999999999999999999"),
-        Some("0"),
-    ] {
-        let mut req = tus(&app, Method::POST, "/upload/tus", &key);
-        if let Some(l) = length {
-            req = req.header("upload-length", l);
+        assert_eq!(resp.status(), case.status, "{}", case.what);
+        if case.status == StatusCode::PRECONDITION_FAILED {
+            assert_eq!(resp.headers()["tus-version"], "1.0.0", "{}", case.what);
         }
-        let resp = req.send().await.unwrap();
-        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert_problem(resp, case.status, case.code).await;
     }
-    let resp = tus(&app, Method::POST, "/upload/tus", &key)
-        .header("upload-defer-length", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-    for meta in [
-        "filename not*base64",
-        "filename YQ==,filename Yg==",
-        "filename /w==",
-    ] {
-        let resp = tus(&app, Method::POST, "/upload/tus", &key)
-            .header("upload-length", "10")
-            .header("upload-metadata", meta)
-            .send()
-            .await
-            .unwrap();
-        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-    }
-    // A declared type intake does not take is refused before anything is held.
-    let resp = create(
-        &app,
-        &key,
-        10,
-        &[
-            ("filename", "a.exe"),
-            ("filetype", "application/x-msdownload"),
-        ],
-    )
-    .await;
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
     app.assert_left_with(account.id, 0).await;
 
     let path = created(&app, &key, 10, &[("filename", "a.txt")]).await;
-    // The wrong offset, the wrong body type, a body past the length.
-    let resp = patch(&app, &path, &key, 5, b"hello".to_vec()).await;
-    assert_problem(resp, StatusCode::CONFLICT, "conflict").await;
-    let resp = tus(&app, Method::PATCH, &path, &key)
-        .header("upload-offset", "0")
-        .header("content-type", "application/octet-stream")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-    let resp = patch(&app, &path, &key, 0, b"more than ten bytes".to_vec()).await;
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let resp = tus(&app, Method::PATCH, &path, &key)
-        .header("content-type", "application/offset+octet-stream")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+    for case in REFUSED_PATCHES {
+        let mut req = tus(&app, Method::PATCH, &path, &key)
+            .header("content-type", case.content_type)
+            .body(case.body);
+        if let Some(offset) = case.offset {
+            req = req.header("upload-offset", offset);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), case.status, "{}", case.what);
+        assert_problem(resp, case.status, case.code).await;
+    }
     assert_eq!(offset_of(&app, &path, &key).await, 0);
     // Another account's upload, and an unknown one, are not found.
     let unknown = format!("/upload/tus/{}", Uuid::now_v7());

@@ -550,6 +550,107 @@ async fn storage_fails_mid_upload(body_len: Option<usize>) {
     assert_eq!(queued, 0);
 }
 
+/// A request body `/upload/stream` refuses, and the problem it answers.
+struct Refused {
+    what: &'static str,
+    content_type: String,
+    body: Vec<u8>,
+    status: StatusCode,
+    code: &'static str,
+}
+
+impl Refused {
+    fn new(what: &'static str, content_type: &str, body: Vec<u8>) -> Self {
+        Refused {
+            what,
+            content_type: content_type.to_owned(),
+            body,
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+        }
+    }
+
+    /// A finished form.
+    fn form(what: &'static str, form: Form) -> Self {
+        let form = form.finish();
+        Self::new(what, &form.content_type(), form.body)
+    }
+
+    /// One file part named `file`.
+    fn file(what: &'static str, filename: &str, content_type: &str, data: &[u8]) -> Self {
+        Self::form(what, Form::new().part("file", filename, content_type, data))
+    }
+
+    fn answers(mut self, status: StatusCode, code: &'static str) -> Self {
+        self.status = status;
+        self.code = code;
+        self
+    }
+}
+
+/// Every way a streaming upload's input is refused, each with its status
+/// and code.
+fn refused_inputs() -> Vec<Refused> {
+    let full = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(50_000))
+        .finish();
+    let truncated = full.body[..full.body.len() / 2].to_vec();
+    let mut huge =
+        b"--h\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: "
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 3 * MIB));
+    huge.extend_from_slice(b"\r\n\r\nxx\r\n--h--\r\n");
+    vec![
+        Refused::new("no boundary", "multipart/form-data", b"--x\r\n".to_vec()),
+        Refused::new("not a form", "application/json", b"{}".to_vec())
+            .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        Refused::new("a truncated form", &full.content_type(), truncated),
+        Refused::form(
+            "a part not named file",
+            Form::new().part("upload", "a.png", "image/png", &fixtures::png(100)),
+        ),
+        Refused::file("an empty file", "a.txt", "text/plain", b"")
+            .answers(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        Refused::form("no part", Form::new()),
+        Refused::form(
+            "two files",
+            Form::new()
+                .part("file", "a.png", "image/png", &fixtures::png(100))
+                .part("file", "b.png", "image/png", &fixtures::png(100)),
+        ),
+        Refused::new("a 3 MiB part head", "multipart/form-data; boundary=h", huge),
+        Refused::file(
+            "an executable",
+            "cat.jpg",
+            "image/jpeg",
+            &fixtures::elf(4096),
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        Refused::file(
+            "a PDF declared a PNG",
+            "cv.png",
+            "image/png",
+            &fixtures::pdf(4096),
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "type_mismatch"),
+        Refused::file(
+            "text that is not UTF-8",
+            "notes.txt",
+            "text/plain",
+            b"ok so far \xff\xfe broken",
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        // Paths and NUL bytes never reach a path: names are display-only.
+        // A raw NUL is not valid in a part header: refused as malformed.
+        Refused::file(
+            "a NUL in the name",
+            "a\u{0}b.png",
+            "image/png",
+            &fixtures::png(100),
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_problem_and_keeps_nothing() {
     let app = spawn_app().await;
@@ -562,115 +663,14 @@ async fn bad_input_gets_a_clear_problem_and_keeps_nothing() {
             .send()
     };
 
-    let resp = send("multipart/form-data".into(), b"--x\r\n".to_vec())
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let resp = send("application/json".into(), b"{}".to_vec())
-        .await
-        .unwrap();
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-
-    let full = Form::new()
-        .part("file", "a.png", "image/png", &fixtures::png(50_000))
-        .finish();
-    let truncated = full.body[..full.body.len() / 2].to_vec();
-    let resp = send(full.content_type(), truncated).await.unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-
-    let wrong = Form::new()
-        .part("upload", "a.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(wrong.content_type(), wrong.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    let empty = Form::new()
-        .part("file", "a.txt", "text/plain", b"")
-        .finish();
-    assert_problem(
-        send(empty.content_type(), empty.body).await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-    )
-    .await;
-    let none = Form::new().finish();
-    assert_problem(
-        send(none.content_type(), none.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    let two = Form::new()
-        .part("file", "a.png", "image/png", &fixtures::png(100))
-        .part("file", "b.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(two.content_type(), two.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-
-    let mut huge =
-        b"--h\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: "
-            .to_vec();
-    huge.extend(std::iter::repeat_n(b'a', 3 * MIB));
-    huge.extend_from_slice(b"\r\n\r\nxx\r\n--h--\r\n");
-    let resp = send("multipart/form-data; boundary=h".into(), huge)
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-
-    let resp = app
-        .upload(&key, "cat.jpg", "image/jpeg", &fixtures::elf(4096))
-        .await;
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-    let resp = app
-        .upload(&key, "cv.png", "image/png", &fixtures::pdf(4096))
-        .await;
-    assert_problem(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "type_mismatch").await;
-    let resp = app
-        .upload(
-            &key,
-            "notes.txt",
-            "text/plain",
-            b"ok so far \xff\xfe broken",
-        )
-        .await;
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-
+    for case in refused_inputs() {
+        let resp = send(case.content_type, case.body).await.unwrap();
+        assert_eq!(resp.status(), case.status, "{}", case.what);
+        assert_problem(resp, case.status, case.code).await;
+    }
     assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 
-    // Paths and NUL bytes never reach a path: names are display-only.
-    // A raw NUL is not valid in a part header: refused as malformed.
-    let nul = Form::new()
-        .part("file", "a\u{0}b.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(nul.content_type(), nul.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
     // Path components and control characters that headers may carry are dropped.
     let tabbed = Form::new()
         .part(
