@@ -731,26 +731,52 @@ async fn uploads_need_an_account() {
 async fn upload_metrics_are_exported() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
-    app.upload(&key, "a.png", "image/png", &fixtures::png(1000))
+    let before = app.metrics().await;
+    let stored = app
+        .upload(&key, "a.png", "image/png", &fixtures::png(1000))
         .await;
-    app.upload(&key, "a.png", "image/png", &fixtures::elf(1000))
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let refused = app
+        .upload(&key, "a.png", "image/png", &fixtures::elf(1000))
         .await;
-    let text = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "intake_upload_bytes_total",
-        "intake_upload_files_total",
-        "intake_upload_rejections_total",
-        "intake_uploads_in_flight",
-    ] {
-        assert!(text.contains(name), "{name} missing");
-    }
+    assert_problem(
+        refused,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    // While one upload is open, the gauge counts it.
+    let (open_tx, open) = open_upload(&app, &key).await;
+    app.wait_active(&key, 1).await;
+    let after = app.metrics().await;
+    // Other tests only add to these counters: each grew at least by what
+    // this test did.
+    assert!(
+        after.grew(&before, "intake_upload_bytes_total", &[]) >= 1000.0,
+        "the stored file's bytes are counted"
+    );
+    assert!(
+        after.grew(
+            &before,
+            "intake_upload_files_total",
+            &[("category", "image")]
+        ) >= 1.0,
+        "the stored PNG is counted as an image"
+    );
+    assert!(
+        after.grew(
+            &before,
+            "intake_upload_rejections_total",
+            &[("code", "unsupported_media_type")]
+        ) >= 1.0,
+        "the refused executable is counted by its code"
+    );
+    assert!(
+        after.value("intake_uploads_in_flight", &[]) >= 1.0,
+        "the open upload is in flight"
+    );
+    drop(open_tx);
+    let _ = open.await;
 }
 
 #[tokio::test]

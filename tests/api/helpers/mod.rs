@@ -13,6 +13,7 @@
 //!   restarts;
 //! - [`cluster`]: several intake processes of one deployment behind a
 //!   balancer;
+//! - [`metrics`]: what `/metrics` says, read by difference;
 //! - [`poll`]: the one way to wait for something.
 
 pub mod app;
@@ -20,6 +21,7 @@ pub mod bucket;
 pub mod clients;
 pub mod cluster;
 pub mod fixtures;
+pub mod metrics;
 pub mod poll;
 pub mod processes;
 pub mod relay;
