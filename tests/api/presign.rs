@@ -448,13 +448,19 @@ async fn a_url_that_outlives_its_upload_never_changes_a_file_and_leaves_nothing(
         assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?}");
         let file: Value = resp.json().await.unwrap();
         put_again(&done, data.len()).await;
-        // A complete after that answers the file as it was.
-        let again: Value = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({}))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(again["sha256"], file["sha256"]);
+        // A complete after that answers the file as it was: the same 201
+        // and the same file object (id, size, sha256, time), whose bytes
+        // are still the ones completed.
+        let resp = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({})).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?}");
+        let again: Value = resp.json().await.unwrap();
+        assert_eq!(again, file, "{backend:?}");
+        assert_eq!(file["size"], data.len(), "{backend:?}");
+        assert_eq!(
+            app.download(&key, file["id"].as_str().unwrap()).await,
+            data,
+            "{backend:?}: the file keeps the bytes completed"
+        );
 
         // Aborted, then written through its URL.
         let aborted: Value = presign(&app, &key, body("b.png"))

@@ -537,7 +537,7 @@ async fn storage_fails_mid_upload(body_len: Option<usize>) {
     let _ = tx.send(Ok(b"\r\n--cut--\r\n".to_vec())).await;
     drop(tx);
     let resp = request.await.unwrap().unwrap();
-    assert!(resp.status().is_server_error(), "{}", resp.status());
+    assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
     let h = app.settled(account.id).await;
     assert_eq!((h.used, h.reserved, h.leases, h.files), (0, 0, 0, 0));
     // Storage comes back: the queued cleanup finishes, nothing is left.
