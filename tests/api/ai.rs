@@ -623,6 +623,7 @@ async fn provider_500_timeout_and_malformed_answers_each_refund_and_answer_503()
     let app = ai_app(&provider, &[("AI_TIMEOUT_SECS", "2")]).await;
     let (_, auth) = keyed(&app, "professional").await;
     let id = upload(&app, &auth, "a.txt", "text/plain", b"some text").await;
+    let before = app.metrics().await;
 
     for (what, replies, calls) in [
         (
@@ -658,20 +659,40 @@ async fn provider_500_timeout_and_malformed_answers_each_refund_and_answer_503()
     assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "ai_unavailable").await;
     assert_eq!(used(&app, &auth).await, (0, 0), "chat refunded too");
 
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "intake_ai_calls_total",
-        "intake_ai_refunds_total",
-        "intake_ai_provider_duration_seconds",
+    // Other tests only add to these series: each grew at least by what
+    // this test did (three failed describes, one failed chat, each
+    // refunded).
+    let after = app.metrics().await;
+    for (operation, outcome) in [
+        ("describe", "http_error"),
+        ("describe", "timeout"),
+        ("describe", "malformed"),
+        ("chat", "http_error"),
     ] {
-        assert!(metrics.contains(name), "{name} in /metrics");
+        assert!(
+            after.grew(
+                &before,
+                "intake_ai_calls_total",
+                &[("operation", operation), ("outcome", outcome)]
+            ) >= 1.0,
+            "{operation} {outcome} counted"
+        );
+    }
+    for (counter, refunds) in [("ai_descriptions", 3.0), ("chat_messages", 1.0)] {
+        assert!(
+            after.grew(&before, "intake_ai_refunds_total", &[("counter", counter)]) >= refunds,
+            "{counter} refunds counted"
+        );
+    }
+    for (operation, calls) in [("describe", 3.0), ("chat", 1.0)] {
+        assert!(
+            after.grew(
+                &before,
+                "intake_ai_provider_duration_seconds_count",
+                &[("operation", operation)]
+            ) >= calls,
+            "{operation} durations recorded"
+        );
     }
 }
 

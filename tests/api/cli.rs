@@ -4,7 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, tempfile_dir::TempDir};
+use tempfile::TempDir;
+
+use crate::helpers::spawn_app;
 
 fn intake(app: &crate::helpers::TestApp, root: &TempDir, args: &[&str]) -> (bool, Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_intake"))
@@ -30,7 +32,7 @@ fn intake(app: &crate::helpers::TestApp, root: &TempDir, args: &[&str]) -> (bool
 async fn admin_commands_manage_accounts_keys_and_usage() {
     let app = spawn_app().await;
     // The command line's own local folder, gone with the test.
-    let root = TempDir::new();
+    let root = tempfile::tempdir().unwrap();
     let (ok, _, err) = intake(&app, &root, &["migrate"]);
     assert!(ok, "{err}");
     let (ok, account, err) = intake(

@@ -12,7 +12,7 @@ use tokio::{
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Form, Holdings, assert_problem, fixtures, spawn};
+use crate::helpers::{Form, Holdings, MIB, assert_problem, fixtures, spawn};
 
 /// Opens a connection and sends the first half of a request's headers.
 async fn half_a_header(addr: &str) -> TcpStream {
@@ -146,7 +146,7 @@ async fn the_read_buffer_bounds_headers_and_uploads_still_arrive_whole() {
     assert_eq!(padded(&roomy).await.unwrap().status(), StatusCode::OK);
     // An upload read 8 KiB at a time is stored whole.
     let (account, key) = app.account_with_key("starter").await;
-    let data = fixtures::png(3 * 1024 * 1024 + 5);
+    let data = fixtures::png(3 * MIB + 5);
     let resp = app.upload(&key, "big.png", "image/png", &data).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let file: serde_json::Value = resp.json().await.unwrap();
@@ -164,7 +164,7 @@ async fn reads_larger_than_the_part_header_limit_still_upload_files_and_batches(
     // the bytes after a part's headers are not counted as headers.
     let app = spawn().var("READ_BUFFER_BYTES", "4194304").start().await;
     let (account, key) = app.account_with_key("professional").await;
-    let data = fixtures::png(6 * 1024 * 1024);
+    let data = fixtures::png(6 * MIB);
     let resp = app.upload(&key, "big.png", "image/png", &data).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let form = Form::pngs(4, 1536 * 1024);

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Backend, Holdings, Proxy, assert_problem, env, fixtures, spawn, spawn_app};
+use crate::helpers::{Backend, Holdings, Relay, assert_problem, env, fixtures, spawn, spawn_app};
 
 async fn upload_named(
     app: &crate::helpers::TestApp,
@@ -236,7 +236,7 @@ async fn delete_drops_usage_and_the_object() {
 
 #[tokio::test]
 async fn a_delete_that_storage_refuses_is_retried_and_usage_is_right_at_once() {
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
     let app = spawn().var("S3_ENDPOINT", &proxy.addr).start().await;
     let (account, key) = app.account_with_key("starter").await;
     let file = upload_named(&app, &key, "a.png", "image/png", &fixtures::png(4096)).await;

@@ -19,13 +19,15 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{Cluster, open_stream};
 use crate::helpers::{
-    S3_BUCKET, TestApp, assert_problem, download, env, eventually, fixtures, s3_client,
+    MIB, S3_BUCKET, TestApp, assert_problem,
+    clients::{
+        stream::{STREAM_END, open_stream},
+        tus::{metadata, tus_path},
+    },
+    cluster::Cluster,
+    download, env, eventually, fixtures, s3_client,
 };
-use crate::tus::{metadata, tus_path};
-
-const MIB: usize = 1024 * 1024;
 
 /// Kills the `n`th node of `TEST_GARAGE_VICTIMS` (SIGKILL, as when its host
 /// dies) and waits until its S3 port refuses connections.
@@ -170,7 +172,7 @@ async fn uploads_under_way_finish_on_three_instances_when_a_garage_node_dies() {
     for chunk in streamed[10 * MIB..].chunks(256 * 1024) {
         tx.send(Ok(chunk.to_vec())).await.unwrap();
     }
-    tx.send(Ok(b"\r\n--open--\r\n".to_vec())).await.unwrap();
+    tx.send(Ok(STREAM_END.to_vec())).await.unwrap();
     drop(tx);
     let resp = tokio::time::timeout(Duration::from_secs(60), stream_answer)
         .await

@@ -1,5 +1,5 @@
 //! The API test suite: every test boots intake against real Postgres and the
-//! real S3 test server (see helpers.rs), through `scripts/test.sh`.
+//! real S3 test server (see the `helpers` tree), through `scripts/test.sh`.
 
 // Tests fail loudly: unwrapping is how they assert.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,6 @@ mod cli;
 mod cluster;
 mod connections;
 mod dashboard;
-mod faults;
 mod files;
 mod garage_cluster;
 mod helpers;

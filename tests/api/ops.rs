@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_problem, spawn, spawn_app};
+use crate::helpers::{Backend, assert_problem, metrics::Metrics, spawn, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -55,7 +55,9 @@ async fn request_ids_are_generated_or_echoed() {
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let app = spawn_app().await;
-    app.get("/limits").send().await.unwrap();
+    let before = app.metrics().await;
+    let limits = app.get("/limits").send().await.unwrap();
+    assert_eq!(limits.status(), StatusCode::OK);
     let resp = app.get("/metrics").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(
@@ -72,6 +74,28 @@ async fn metrics_are_prometheus_text() {
     assert!(
         text.contains("intake_ratelimit_statement_seconds_count{lane=\"policies\"}"),
         "{text}"
+    );
+    // The recorder is shared by every test app, so the names alone prove
+    // nothing: each series grew at least by this test's request.
+    let after = Metrics::parse(&text);
+    let grew = |name, labels: &[(&str, &str)]| after.grew(&before, name, labels);
+    assert!(
+        grew(
+            "intake_http_requests_total",
+            &[("route", "/limits"), ("method", "GET"), ("status", "200")]
+        ) >= 1.0
+    );
+    assert!(
+        grew(
+            "intake_ratelimit_decisions_total",
+            &[("policy", "anonymous")]
+        ) >= 1.0
+    );
+    assert!(
+        grew(
+            "intake_ratelimit_statement_seconds_count",
+            &[("lane", "policies")]
+        ) >= 1.0
     );
 }
 

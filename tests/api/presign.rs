@@ -6,68 +6,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    Backend, Holdings, TestApp, assert_problem, fixtures, past, spawn, spawn_app,
+    Backend, Holdings, MIB, assert_problem,
+    clients::presign::{complete, issue, presign, put, put_parts},
+    fixtures, past, spawn, spawn_app,
 };
-
-const MIB: usize = 1024 * 1024;
-
-pub(crate) async fn presign(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
-    app.post("/upload/presigned")
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// The answer's body of a presign request.
-pub(crate) async fn issue(app: &TestApp, key: &str, body: Value) -> Value {
-    presign(app, key, body).await.json().await.unwrap()
-}
-
-/// PUTs bytes to a URL with the headers the issue answered (as a client would).
-pub(crate) async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
-    let mut req = reqwest::Client::new().put(url).body(data);
-    for (name, value) in headers.as_object().into_iter().flatten() {
-        if name != "content-length" {
-            req = req.header(name.as_str(), value.as_str().unwrap());
-        }
-    }
-    req.send().await.unwrap().status()
-}
-
-/// PUTs each part of a multipart upload to its URL; returns the parts list
-/// that completes it.
-pub(crate) async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
-    let part = issued["part_size"].as_u64().unwrap() as usize;
-    let mut etags = Vec::new();
-    for (i, p) in issued["parts"].as_array().unwrap().iter().enumerate() {
-        let chunk = data[i * part..((i + 1) * part).min(data.len())].to_vec();
-        let resp = reqwest::Client::new()
-            .put(p["url"].as_str().unwrap())
-            .body(chunk)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "part {}: {}",
-            i + 1,
-            resp.status()
-        );
-        etags.push(json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}));
-    }
-    etags
-}
-
-pub(crate) async fn complete(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
-    app.post(&format!("/upload/presigned/{id}/complete"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_single_put_upload_completes_into_a_file_on_both_backends() {
@@ -256,6 +198,7 @@ async fn bytes_of_another_type_fail_verification_and_give_everything_back() {
 async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
     let app = spawn().var("PRESIGN_EXPIRY_SECS", "1").start().await;
     let (account, key) = app.account_with_key("starter").await;
+    let before = app.metrics().await;
     app.patch_account(
         account.id,
         json!({"custom_limits": {"storage_bytes": 3 * MIB, "concurrent_uploads": 2}}),
@@ -315,19 +258,11 @@ async fn quota_and_slots_count_from_issue_and_come_back_on_abort_and_expiry() {
     let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
     assert_eq!(a.unwrap().0 + b.unwrap().0, 2);
     assert_eq!(app.holdings(account.id).await, Holdings::NOTHING);
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("intake_presigned_issued_total"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("intake_reaped_leases_total"), "{metrics}");
+    // Other tests only add to these counters: each grew at least by what
+    // this test did (three uploads issued, two leases reaped).
+    let after = app.metrics().await;
+    assert!(after.grew(&before, "intake_presigned_issued_total", &[]) >= 3.0);
+    assert!(after.grew(&before, "intake_reaped_leases_total", &[]) >= 2.0);
     sqlx::query("UPDATE presigned_uploads SET expires_at = now() - interval '1 second'")
         .execute(&app.state.db)
         .await
@@ -447,7 +382,7 @@ async fn the_local_data_route_checks_its_signature() {
 
 #[tokio::test]
 async fn urls_name_the_public_endpoint_when_clients_reach_storage_elsewhere() {
-    let proxy = crate::helpers::Proxy::start(&crate::helpers::env("TEST_S3_ENDPOINT")).await;
+    let proxy = crate::helpers::Relay::to(&crate::helpers::env("TEST_S3_ENDPOINT")).await;
     let app = spawn().var("S3_PUBLIC_ENDPOINT", &proxy.addr).start().await;
     let (_, key) = app.account_with_key("starter").await;
     let data = fixtures::png(2_000);
@@ -513,13 +448,19 @@ async fn a_url_that_outlives_its_upload_never_changes_a_file_and_leaves_nothing(
         assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?}");
         let file: Value = resp.json().await.unwrap();
         put_again(&done, data.len()).await;
-        // A complete after that answers the file as it was.
-        let again: Value = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({}))
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(again["sha256"], file["sha256"]);
+        // A complete after that answers the file as it was: the same 201
+        // and the same file object (id, size, sha256, time), whose bytes
+        // are still the ones completed.
+        let resp = complete(&app, &key, done["upload_id"].as_str().unwrap(), json!({})).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{backend:?}");
+        let again: Value = resp.json().await.unwrap();
+        assert_eq!(again, file, "{backend:?}");
+        assert_eq!(file["size"], data.len(), "{backend:?}");
+        assert_eq!(
+            app.download(&key, file["id"].as_str().unwrap()).await,
+            data,
+            "{backend:?}: the file keeps the bytes completed"
+        );
 
         // Aborted, then written through its URL.
         let aborted: Value = presign(&app, &key, body("b.png"))

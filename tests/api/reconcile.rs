@@ -6,13 +6,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{
-    helpers::{Backend, Form, S3_BUCKET, TestApp, env, fixtures, s3_client, spawn},
-    presign::{complete, issue, put, put_parts},
-    tus::{created, patch},
+use crate::helpers::{
+    Backend, Form, MIB, S3_BUCKET, TestApp,
+    clients::{
+        presign::{complete, issue, put, put_parts},
+        tus::{created, patch},
+    },
+    env, fixtures, s3_client, spawn,
 };
-
-const MIB: usize = 1024 * 1024;
 
 /// One in-process run, as JSON (the shape the command prints).
 async fn run(app: &TestApp, opts: Options) -> Value {

@@ -9,7 +9,7 @@ use intake::storage::{ObjectStore, PutConditions, StorageError};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Backend, Proxy, TestApp, env, s3_keys, spawn};
+use crate::helpers::{Backend, MIB, Relay, TestApp, env, s3_keys, spawn};
 
 async fn read_all(
     store: &dyn ObjectStore,
@@ -23,8 +23,8 @@ async fn read_all(
 
 /// An app on S3 whose storage traffic goes through a proxy the test can
 /// hold or cut.
-async fn s3_behind_proxy() -> (Proxy, TestApp) {
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+async fn s3_behind_proxy() -> (Relay, TestApp) {
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
     let app = spawn()
         .backend(Backend::S3)
         .var("S3_ENDPOINT", &proxy.addr)
@@ -98,7 +98,7 @@ async fn put_get_range_head_and_delete() {
 async fn writers_stream_in_parts_and_abort_cleanly() {
     for app in both_backends().await {
         let store = app.state.store.as_ref();
-        let part = 5 * 1024 * 1024;
+        let part = 5 * MIB;
         let data = pattern(2 * part + 12_345);
 
         let mut writer = store.writer("u/w/big", "video/mp4", part).await.unwrap();
@@ -140,7 +140,7 @@ async fn writers_stream_in_parts_and_abort_cleanly() {
 async fn writers_of_a_known_length_store_exactly_that_or_nothing() {
     for app in both_backends().await {
         let store = app.state.store.as_ref();
-        let part = 5 * 1024 * 1024;
+        let part = 5 * MIB;
         let data = pattern(part + 777);
         let len = data.len() as u64;
 
@@ -189,7 +189,7 @@ async fn writers_of_a_known_length_store_exactly_that_or_nothing() {
 async fn an_empty_write_after_the_last_byte_changes_nothing() {
     for app in both_backends().await {
         let store = app.state.store.as_ref();
-        let part = 5 * 1024 * 1024;
+        let part = 5 * MIB;
         let data = pattern(300_000);
         let len = data.len() as u64;
         let mut writer = store
@@ -221,7 +221,7 @@ async fn an_empty_write_after_the_last_byte_changes_nothing() {
 async fn an_s3_put_of_a_known_length_refuses_other_lengths_and_storage_cuts() {
     let app = spawn().backend(Backend::S3).start().await;
     let store = app.state.store.as_ref();
-    let data = pattern(3 * 1024 * 1024);
+    let data = pattern(3 * MIB);
     let len = data.len() as u64;
 
     // One byte more than announced is refused before it is sent.
@@ -430,7 +430,7 @@ async fn s3_presigned_put_binds_length_type_and_checksum() {
 
 #[tokio::test]
 async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
-    let dir = crate::helpers::tempfile_dir::TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let store = intake::storage::FsStore::new(
         dir.path().to_owned(),
         "http://intake.test",

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    Backend, Form, Holdings, Proxy, assert_problem, env, fixtures, spawn, spawn_app,
+    Backend, Form, Holdings, MIB, Relay, assert_problem,
+    clients::stream::{Answer, BodySender, STREAM_END, channel_body, open_stream, part_head},
+    env, fixtures, spawn, spawn_app,
 };
-
-const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn every_category_uploads_with_its_sha256_on_both_backends() {
@@ -240,23 +240,6 @@ async fn files_past_the_streaming_cap_are_sent_to_presigned_uploads() {
     assert_eq!(limits["stream_max_file_bytes"], 2 * MIB);
 }
 
-/// A body that the test feeds by hand, to see what the server does before
-/// the client has finished.
-pub(crate) fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    reqwest::Body,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
-}
-
-pub(crate) fn part_head(boundary: &str, name: &str, filename: &str, ct: &str) -> Vec<u8> {
-    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
-}
-
 #[tokio::test]
 async fn the_read_stops_at_the_cap_without_waiting_for_the_rest() {
     refused_at_the_cap_without_waiting(false).await;
@@ -393,79 +376,17 @@ async fn a_file_that_fits_exactly_in_the_quota_is_accepted() {
     assert_eq!(app.settled(account.id).await, Holdings::stored(1, 300_000));
 }
 
-/// The boundary of [`start_stream`]'s form.
-pub const STREAM_BOUNDARY: &str = "slow";
-
-/// Starts a `/upload/stream` of one file whose bytes the test sends by hand
-/// after the part head sent here; the form ends when the test sends
-/// `--slow--` or drops the sender.
-pub async fn start_stream(
-    app: &crate::helpers::TestApp,
-    key: &str,
-    filename: &str,
-    content_type: &str,
-) -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-) {
-    let (tx, body) = channel_body();
-    let request = app
-        .post("/upload/stream")
-        .bearer_auth(key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={STREAM_BOUNDARY}"),
-        )
-        .body(body)
-        .send();
-    let handle = tokio::spawn(request);
-    tx.send(Ok(part_head(
-        STREAM_BOUNDARY,
-        "file",
-        filename,
-        content_type,
-    )))
-    .await
-    .unwrap();
-    (tx, handle)
-}
-
 /// Starts an upload whose body stays open until the returned sender drops.
-async fn open_upload(
-    app: &crate::helpers::TestApp,
-    key: &str,
-) -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
-) {
-    let (tx, handle) = start_stream(app, key, "slow.png", "image/png").await;
-    tx.send(Ok(fixtures::png(100_000))).await.unwrap();
-    (tx, handle)
-}
-
-pub(crate) async fn active(app: &crate::helpers::TestApp, key: &str) -> i64 {
-    let usage: Value = app
-        .get("/usage")
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    usage["usage"]["concurrent_uploads"]["active"]
-        .as_i64()
-        .unwrap()
-}
-
-pub(crate) async fn wait_active(app: &crate::helpers::TestApp, key: &str, n: i64) {
-    for _ in 0..100 {
-        if active(app, key).await == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("active uploads never reached {n}");
+async fn open_upload(app: &crate::helpers::TestApp, key: &str) -> (BodySender, Answer) {
+    open_stream(
+        &app.client,
+        app.url("/upload/stream"),
+        key,
+        "slow.png",
+        "image/png",
+        fixtures::png(100_000),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -479,7 +400,7 @@ async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
     .await;
     let (first_tx, first) = open_upload(&app, &key).await;
     let (second_tx, second) = open_upload(&app, &key).await;
-    wait_active(&app, &key, 2).await;
+    app.wait_active(&key, 2).await;
 
     let resp = app
         .upload(&key, "third.png", "image/png", &fixtures::png(100))
@@ -494,18 +415,15 @@ async fn the_slot_past_the_limit_is_refused_and_slots_come_back() {
     assert_eq!(body["limit"], 2);
 
     // A finished upload gives its slot back.
-    first_tx
-        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
-        .await
-        .unwrap();
+    first_tx.send(Ok(STREAM_END.to_vec())).await.unwrap();
     drop(first_tx);
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::CREATED);
-    wait_active(&app, &key, 1).await;
+    app.wait_active(&key, 1).await;
 
     // So does a client that disconnects mid-file: nothing of it stays.
     second.abort();
     drop(second_tx);
-    wait_active(&app, &key, 0).await;
+    app.wait_active(&key, 0).await;
     app.assert_left_with(account.id, 1).await;
     assert_eq!(
         app.upload(&key, "again.png", "image/png", &fixtures::png(100))
@@ -585,7 +503,7 @@ async fn storage_failing_mid_put_of_a_known_length_leaves_nothing_behind() {
 /// Storage goes away 12 MiB into a 20 MiB upload, sent chunked (parts of
 /// a multipart upload) or with its length (one streamed PUT).
 async fn storage_fails_mid_upload(body_len: Option<usize>) {
-    let proxy = Proxy::start(&env("TEST_S3_ENDPOINT")).await;
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
     let app = spawn()
         .var("S3_ENDPOINT", &proxy.addr)
         .var("UPLOAD_PART_BYTES", "5242880")
@@ -619,7 +537,7 @@ async fn storage_fails_mid_upload(body_len: Option<usize>) {
     let _ = tx.send(Ok(b"\r\n--cut--\r\n".to_vec())).await;
     drop(tx);
     let resp = request.await.unwrap().unwrap();
-    assert!(resp.status().is_server_error(), "{}", resp.status());
+    assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
     let h = app.settled(account.id).await;
     assert_eq!((h.used, h.reserved, h.leases, h.files), (0, 0, 0, 0));
     // Storage comes back: the queued cleanup finishes, nothing is left.
@@ -630,6 +548,107 @@ async fn storage_fails_mid_upload(body_len: Option<usize>) {
         .scalar_i64("SELECT count(*) FROM object_deletions")
         .await;
     assert_eq!(queued, 0);
+}
+
+/// A request body `/upload/stream` refuses, and the problem it answers.
+struct Refused {
+    what: &'static str,
+    content_type: String,
+    body: Vec<u8>,
+    status: StatusCode,
+    code: &'static str,
+}
+
+impl Refused {
+    fn new(what: &'static str, content_type: &str, body: Vec<u8>) -> Self {
+        Refused {
+            what,
+            content_type: content_type.to_owned(),
+            body,
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+        }
+    }
+
+    /// A finished form.
+    fn form(what: &'static str, form: Form) -> Self {
+        let form = form.finish();
+        Self::new(what, &form.content_type(), form.body)
+    }
+
+    /// One file part named `file`.
+    fn file(what: &'static str, filename: &str, content_type: &str, data: &[u8]) -> Self {
+        Self::form(what, Form::new().part("file", filename, content_type, data))
+    }
+
+    fn answers(mut self, status: StatusCode, code: &'static str) -> Self {
+        self.status = status;
+        self.code = code;
+        self
+    }
+}
+
+/// Every way a streaming upload's input is refused, each with its status
+/// and code.
+fn refused_inputs() -> Vec<Refused> {
+    let full = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(50_000))
+        .finish();
+    let truncated = full.body[..full.body.len() / 2].to_vec();
+    let mut huge =
+        b"--h\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: "
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 3 * MIB));
+    huge.extend_from_slice(b"\r\n\r\nxx\r\n--h--\r\n");
+    vec![
+        Refused::new("no boundary", "multipart/form-data", b"--x\r\n".to_vec()),
+        Refused::new("not a form", "application/json", b"{}".to_vec())
+            .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        Refused::new("a truncated form", &full.content_type(), truncated),
+        Refused::form(
+            "a part not named file",
+            Form::new().part("upload", "a.png", "image/png", &fixtures::png(100)),
+        ),
+        Refused::file("an empty file", "a.txt", "text/plain", b"")
+            .answers(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        Refused::form("no part", Form::new()),
+        Refused::form(
+            "two files",
+            Form::new()
+                .part("file", "a.png", "image/png", &fixtures::png(100))
+                .part("file", "b.png", "image/png", &fixtures::png(100)),
+        ),
+        Refused::new("a 3 MiB part head", "multipart/form-data; boundary=h", huge),
+        Refused::file(
+            "an executable",
+            "cat.jpg",
+            "image/jpeg",
+            &fixtures::elf(4096),
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        Refused::file(
+            "a PDF declared a PNG",
+            "cv.png",
+            "image/png",
+            &fixtures::pdf(4096),
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "type_mismatch"),
+        Refused::file(
+            "text that is not UTF-8",
+            "notes.txt",
+            "text/plain",
+            b"ok so far \xff\xfe broken",
+        )
+        .answers(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        // Paths and NUL bytes never reach a path: names are display-only.
+        // A raw NUL is not valid in a part header: refused as malformed.
+        Refused::file(
+            "a NUL in the name",
+            "a\u{0}b.png",
+            "image/png",
+            &fixtures::png(100),
+        ),
+    ]
 }
 
 #[tokio::test]
@@ -644,115 +663,14 @@ async fn bad_input_gets_a_clear_problem_and_keeps_nothing() {
             .send()
     };
 
-    let resp = send("multipart/form-data".into(), b"--x\r\n".to_vec())
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let resp = send("application/json".into(), b"{}".to_vec())
-        .await
-        .unwrap();
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-
-    let full = Form::new()
-        .part("file", "a.png", "image/png", &fixtures::png(50_000))
-        .finish();
-    let truncated = full.body[..full.body.len() / 2].to_vec();
-    let resp = send(full.content_type(), truncated).await.unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-
-    let wrong = Form::new()
-        .part("upload", "a.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(wrong.content_type(), wrong.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    let empty = Form::new()
-        .part("file", "a.txt", "text/plain", b"")
-        .finish();
-    assert_problem(
-        send(empty.content_type(), empty.body).await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-    )
-    .await;
-    let none = Form::new().finish();
-    assert_problem(
-        send(none.content_type(), none.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    let two = Form::new()
-        .part("file", "a.png", "image/png", &fixtures::png(100))
-        .part("file", "b.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(two.content_type(), two.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-
-    let mut huge =
-        b"--h\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: "
-            .to_vec();
-    huge.extend(std::iter::repeat_n(b'a', 3 * MIB));
-    huge.extend_from_slice(b"\r\n\r\nxx\r\n--h--\r\n");
-    let resp = send("multipart/form-data; boundary=h".into(), huge)
-        .await
-        .unwrap();
-    assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
-
-    let resp = app
-        .upload(&key, "cat.jpg", "image/jpeg", &fixtures::elf(4096))
-        .await;
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-    let resp = app
-        .upload(&key, "cv.png", "image/png", &fixtures::pdf(4096))
-        .await;
-    assert_problem(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "type_mismatch").await;
-    let resp = app
-        .upload(
-            &key,
-            "notes.txt",
-            "text/plain",
-            b"ok so far \xff\xfe broken",
-        )
-        .await;
-    assert_problem(
-        resp,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-
+    for case in refused_inputs() {
+        let resp = send(case.content_type, case.body).await.unwrap();
+        assert_eq!(resp.status(), case.status, "{}", case.what);
+        assert_problem(resp, case.status, case.code).await;
+    }
     assert_eq!(app.settled(account.id).await, Holdings::NOTHING);
     assert!(app.objects(account.id).await.is_empty());
 
-    // Paths and NUL bytes never reach a path: names are display-only.
-    // A raw NUL is not valid in a part header: refused as malformed.
-    let nul = Form::new()
-        .part("file", "a\u{0}b.png", "image/png", &fixtures::png(100))
-        .finish();
-    assert_problem(
-        send(nul.content_type(), nul.body).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
     // Path components and control characters that headers may carry are dropped.
     let tabbed = Form::new()
         .part(
@@ -813,26 +731,52 @@ async fn uploads_need_an_account() {
 async fn upload_metrics_are_exported() {
     let app = spawn_app().await;
     let (_, key) = app.account_with_key("starter").await;
-    app.upload(&key, "a.png", "image/png", &fixtures::png(1000))
+    let before = app.metrics().await;
+    let stored = app
+        .upload(&key, "a.png", "image/png", &fixtures::png(1000))
         .await;
-    app.upload(&key, "a.png", "image/png", &fixtures::elf(1000))
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let refused = app
+        .upload(&key, "a.png", "image/png", &fixtures::elf(1000))
         .await;
-    let text = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "intake_upload_bytes_total",
-        "intake_upload_files_total",
-        "intake_upload_rejections_total",
-        "intake_uploads_in_flight",
-    ] {
-        assert!(text.contains(name), "{name} missing");
-    }
+    assert_problem(
+        refused,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    // While one upload is open, the gauge counts it.
+    let (open_tx, open) = open_upload(&app, &key).await;
+    app.wait_active(&key, 1).await;
+    let after = app.metrics().await;
+    // Other tests only add to these counters: each grew at least by what
+    // this test did.
+    assert!(
+        after.grew(&before, "intake_upload_bytes_total", &[]) >= 1000.0,
+        "the stored file's bytes are counted"
+    );
+    assert!(
+        after.grew(
+            &before,
+            "intake_upload_files_total",
+            &[("category", "image")]
+        ) >= 1.0,
+        "the stored PNG is counted as an image"
+    );
+    assert!(
+        after.grew(
+            &before,
+            "intake_upload_rejections_total",
+            &[("code", "unsupported_media_type")]
+        ) >= 1.0,
+        "the refused executable is counted by its code"
+    );
+    assert!(
+        after.value("intake_uploads_in_flight", &[]) >= 1.0,
+        "the open upload is in flight"
+    );
+    drop(open_tx);
+    let _ = open.await;
 }
 
 #[tokio::test]
@@ -842,13 +786,10 @@ async fn shutdown_lets_uploads_finish_then_ends_them_cleanly() {
     // One upload finishes within the grace period, one never would.
     let (quick_tx, quick) = open_upload(&app, &key).await;
     let (_stuck_tx, stuck) = open_upload(&app, &key).await;
-    wait_active(&app, &key, 2).await;
+    app.wait_active(&key, 2).await;
     app.signal_shutdown();
     app.not_accepting().await;
-    quick_tx
-        .send(Ok(b"\r\n--slow--\r\n".to_vec()))
-        .await
-        .unwrap();
+    quick_tx.send(Ok(STREAM_END.to_vec())).await.unwrap();
     drop(quick_tx);
     assert_eq!(quick.await.unwrap().unwrap().status(), StatusCode::CREATED);
     let resp = stuck.await.unwrap().unwrap();

@@ -1,31 +1,31 @@
-//! The fault harness: intake as real processes (so `kill -9` is real), a
-//! round-robin load balancer in front of them that can also cut or slow
-//! connections, and a private S3 server and a private Postgres cluster
-//! that a test stops and restarts without touching the shared ones. All on
-//! 127.0.0.1, every wait bounded.
-
-#![allow(dead_code)]
+//! Processes a test starts, kills and restarts: `intake serve` (so that
+//! `kill -9` is real), one-off `intake` commands, a private S3 server and a
+//! private Postgres cluster, so that a test stops and restarts them
+//! without touching the shared ones. All on 127.0.0.1, every wait bounded.
+//!
+//! A test drives them through the handles here; what runs in front of them
+//! (a balancer) is [`super::relay::Relay`], and several instances of one
+//! deployment together are [`super::cluster::Cluster`].
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
+use tempfile::TempDir;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     process::{Child, Command},
-    sync::Notify,
 };
 
-use crate::helpers::{S3_BUCKET, env, s3_client_at, tempfile_dir::TempDir};
+use super::{
+    app::env,
+    bucket::{S3_BUCKET, s3_client_at},
+    poll::{poll, within},
+};
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the child).
 pub fn free_port() -> u16 {
@@ -33,25 +33,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// Polls `condition` every 50 ms until it holds or `bound` passes; returns
-/// whether it held.
-pub async fn within<F, Fut>(bound: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + bound;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn port_open(port: u16) -> bool {
@@ -68,6 +49,7 @@ fn tail(path: &Path) -> String {
 pub struct Instance {
     /// `http://127.0.0.1:<port>`.
     pub addr: String,
+    /// Its port, the same across restarts.
     pub port: u16,
     vars: HashMap<String, String>,
     child: Option<Child>,
@@ -116,29 +98,28 @@ impl Instance {
         self.child = Some(child);
         let client = reqwest::Client::new();
         let health = self.url("/healthz");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let up = client
-                .get(&health)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if up {
-                return;
+        let (child, log) = (self.child.as_mut().unwrap(), &self.log);
+        let healthy = poll(Duration::from_secs(60), || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("intake exited with {status}:\n{}", tail(log));
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("intake exited with {status}:\n{}", tail(&self.log));
+            let check = client.get(&health).timeout(Duration::from_secs(2)).send();
+            async move {
+                check
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                    .then_some(())
             }
-            assert!(
-                Instant::now() < deadline,
-                "intake did not become healthy:\n{}",
-                tail(&self.log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        assert!(
+            healthy.is_some(),
+            "intake did not become healthy:\n{}",
+            tail(&self.log)
+        );
     }
 
+    /// The absolute URL of `path` on this instance.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.addr)
     }
@@ -175,15 +156,6 @@ impl Instance {
         Some(status.ok().and_then(|s| s.code()).unwrap_or(-1))
     }
 
-    /// Resident memory of the process in KiB (from /proc).
-    pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
@@ -215,159 +187,6 @@ pub async fn intake_cli(vars: &HashMap<String, String>, args: &[&str]) -> (i32, 
     )
 }
 
-struct Switches {
-    backends: Vec<String>,
-    next: AtomicUsize,
-    down: AtomicBool,
-    cut: Notify,
-    /// Bytes per second each connection may carry each way; 0 = unbounded.
-    rate: AtomicU64,
-    /// Connections handed to each backend.
-    served: Vec<AtomicU64>,
-}
-
-/// A loopback TCP load balancer: each new connection goes to the next
-/// backend in turn (skipping backends that refuse it, as a load balancer's
-/// health check would), and a test can cut every connection or slow them.
-///
-/// Our own rather than a crate: it is forty lines over tokio, and the
-/// switches (cut, throttle, count per backend) are what the tests need.
-pub struct Balancer {
-    /// `http://127.0.0.1:<port>`.
-    pub addr: String,
-    switches: Arc<Switches>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Balancer {
-    /// Balances over `backends` (`http://host:port` or `host:port`).
-    pub async fn start(backends: &[&str]) -> Balancer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let switches = Arc::new(Switches {
-            backends: backends
-                .iter()
-                .map(|b| b.trim_start_matches("http://").to_owned())
-                .collect(),
-            next: AtomicUsize::new(0),
-            down: AtomicBool::new(false),
-            cut: Notify::new(),
-            rate: AtomicU64::new(0),
-            served: backends.iter().map(|_| AtomicU64::new(0)).collect(),
-        });
-        let s = switches.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if s.down.load(Ordering::SeqCst) {
-                    continue;
-                }
-                tokio::spawn(relay(client, s.clone()));
-            }
-        });
-        Balancer {
-            addr,
-            switches,
-            task,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.addr)
-    }
-
-    /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
-        self.switches.down.store(true, Ordering::SeqCst);
-        self.switches.cut.notify_waiters();
-    }
-
-    /// Lets connections through again.
-    pub fn restore(&self) {
-        self.switches.down.store(false, Ordering::SeqCst);
-    }
-
-    /// Holds each connection to `bytes_per_sec` each way (0: unbounded).
-    pub fn throttle(&self, bytes_per_sec: u64) {
-        self.switches.rate.store(bytes_per_sec, Ordering::SeqCst);
-    }
-
-    /// Connections handed to each backend so far.
-    pub fn served(&self) -> Vec<u64> {
-        self.switches
-            .served
-            .iter()
-            .map(|n| n.load(Ordering::SeqCst))
-            .collect()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.switches.cut.notify_waiters();
-    }
-}
-
-async fn relay(mut client: TcpStream, s: Arc<Switches>) {
-    let n = s.backends.len();
-    let first = s.next.fetch_add(1, Ordering::SeqCst);
-    let mut server = None;
-    for i in 0..n {
-        let at = (first + i) % n;
-        let connect = TcpStream::connect(&s.backends[at]);
-        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
-            s.served[at].fetch_add(1, Ordering::SeqCst);
-            server = Some(stream);
-            break;
-        }
-    }
-    let Some(mut server) = server else {
-        return;
-    };
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let cut = s.cut.notified();
-    tokio::pin!(cut);
-    cut.as_mut().enable();
-    if s.down.load(Ordering::SeqCst) {
-        return;
-    }
-    tokio::select! {
-        _ = async { tokio::join!(pump(&mut cr, &mut sw, &s.rate), pump(&mut sr, &mut cw, &s.rate)) } => {}
-        () = cut => {}
-    }
-}
-
-/// Copies one direction until its end, at most `rate` bytes a second, then
-/// half-closes the other side.
-async fn pump(
-    from: &mut (impl AsyncReadExt + Unpin),
-    to: &mut (impl AsyncWriteExt + Unpin),
-    rate: &AtomicU64,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let limit = rate.load(Ordering::SeqCst);
-        // A slow link carries a tenth of its rate every 100 ms.
-        let chunk = if limit == 0 {
-            buf.len()
-        } else {
-            (limit as usize / 10).clamp(1, buf.len())
-        };
-        let n = match from.read(&mut buf[..chunk]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        if limit != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 /// A private s3s-fs (the S3 test server) on a port of its own, that a test
 /// stops and starts again on the same port and folder.
 pub struct S3Server {
@@ -380,12 +199,14 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// Starts a server on a free port with an empty folder and the test
+    /// bucket.
     pub async fn start() -> S3Server {
         let port = free_port();
         let mut server = S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
-            root: TempDir::new(),
+            root: tempfile::tempdir().expect("a folder for the S3 server"),
             child: None,
         };
         server.restart().await;
@@ -439,6 +260,7 @@ impl S3Server {
         }
     }
 
+    /// A client of this server with the test credentials.
     pub async fn client(&self) -> aws_sdk_s3::Client {
         s3_client_at(&self.endpoint).await
     }
@@ -451,7 +273,8 @@ pub struct PgServer {
     pub url: String,
     port: u16,
     bin: PathBuf,
-    dir: PathBuf,
+    // Removed when dropped, after the cluster has stopped.
+    dir: TempDir,
 }
 
 /// Runs a Postgres program as the postgres user when we are root (Postgres
@@ -496,17 +319,19 @@ impl PgServer {
             })
             .expect("an initdb");
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("intake-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("intake-pg-")
+            .tempdir()
+            .expect("a folder for the cluster");
         if running_as_root() {
             let ok = std::process::Command::new("chown")
                 .args(["postgres:postgres"])
-                .arg(&dir)
+                .arg(dir.path())
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(ok, "chown the cluster folder to postgres");
         }
-        let d = dir.to_str().unwrap().to_owned();
+        let d = dir.path().to_str().unwrap().to_owned();
         let out = pg_run(
             &bin.join("initdb"),
             &[
@@ -557,7 +382,7 @@ impl PgServer {
 
     /// Starts the cluster and waits until it accepts connections.
     pub async fn up(&self) {
-        let d = self.dir.to_str().unwrap();
+        let d = self.dir.path().to_str().unwrap();
         let log = format!("{d}/server.log");
         let opts = format!(
             "-p {} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
@@ -579,7 +404,7 @@ impl PgServer {
     /// Stops the cluster the way a restart does (`-m fast`: sessions are
     /// ended, their connections closed).
     pub async fn down(&self) {
-        let d = self.dir.to_str().unwrap();
+        let d = self.dir.path().to_str().unwrap();
         let out = pg_run(
             &self.bin.join("pg_ctl"),
             &["-D", d, "-m", "fast", "-w", "-t", "60", "stop"],
@@ -604,7 +429,7 @@ impl Drop for PgServer {
             .arg(self.bin.join("pg_ctl"))
             .args([
                 "-D",
-                self.dir.to_str().unwrap(),
+                self.dir.path().to_str().unwrap(),
                 "-m",
                 "immediate",
                 "-w",
@@ -613,6 +438,5 @@ impl Drop for PgServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

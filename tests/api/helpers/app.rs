@@ -1,29 +1,37 @@
-//! Boots intake on port 0 against its own Postgres schema and its own key
-//! prefix in the real S3 test server (or a temporary folder), and removes
-//! both when the test ends.
-
-#![allow(dead_code)]
+//! One intake per test, in this process: booted on port 0 against its own
+//! Postgres schema and its own key prefix in the S3 test server (or a
+//! temporary folder), both removed when the test ends; and what a test asks
+//! of such an app (requests, what an account holds, what storage holds).
 
 use std::{collections::HashMap, time::Duration};
 
 use intake::{App, AppState, Config};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection};
+use tempfile::TempDir;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::{
+    bucket::{S3_BUCKET, ensure_bucket, s3_client, s3_keys, s3_region},
+    fixtures::Session,
+    poll::{eventually, within},
+};
+
+/// The admin API's bearer token in every test app.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
-pub const PASSWORD: &str = "correct horse battery";
-pub const S3_BUCKET: &str = "intake-test";
 
 /// Where a test's objects go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// The S3 test server, below the app's key prefix.
     S3,
+    /// A temporary local folder.
     Fs,
 }
 
+/// A variable scripts/test.sh sets; panics saying so when it is missing.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the suite with scripts/test.sh, which starts Postgres and the S3 test server")
@@ -32,40 +40,23 @@ pub fn env(name: &str) -> String {
 
 /// A running intake with its own schema and storage prefix.
 pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
     pub addr: String,
+    /// A client whose pooled connections go before the server drops them.
     pub client: reqwest::Client,
+    /// The app's own state, for looking into its database and store.
     pub state: AppState,
+    /// The Postgres schema; empty on an instance that shares another's.
     pub schema: String,
+    /// The key prefix of its objects in the test bucket.
     pub prefix: String,
+    /// Where its objects go.
     pub backend: Backend,
-    pub fs_root: Option<tempfile_dir::TempDir>,
+    /// The local folder, on [`Backend::Fs`].
+    pub fs_root: Option<TempDir>,
     vars: HashMap<String, String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// A tiny temporary-directory helper (std only).
-pub mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new() -> Self {
-            let path = std::env::temp_dir().join(format!("intake-test-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// Builder of a test app's environment.
@@ -77,11 +68,13 @@ pub struct Spawn {
 }
 
 impl Spawn {
+    /// Stores objects on `backend` (S3 unless told).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }
 
+    /// Sets one environment variable of the app's configuration.
     pub fn var(mut self, name: &str, value: &str) -> Self {
         self.vars.insert(name.into(), value.into());
         self
@@ -96,6 +89,7 @@ impl Spawn {
         self
     }
 
+    /// Creates the schema (unless shared) and boots the app on port 0.
     pub async fn start(self) -> TestApp {
         let schema = self
             .schema
@@ -143,7 +137,7 @@ impl Spawn {
                 None
             }
             Backend::Fs => {
-                let dir = tempfile_dir::TempDir::new();
+                let dir = tempfile::tempdir().expect("a temporary folder");
                 vars.insert("STORAGE_BACKEND".into(), "fs".into());
                 vars.insert("FS_ROOT".into(), dir.path().display().to_string());
                 Some(dir)
@@ -189,12 +183,14 @@ impl Spawn {
 /// tasks stop wherever they are, nothing of it cleans up, as when the
 /// process dies.
 pub struct Killable {
+    /// `http://127.0.0.1:<port>`.
     pub addr: String,
     kill: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Killable {
+    /// The absolute URL of `path` on this instance.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.addr)
     }
@@ -251,84 +247,7 @@ impl Spawn {
     }
 }
 
-/// Which S3 server the suite runs against (`TEST_S3_STORE`, set by
-/// scripts/test.sh): `s3s-fs` (the S3 test server) or `garage`.
-pub fn s3_store() -> String {
-    std::env::var("TEST_S3_STORE").unwrap_or_else(|_| "s3s-fs".into())
-}
-
-/// The region the S3 server signs for (Garage's is its `s3_region`).
-pub fn s3_region() -> String {
-    std::env::var("TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into())
-}
-
-/// The S3 client tests use to look into the bucket (never to upload on the
-/// API's behalf).
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    s3_client_at(&env("TEST_S3_ENDPOINT")).await
-}
-
-/// The same client for another S3 server with the test credentials (a
-/// private one that a test stops and restarts).
-pub async fn s3_client_at(endpoint: &str) -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        env("TEST_S3_ACCESS_KEY_ID"),
-        env("TEST_S3_SECRET_ACCESS_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(s3_region()))
-        .endpoint_url(endpoint)
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-async fn ensure_bucket() {
-    let client = s3_client().await;
-    if client.head_bucket().bucket(S3_BUCKET).send().await.is_err() {
-        // Parallel tests may race to create it; either way it exists after.
-        let _ = client.create_bucket().bucket(S3_BUCKET).send().await;
-    }
-}
-
-/// Keys under a prefix in the test bucket.
-pub async fn s3_keys(prefix: &str) -> Vec<String> {
-    s3_keys_in(&s3_client().await, prefix).await
-}
-
-/// Keys under a prefix of the test bucket, through a given client.
-pub async fn s3_keys_in(client: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(S3_BUCKET)
-            .prefix(prefix)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list objects");
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-        match out.next_continuation_token() {
-            Some(t) => token = Some(t.to_owned()),
-            None => break,
-        }
-    }
-    keys
-}
-
+/// A builder of a fresh app: S3, default settings, its own schema.
 pub fn spawn() -> Spawn {
     Spawn {
         backend: Backend::S3,
@@ -343,18 +262,6 @@ pub async fn spawn_app() -> TestApp {
     spawn().start().await
 }
 
-/// An account made through the admin API, with its password.
-pub struct TestAccount {
-    pub id: Uuid,
-    pub email: String,
-}
-
-/// A logged-in dashboard session.
-pub struct Session {
-    pub cookie: String,
-    pub csrf: String,
-}
-
 impl TestApp {
     /// The environment the app was started with (another process of the
     /// same deployment starts with it).
@@ -367,106 +274,33 @@ impl TestApp {
         self.vars["DATABASE_URL"].clone()
     }
 
+    /// The absolute URL of `path` on this app.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.addr)
     }
 
+    /// A request to `path` through the app's client.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, self.url(path))
     }
 
+    /// A GET of `path`.
     pub fn get(&self, path: &str) -> RequestBuilder {
         self.request(Method::GET, path)
     }
 
+    /// A POST to `path`.
     pub fn post(&self, path: &str) -> RequestBuilder {
         self.request(Method::POST, path)
     }
 
+    /// A request with the admin token.
     pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.request(method, path).bearer_auth(ADMIN_TOKEN)
     }
+}
 
-    /// Creates an account of the tier through the admin API.
-    pub async fn account(&self, tier: &str) -> TestAccount {
-        let email = format!("{}@example.com", Uuid::new_v4().simple());
-        let resp = self
-            .admin(Method::POST, "/admin/accounts")
-            .json(&json!({"email": email, "password": PASSWORD, "tier": tier}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "{}",
-            resp.text().await.unwrap()
-        );
-        let body: Value = resp.json().await.unwrap();
-        TestAccount {
-            id: body["id"].as_str().unwrap().parse().unwrap(),
-            email,
-        }
-    }
-
-    /// An API key for the account, through the admin API.
-    pub async fn key_for(&self, account: &TestAccount) -> String {
-        let resp = self
-            .admin(
-                Method::POST,
-                &format!("/admin/accounts/{}/api-keys", account.id),
-            )
-            .json(&json!({"name": "test"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        resp.json::<Value>().await.unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// A new account of the tier and an API key of it.
-    pub async fn account_with_key(&self, tier: &str) -> (TestAccount, String) {
-        let account = self.account(tier).await;
-        let key = self.key_for(&account).await;
-        (account, key)
-    }
-
-    pub async fn patch_account(&self, id: Uuid, body: Value) {
-        let resp = self
-            .admin(Method::PATCH, &format!("/admin/accounts/{id}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::OK,
-            "{}",
-            resp.text().await.unwrap()
-        );
-    }
-
-    /// Logs in and returns the cookie and CSRF token.
-    pub async fn login(&self, email: &str) -> Session {
-        let resp = self
-            .post("/auth/login")
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-        let cookie = set_cookie.split(';').next().unwrap().to_owned();
-        let body: Value = resp.json().await.unwrap();
-        Session {
-            cookie,
-            csrf: body["csrf_token"].as_str().unwrap().to_owned(),
-        }
-    }
-
+impl TestApp {
     /// A request with the session cookie and its CSRF token.
     pub fn with_session(&self, method: Method, path: &str, s: &Session) -> RequestBuilder {
         self.request(method, path)
@@ -538,6 +372,19 @@ impl TestApp {
         id
     }
 
+    /// `GET /usage` with the key, as JSON.
+    pub async fn usage(&self, key: &str) -> Value {
+        self.get("/usage")
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The one `int8` a query over the app's schema returns.
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.state.db)
@@ -609,30 +456,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Waits (up to 10 s, polling) until `condition` holds; panics naming
-/// `what` otherwise. For work that ends in the background.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// Waits until the wall clock is past `instant` (an expiry the server
-/// announced), plus `margin` for a clock read in whole seconds elsewhere.
-pub async fn past(instant: chrono::DateTime<chrono::Utc>, margin: Duration) {
-    let target = instant + chrono::Duration::from_std(margin).unwrap();
-    let left = (target - chrono::Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(left).await;
-}
-
 /// What an account holds, as the database counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Holdings {
@@ -664,143 +487,7 @@ impl Holdings {
     }
 }
 
-/// File contents of each kind, `len` bytes long (at least the magic).
-pub mod fixtures {
-    pub fn pad(magic: &[u8], len: usize) -> Vec<u8> {
-        let mut v = magic.to_vec();
-        let mut i = 0u32;
-        while v.len() < len {
-            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            v.push((i >> 16) as u8);
-        }
-        v.truncate(len.max(magic.len()));
-        v
-    }
-    pub fn png(len: usize) -> Vec<u8> {
-        pad(
-            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89",
-            len,
-        )
-    }
-    pub fn jpeg(len: usize) -> Vec<u8> {
-        pad(
-            b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0",
-            len,
-        )
-    }
-    pub fn pdf(len: usize) -> Vec<u8> {
-        pad(
-            b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< >>\nendobj\n",
-            len,
-        )
-    }
-    pub fn mp4(len: usize) -> Vec<u8> {
-        pad(b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\0\x08free", len)
-    }
-    pub fn elf(len: usize) -> Vec<u8> {
-        pad(
-            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0",
-            len,
-        )
-    }
-    pub fn csv(rows: usize) -> Vec<u8> {
-        let mut s = String::from("id,name,city\n");
-        for i in 0..rows {
-            s.push_str(&format!("{i},name {i},Zürich\n"));
-        }
-        s.into_bytes()
-    }
-}
-
-/// A multipart/form-data body built by hand, so tests can also build broken ones.
-pub struct Form {
-    pub boundary: String,
-    pub body: Vec<u8>,
-}
-
-impl Default for Form {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Form {
-    pub fn new() -> Self {
-        Self {
-            boundary: format!("b{}", Uuid::new_v4().simple()),
-            body: Vec::new(),
-        }
-    }
-
-    /// A batch form of `count` PNG files of `len` bytes each.
-    pub fn pngs(count: usize, len: usize) -> Self {
-        (0..count).fold(Self::new(), |form, i| {
-            form.part(
-                "files",
-                &format!("{i}.png"),
-                "image/png",
-                &fixtures::png(len),
-            )
-        })
-    }
-
-    pub fn part(mut self, name: &str, filename: &str, content_type: &str, data: &[u8]) -> Self {
-        self.body
-            .extend_from_slice(format!("--{}\r\n", self.boundary).as_bytes());
-        self.body.extend_from_slice(
-            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n")
-                .as_bytes(),
-        );
-        if !content_type.is_empty() {
-            self.body
-                .extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
-        }
-        self.body.extend_from_slice(b"\r\n");
-        self.body.extend_from_slice(data);
-        self.body.extend_from_slice(b"\r\n");
-        self
-    }
-
-    pub fn finish(mut self) -> Self {
-        self.body
-            .extend_from_slice(format!("--{}--\r\n", self.boundary).as_bytes());
-        self
-    }
-
-    pub fn content_type(&self) -> String {
-        format!("multipart/form-data; boundary={}", self.boundary)
-    }
-}
-
 impl TestApp {
-    /// Sends a finished form to an upload route with the key.
-    pub async fn upload_form(&self, path: &str, key: &str, form: Form) -> Response {
-        let form = form.finish();
-        self.post(path)
-            .bearer_auth(key)
-            .header("content-type", form.content_type())
-            .body(form.body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Uploads one file through `/upload/stream`.
-    pub async fn upload(
-        &self,
-        key: &str,
-        filename: &str,
-        content_type: &str,
-        data: &[u8],
-    ) -> Response {
-        self.upload_form(
-            "/upload/stream",
-            key,
-            Form::new().part("file", filename, content_type, data),
-        )
-        .await
-    }
-
     /// What the account holds.
     pub async fn holdings(&self, account: Uuid) -> Holdings {
         sqlx::query_as(
@@ -821,13 +508,11 @@ impl TestApp {
     /// reservation (uploads end their leases in the background when a
     /// client goes away), then returns what it holds.
     pub async fn settled(&self, account: Uuid) -> Holdings {
-        for _ in 0..100 {
+        within(Duration::from_secs(10), || async {
             let h = self.holdings(account).await;
-            if h.reserved == 0 && h.leases == 0 {
-                return h;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            h.reserved == 0 && h.leases == 0
+        })
+        .await;
         self.holdings(account).await
     }
 
@@ -958,181 +643,6 @@ pub async fn download(content: reqwest::RequestBuilder) -> Vec<u8> {
     };
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
     resp.bytes().await.unwrap().to_vec()
-}
-
-/// A TCP proxy in front of a server, that a test can cut to make the server
-/// unreachable mid-request.
-pub struct Proxy {
-    pub addr: String,
-    cut: Arc<tokio::sync::Notify>,
-    down: Arc<std::sync::atomic::AtomicBool>,
-    held: Arc<std::sync::atomic::AtomicBool>,
-    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
-}
-
-use std::sync::Arc;
-
-impl Proxy {
-    pub async fn start(upstream: &str) -> Proxy {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c, d, f, h) = (cut.clone(), down.clone(), forwarded.clone(), held.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if d.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
-                }
-                let (upstream, cut, forwarded, held) =
-                    (upstream.clone(), c.clone(), f.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.split();
-                    let (mut sr, mut sw) = server.split();
-                    let up = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            if held.load(std::sync::atomic::Ordering::SeqCst) {
-                                // Until the cut: the server gets no more bytes.
-                                std::future::pending::<()>().await;
-                            }
-                            let n = tokio::io::AsyncReadExt::read(&mut cr, &mut buf)
-                                .await
-                                .unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            forwarded.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-                            if tokio::io::AsyncWriteExt::write_all(&mut sw, &buf[..n])
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                    };
-                    let down = tokio::io::copy(&mut sr, &mut cw);
-                    tokio::select! {
-                        _ = async { tokio::join!(up, down) } => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            cut,
-            down,
-            held,
-            forwarded,
-        }
-    }
-
-    /// Stops passing the client's bytes on (the server takes no more), until
-    /// `cut`.
-    pub fn hold(&self) {
-        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
-        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    /// Lets connections through again.
-    pub fn restore(&self) {
-        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// A server on 127.0.0.1 standing in for storage that misbehaves; it stops
-/// when dropped.
-pub struct FakeStorage {
-    pub addr: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeStorage {
-    async fn serve<F>(accept: impl FnOnce(tokio::net::TcpListener) -> F) -> FakeStorage
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(accept(listener));
-        FakeStorage { addr, task }
-    }
-
-    /// Accepts connections and never answers: storage (or anything) that
-    /// has stopped responding without closing its sockets.
-    pub async fn blackhole() -> FakeStorage {
-        Self::serve(|listener| async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        })
-        .await
-    }
-
-    /// Reads each request to its last byte and then closes the connection
-    /// without answering: storage that died after taking a request, as a
-    /// killed S3 server does.
-    pub async fn hangup() -> FakeStorage {
-        use tokio::io::AsyncReadExt;
-        Self::serve(|listener| async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let (head_end, body_len) = loop {
-                        let Ok(n) = socket.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                        if let Some(at) = memchr::memmem::find(&got, b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                                .unwrap_or(0);
-                            break (at + 4, len);
-                        }
-                    };
-                    let mut left = (head_end + body_len).saturating_sub(got.len());
-                    while left > 0 {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => left = left.saturating_sub(n),
-                        }
-                    }
-                    // Dropped with nothing unread: a clean close, no answer.
-                });
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for FakeStorage {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl TestApp {
