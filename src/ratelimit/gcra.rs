@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{decision::Decision, policy::Policy};
+use super::{
+    decision::Decision,
+    policy::{Policy, interval_sql},
+};
 
 /// The GCRA step on a set of subjects, as an upsert over a CTE
 /// `req(key, k, t)` that the statement defines first: `k` requests of
@@ -29,7 +32,7 @@ use super::{decision::Decision, policy::Policy};
 /// third of its throughput in about half of the runs. Subjects are taken
 /// in key order, so two instances' statements lock their rows in the same
 /// order and cannot deadlock.
-pub(super) const GCRA_UPSERT: &str = "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns)
+const GCRA_UPSERT: &str = "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns)
    SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t FROM req ORDER BY key
    ON CONFLICT (key) DO UPDATE SET
      granted = least(excluded.granted, greatest(0,
@@ -44,7 +47,7 @@ pub(super) const GCRA_UPSERT: &str = "INSERT INTO rate_limits AS r (key, tat, gr
 
 /// The decisions of `count` requests on one subject, in their order, from
 /// what the statement granted them together and the state it left.
-pub(super) fn spread(
+fn spread(
     policy: &Policy,
     count: usize,
     granted: i64,
@@ -66,12 +69,12 @@ pub(super) fn spread(
 
 /// Subjects in first-seen order, each with the positions of its requests
 /// and what came with its first one.
-pub(super) type Groups<P, T> = Vec<(P, Vec<usize>, T)>;
+type Groups<P, T> = Vec<(P, Vec<usize>, T)>;
 
 /// Requests grouped by subject, with where each subject's key is in the
 /// groups (to match the statement's rows to them). Linear in the batch (a
 /// batch may hold hundreds of subjects).
-pub(super) fn by_subject<P: std::borrow::Borrow<Policy>, T>(
+fn by_subject<P: std::borrow::Borrow<Policy>, T>(
     requests: impl IntoIterator<Item = (P, usize, T)>,
 ) -> (Groups<P, T>, HashMap<String, usize>) {
     let mut subjects: Groups<P, T> = Vec::new();
@@ -140,6 +143,72 @@ pub(super) async fn decide_batch(
         .into_iter()
         .map(|d| d.ok_or(sqlx::Error::RowNotFound))
         .collect()
+}
+
+/// What the GCRA step returns beside each row of a subject source: what
+/// it granted the row's subject (with the other rows of that subject in
+/// the statement) and the state it left, `None` for rows not counted.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Step {
+    /// Requests granted to the subject by this statement.
+    pub granted: Option<i64>,
+    /// The subject's state after them.
+    pub tat: Option<DateTime<Utc>>,
+    /// The database's clock.
+    pub now: DateTime<Utc>,
+}
+
+/// The statements that count the requests a caller's own SQL finds, so a
+/// lookup the request needs anyway (the API key's) carries the GCRA step
+/// and costs no round trip of its own. The limiter knows nothing of the
+/// lookup: it reads two columns of the caller's relation, `subject` (a
+/// [`Policy`] key) and `rpm` (the limit to count with, `NULL` when the row
+/// is not counted), and returns every column of it followed by [`Step`]'s.
+#[derive(Debug, Clone)]
+pub struct Counting {
+    /// For a batch in which no row is counted: the lookup alone.
+    pub uncounted: String,
+    /// The lookup followed by the GCRA step on the counted rows' subjects.
+    pub counted: String,
+}
+
+impl Counting {
+    /// Statements over the relation `source`, which `ctes` (the body of a
+    /// `WITH`, without the keyword) defines.
+    pub fn over(ctes: &str, source: &str) -> Self {
+        let uncounted = format!(
+            "WITH {ctes}
+             SELECT {source}.*, NULL::int8 AS granted, NULL::timestamptz AS tat, now() AS now
+             FROM {source}"
+        );
+        let counted = format!(
+            "WITH {ctes}, req AS (
+               SELECT subject AS key, least(count(*), min(rpm)) AS k, {t} AS t
+               FROM {source} WHERE rpm IS NOT NULL GROUP BY subject
+             ), upd AS ({GCRA_UPSERT})
+             SELECT {source}.*, upd.granted, upd.tat, now() AS now
+             FROM {source} LEFT JOIN upd ON {source}.rpm IS NOT NULL AND upd.key = {source}.subject",
+            t = interval_sql("min(rpm)"),
+        );
+        Self { uncounted, counted }
+    }
+}
+
+/// The decisions of the counted rows of a [`Counting`] statement, each
+/// given with its position and the policy it was counted on (the one whose
+/// limit the statement was given), as `(position, decision)`. Rows of one
+/// subject share what it was granted, in their order; a row whose step is
+/// empty is left out (the caller then checks it alone).
+pub fn decide_counted(counted: Vec<(Policy, usize, Step)>) -> Vec<(usize, Decision)> {
+    let stepped = counted
+        .into_iter()
+        .filter_map(|(policy, i, step)| Some((policy, i, (step.granted?, step.tat?, step.now))));
+    let mut decided = Vec::new();
+    for (policy, positions, (granted, tat, now)) in by_subject(stepped).0 {
+        let decisions = spread(&policy, positions.len(), granted, tat, now);
+        decided.extend(positions.into_iter().zip(decisions));
+    }
+    decided
 }
 
 /// Deletes state rows that no longer hold anything (their `tat` has passed).

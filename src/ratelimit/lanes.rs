@@ -7,12 +7,7 @@ use std::sync::Arc;
 use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    decision::Decision,
-    gcra::decide_batch,
-    keys::{KeyCheck, KeyOutcome, authenticate_batch},
-    policy::Policy,
-};
+use super::{decision::Decision, gcra::decide_batch, policy::Policy};
 
 /// Why the limiter could not decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,8 +46,6 @@ struct Pending<J, O> {
 /// Lanes of one instance's limiter for policies: a subject always goes to
 /// the same lane, each lane has one statement in the database at a time, so
 /// two statements of one instance never wait on each other's row lock.
-/// API keys have one lane of their own: their account (the subject) is only
-/// known inside the statement, so they cannot be split by subject.
 const LANES: usize = 2;
 /// Requests decided by one statement at most.
 const MAX_BATCH: usize = 256;
@@ -106,7 +99,6 @@ impl<J: Send + 'static, O: Send + 'static> Lane<J, O> {
 #[derive(Clone)]
 pub struct Limiter {
     lanes: Arc<[Lane<Policy, Decision>]>,
-    keys: Lane<KeyCheck, KeyOutcome>,
 }
 
 impl Limiter {
@@ -123,14 +115,7 @@ impl Limiter {
                 )
             })
             .collect();
-        let keys = Lane::spawn(
-            "keys",
-            db,
-            |mut conn: PoolConnection<Postgres>, batch: Vec<KeyCheck>| async move {
-                authenticate_batch(&mut conn, &batch).await
-            },
-        );
-        Self { lanes, keys }
+        Self { lanes }
     }
 
     /// Counts one request against the policy.
@@ -142,12 +127,6 @@ impl Limiter {
             (h.finish() as usize) % self.lanes.len()
         };
         self.lanes[lane].submit(policy).await
-    }
-
-    /// Authenticates an API key and, when `check.count`, counts the request
-    /// against its account's limit, batched with other requests' keys.
-    pub async fn check_key(&self, check: KeyCheck) -> Result<KeyOutcome, LimiterError> {
-        self.keys.submit(check).await
     }
 }
 

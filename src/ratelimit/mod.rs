@@ -10,22 +10,17 @@
 //! One job per file: [`policy`] (subjects, their keys and intervals),
 //! [`gcra`] (the step in SQL and the statements around it), [`decision`]
 //! (a check's outcome and its headers), [`lanes`] (batching per instance).
+//!
+//! The limiter knows subjects and limits, never accounts: a caller names
+//! the subject and the limit ([`Policy`]), or hands over SQL of its own
+//! that finds them ([`Counting`]), as `auth` does for API keys.
 
 mod decision;
 mod gcra;
-mod keys;
 mod lanes;
 mod policy;
 
 pub use decision::Decision;
-pub use gcra::{peek, prune};
-pub use keys::{KeyCheck, KeyOutcome};
+pub use gcra::{Counting, Step, decide_counted, decide_statement, peek, prune};
 pub use lanes::{Lane, Limiter, LimiterError};
 pub use policy::{Policy, interval_sql};
-
-/// The two statements that advance GCRA state (a batch of policies; a
-/// batch of API keys with the counted ones), for tests of their plans.
-#[doc(hidden)]
-pub fn counting_statements() -> [&'static str; 2] {
-    [gcra::decide_statement(), keys::KEYS_COUNTED.1.as_str()]
-}

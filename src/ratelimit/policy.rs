@@ -25,6 +25,12 @@ impl Policy {
         }
     }
 
+    /// [`Policy::account`]'s key in SQL, of the account id `id` (a uuid
+    /// expression), for statements that find the subject themselves.
+    pub fn account_key_sql(id: &str) -> String {
+        format!("('a:' || {id})")
+    }
+
     /// The per-IP policy of anonymous requests. An IPv6 client is keyed by
     /// its /64: one subscriber commonly holds a whole /64 and could rotate
     /// through its 2^64 addresses to get a fresh budget per request. IPv4
