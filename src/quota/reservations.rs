@@ -1,7 +1,7 @@
 //! The storage quota: bytes reserved ahead of the bytes that arrive, and
 //! their conversion into usage when a file is recorded.
 //!
-//! Reservations are held by an upload's lease (see [`super::slots`]) and
+//! Reservations are held by an upload's lease ([`Lease`]) and
 //! counted in the account's `storage_reserved_bytes`; recorded files are
 //! counted in `storage_used_bytes`. This module is the only writer of those
 //! two columns and of the lease's `reserved_bytes`. Every change is one
@@ -13,7 +13,7 @@
 use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
 use uuid::Uuid;
 
-use super::slots::Lease;
+use super::lease::Lease;
 use crate::error::ApiError;
 
 /// Why a reservation failed.
