@@ -165,12 +165,11 @@ async fn authenticate_batch(
     for (i, d) in decide_counted(counted) {
         outcomes[i].decision = Some(d);
     }
+    // Only keys that authenticated are learned, and a failed lookup forgets
+    // nothing: a request with a key's id and a wrong secret must not cost
+    // the key's owner a round trip (a revoked key's entry is harmless; the
+    // statement no longer finds the key).
     let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
-    for (check, outcome) in checks.iter().zip(&outcomes) {
-        if outcome.account.is_none() {
-            known.remove(&check.id);
-        }
-    }
     if known.len() + learned.len() > KNOWN_MAX {
         known.clear();
     }
