@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ai::client::AiClient, auth::password::Hasher, auth::session::JwtKeys, config::Config, db,
-    ratelimit::Limiter, storage, storage::ObjectStore,
+    ai::client::AiClient, auth::KeyLane, auth::password::Hasher, auth::session::JwtKeys,
+    config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -28,6 +28,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Per-minute rate limits (decided in the database, in batches).
     pub limiter: Limiter,
+    /// API keys, looked up (and counted) in batches.
+    pub keys: KeyLane,
     /// The AI provider; `None` when none is configured.
     pub ai: Option<AiClient>,
     /// Cancelled when graceful shutdown's grace period is over: uploads
@@ -68,6 +70,7 @@ impl AppState {
             metrics: crate::telemetry::handle(),
             shutdown: CancellationToken::new(),
             limiter: Limiter::spawn(db.clone()),
+            keys: KeyLane::spawn(db.clone()),
             config,
             db,
             store,

@@ -1,8 +1,7 @@
 //! API keys: `ik_<8-char id>_<secret>`, shown once, stored as the id plus the
 //! SHA-256 of the secret. A lookup here compares the digests in constant
-//! time; the limiter's batched lookup (`ratelimit::Limiter::check_key`)
-//! compares them in the database, which is as safe for digests of
-//! 256-bit secrets.
+//! time; the batched lookup ([`super::KeyLane`]) compares them in the
+//! database, which is as safe for digests of 256-bit secrets.
 //!
 //! The secret has 256 bits of entropy, so a fast hash is as safe here as a
 //! slow one and keeps per-request authentication cheap.

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 mod extract;
+mod key_lane;
 pub mod password;
 pub mod routes;
 pub mod session;
@@ -16,10 +17,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use extract::{AdminAuth, CurrentAccount, SessionAccount};
+pub use key_lane::{KeyCheck, KeyLane, KeyOutcome, counted_key_statement};
 
 use crate::{
     error::ApiError,
-    ratelimit::{Decision, KeyCheck},
+    ratelimit::Decision,
     state::AppState,
     tiers::{CustomLimits, Limits, Tier, effective_limits},
 };
@@ -164,8 +166,10 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 
 /// The principal of a request that presents a well-formed API key, and the
 /// decision on its account's limit when `count` and the key is valid, from
-/// the limiter's batched statement. `None` when the key is malformed or the
-/// statement failed: the caller then resolves the request the plain way.
+/// the batched key statement ([`KeyLane`]; no decision when this instance
+/// did not know the account's limit yet). `None` when the key is malformed
+/// or the statement failed: the caller then resolves the request the plain
+/// way.
 /// A database out of reach is the 503 the plain way would answer, without
 /// waiting for a connection a second time.
 pub async fn resolve_key(
@@ -182,7 +186,7 @@ pub async fn resolve_key(
         digest: api_keys::digest(parsed.secret),
         count,
     };
-    let outcome = match state.limiter.check_key(check).await {
+    let outcome = match state.keys.check(check).await {
         Ok(outcome) => outcome,
         Err(e) if e.unavailable => {
             tracing::warn!(error = %e, "database unavailable");

@@ -92,22 +92,30 @@ pub async fn record(
     reserved: u64,
 ) -> Result<FileView, ApiError> {
     let key = object_key(lease.account_id, file.id);
-    let sql = format!(
-        "WITH {settle}
-         INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
-         SELECT $5, account_id, $6, $7, $8, $3, $9, $4 FROM settled
-         RETURNING {FILE_COLUMNS}",
-        settle = reservations::SETTLE
-    );
-    let view: Option<FileView> =
-        reservations::bind_settle(sqlx::query_as(&sql), lease, &key, reserved, file.size)
-            .bind(file.id)
-            .bind(&file.filename)
-            .bind(&file.content_type)
-            .bind(file.category)
-            .bind(file.sha256.map(|h| h.to_vec()))
-            .fetch_optional(db)
-            .await?;
+    let settlement = reservations::Settlement {
+        lease,
+        object_key: &key,
+        reserved,
+        size: file.size,
+    };
+    let mut query = settlement.statement();
+    query
+        .push(
+            "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+             SELECT ",
+        )
+        .push_bind(file.id)
+        .push(", settled.account_id, ")
+        .push_bind(&file.filename)
+        .push(", ")
+        .push_bind(&file.content_type)
+        .push(", ")
+        .push_bind(file.category)
+        .push(", settled.size, ")
+        .push_bind(file.sha256.map(|h| h.to_vec()))
+        .push(", settled.object_key FROM settled");
+    query.push(" RETURNING ").push(FILE_COLUMNS);
+    let view: Option<FileView> = query.build_query_as().fetch_optional(db).await?;
     let Some(view) = view else {
         return Err(ApiError::ServiceUnavailable(
             "the upload's lease expired before the file was recorded; retry".into(),

@@ -79,7 +79,8 @@ pub async fn authenticate_and_limit(
     let counts_as_account = state.config.rate_limit_enabled && !always_anonymous;
     // An API key is authenticated and, on the account's limit, counted by
     // one batched statement; anything else, or a failure of that statement,
-    // takes the separate lookup and limiter check.
+    // takes the separate lookup and limiter check, and a key whose account's
+    // limit the statement was not given is counted alone below.
     let keyed = match auth::presented_key(req.headers()).filter(|_| !is_admin) {
         Some(key) => match auth::resolve_key(&state, key, ip, counts_as_account).await {
             Ok(keyed) => keyed,

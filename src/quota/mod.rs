@@ -5,6 +5,7 @@
 //! the caller's usage (`GET /usage`).
 
 pub mod caps;
+mod lease;
 pub mod monthly;
 pub mod reservations;
 pub mod slots;

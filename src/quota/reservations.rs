@@ -1,7 +1,7 @@
 //! The storage quota: bytes reserved ahead of the bytes that arrive, and
 //! their conversion into usage when a file is recorded.
 //!
-//! Reservations are held by an upload's lease (see [`super::slots`]) and
+//! Reservations are held by an upload's lease ([`Lease`]) and
 //! counted in the account's `storage_reserved_bytes`; recorded files are
 //! counted in `storage_used_bytes`. This module is the only writer of those
 //! two columns and of the lease's `reserved_bytes`. Every change is one
@@ -10,10 +10,10 @@
 //!
 //! Lock order, everywhere: the lease row first, then the account row.
 
-use sqlx::{PgConnection, PgPool, Postgres, postgres::PgArguments, query::QueryAs};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::slots::Lease;
+use super::lease::Lease;
 use crate::error::ApiError;
 
 /// Why a reservation failed.
@@ -147,45 +147,72 @@ pub async fn unreserve(
     Ok(())
 }
 
-/// The common table expressions that turn `reserved` bytes of a lease's
-/// reservation into `size` bytes of usage (the rest is given back) and hand
-/// the object from the lease to the file, for the one statement that also
-/// inserts the file's row, so recording a file is one round trip. The
-/// statement starts `WITH {SETTLE}`, takes its first four parameters from
-/// [`bind_settle`] and reads the account id from `settled(account_id)`,
-/// which has no row when the lease is gone or holds less than `reserved`:
-/// the file must not be recorded then.
-pub const SETTLE: &str = "l AS (
-       SELECT id FROM upload_leases
-       WHERE id = $1 AND reserved_bytes >= $2 AND $2 >= $3 FOR UPDATE
+/// A file's settlement: of the `reserved` bytes `lease` holds for the file,
+/// `size` become the account's usage and the rest is given back, and the
+/// object `object_key` passes from the lease to the file. A typed value
+/// rather than SQL text, so that the statement recording the file (one
+/// round trip) never numbers or binds this module's arguments: it starts
+/// with [`Settlement::statement`] and takes the size and key it inserts
+/// from what was settled.
+#[derive(Debug, Clone, Copy)]
+pub struct Settlement<'a> {
+    /// The lease holding the reservation.
+    pub lease: &'a Lease,
+    /// The object the file's bytes are in.
+    pub object_key: &'a str,
+    /// The bytes the lease reserved for the file.
+    pub reserved: u64,
+    /// The file's size.
+    pub size: u64,
+}
+
+/// The settlement over its arguments (the one-row relation `settle`): the
+/// lease row locked first, then the account row.
+const SETTLE: &str = "l AS (
+       SELECT upload_leases.id FROM upload_leases, settle
+       WHERE upload_leases.id = settle.lease_id
+         AND upload_leases.reserved_bytes >= settle.reserved AND settle.reserved >= settle.size
+       FOR UPDATE OF upload_leases
      ), ul AS (
-       UPDATE upload_leases SET reserved_bytes = reserved_bytes - $2,
-         multipart_upload_id = CASE WHEN object_key = $4 THEN NULL ELSE multipart_upload_id END,
-         object_key = CASE WHEN object_key = $4 THEN NULL ELSE object_key END,
-         finishing_keys = array_remove(finishing_keys, $4)
-       WHERE id IN (SELECT id FROM l)
-       RETURNING account_id
+       UPDATE upload_leases SET reserved_bytes = upload_leases.reserved_bytes - settle.reserved,
+         multipart_upload_id = CASE WHEN upload_leases.object_key = settle.object_key
+                                    THEN NULL ELSE upload_leases.multipart_upload_id END,
+         object_key = CASE WHEN upload_leases.object_key = settle.object_key
+                           THEN NULL ELSE upload_leases.object_key END,
+         finishing_keys = array_remove(upload_leases.finishing_keys, settle.object_key)
+       FROM settle
+       WHERE upload_leases.id IN (SELECT id FROM l)
+       RETURNING upload_leases.account_id
      ), settled AS (
-       UPDATE accounts SET storage_reserved_bytes = storage_reserved_bytes - $2,
-                           storage_used_bytes = storage_used_bytes + $3
-       WHERE id = (SELECT account_id FROM ul)
-       RETURNING id AS account_id
+       UPDATE accounts SET storage_reserved_bytes = accounts.storage_reserved_bytes - settle.reserved,
+                           storage_used_bytes = accounts.storage_used_bytes + settle.size
+       FROM settle
+       WHERE accounts.id = (SELECT account_id FROM ul)
+       RETURNING accounts.id AS account_id, settle.size, settle.object_key
      )";
 
-/// Binds [`SETTLE`]'s parameters `$1`–`$4`: the lease, the bytes it
-/// reserved for the file, the file's size and its object key.
-pub fn bind_settle<'q, O>(
-    query: QueryAs<'q, Postgres, O, PgArguments>,
-    lease: &Lease,
-    key: &'q str,
-    reserved: u64,
-    size: u64,
-) -> QueryAs<'q, Postgres, O, PgArguments> {
-    query
-        .bind(lease.id)
-        .bind(bigint(reserved))
-        .bind(bigint(size))
-        .bind(key)
+impl<'a> Settlement<'a> {
+    /// A statement that starts with the `WITH` list that settles, each
+    /// argument bound beside the name it has in the SQL; the caller pushes
+    /// the rest. The list defines the relation
+    /// `settled(account_id, size, object_key)`, which has no row when the
+    /// lease is gone or holds less than `reserved`: the file must not be
+    /// recorded then.
+    pub fn statement(&self) -> QueryBuilder<'a, Postgres> {
+        let mut query = QueryBuilder::new("WITH settle AS (SELECT ");
+        query
+            .push_bind(self.lease.id)
+            .push("::uuid AS lease_id, ")
+            .push_bind(bigint(self.reserved))
+            .push("::int8 AS reserved, ")
+            .push_bind(bigint(self.size))
+            .push("::int8 AS size, ")
+            .push_bind(self.object_key)
+            .push("::text AS object_key), ")
+            .push(SETTLE)
+            .push(" ");
+        query
+    }
 }
 
 /// Gives back the usage of a deleted file, inside the caller's transaction

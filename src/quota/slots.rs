@@ -19,6 +19,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use super::lease::Lease;
 use super::reservations;
 use crate::{
     db::heartbeat::Heartbeat,
@@ -56,32 +57,8 @@ impl UploadKind {
     }
 }
 
-/// A held lease. Not `Clone`: one lease, one owner.
-#[derive(Debug)]
-pub struct Lease {
-    /// Lease id.
-    pub id: Uuid,
-    /// Its account.
-    pub account_id: Uuid,
-    ttl: Duration,
-}
-
+/// What the lease row tracks, and its renewal.
 impl Lease {
-    /// A lease taken earlier by another request (a presigned upload's
-    /// completion acts on the lease its issue took).
-    pub fn existing(id: Uuid, account_id: Uuid, ttl: Duration) -> Self {
-        Self {
-            id,
-            account_id,
-            ttl,
-        }
-    }
-
-    /// How long the lease lives without renewal.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Records the object being written, so that ending the lease (or the
     /// reaper, if this instance dies) removes it.
     pub async fn track_object(

@@ -458,9 +458,9 @@ async fn ipv6_clients_share_the_anonymous_budget_of_their_64() {
 }
 
 /// The check of an API key the way the middleware sends it.
-fn key_check(key: &str, count: bool) -> intake::ratelimit::KeyCheck {
+fn key_check(key: &str, count: bool) -> intake::auth::KeyCheck {
     let parsed = intake::auth::api_keys::parse(key).unwrap();
-    intake::ratelimit::KeyCheck {
+    intake::auth::KeyCheck {
         id: parsed.id.to_owned(),
         digest: intake::auth::api_keys::digest(parsed.secret),
         count,
@@ -470,7 +470,7 @@ fn key_check(key: &str, count: bool) -> intake::ratelimit::KeyCheck {
 #[tokio::test]
 async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_server_does() {
     let app = spawn_app().await;
-    let limiter = &app.state.limiter;
+    let limiter = &app.state.keys;
     // The free tier has no API keys unless an override grants them.
     let free = app.account("free").await;
     app.patch_account(free.id, json!({"custom_limits": {"api_keys": true}}))
@@ -489,7 +489,7 @@ async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_serv
 
     for (key, limit) in &cases {
         // Uncounted: the account, no decision.
-        let looked_up = limiter.check_key(key_check(key, false)).await.unwrap();
+        let looked_up = limiter.check(key_check(key, false)).await.unwrap();
         assert!(looked_up.account.is_some(), "{key}");
         assert!(looked_up.decision.is_none());
         // The first creates the subject, the next ones are decided by the
@@ -497,7 +497,7 @@ async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_serv
         // request of the burst (a request is earned back only seconds later).
         let burst = if *limit <= 30 { *limit } else { 2 };
         for remaining in (limit - burst..*limit).rev() {
-            let counted = limiter.check_key(key_check(key, true)).await.unwrap();
+            let counted = limiter.check(key_check(key, true)).await.unwrap();
             let account = counted.account.expect("a valid key");
             assert_eq!(account.limits().requests_per_minute, *limit as u32);
             let d = counted.decision.expect("a counted request is decided");
@@ -506,7 +506,7 @@ async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_serv
             assert_eq!(i64::from(d.remaining), remaining, "{key}");
         }
         if burst == *limit {
-            let refused = limiter.check_key(key_check(key, true)).await.unwrap();
+            let refused = limiter.check(key_check(key, true)).await.unwrap();
             assert!(!refused.decision.unwrap().allowed, "{key}: past the burst");
         }
     }
@@ -603,7 +603,10 @@ async fn subjects_are_found_by_their_key_whatever_the_statistics_say() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    let [decide, counted] = intake::ratelimit::counting_statements();
+    let [decide, counted] = [
+        intake::ratelimit::decide_statement(),
+        intake::auth::counted_key_statement(),
+    ];
     for (name, sql, args) in [
         (
             "decide",
@@ -613,7 +616,7 @@ async fn subjects_are_found_by_their_key_whatever_the_statistics_say() {
         (
             "counted",
             counted,
-            "'{k}'::text[], '{\"\\\\x00\"}'::bytea[], '{t}'::bool[]",
+            "'{k}'::text[], '{\"\\\\x00\"}'::bytea[], '{60}'::int8[], '{x}'::text[]",
         ),
     ] {
         sqlx::raw_sql(&format!("PREPARE {name} AS {sql}"))
