@@ -609,20 +609,14 @@ impl Tus {
             row("bare tus relay 10 x 20 MiB concurrent", &rc.secs, 200, None),
             String::new(),
             format!(
-                "intake-tus / tus-reference throughput, 100 MiB:     {}   goal >= 2",
-                ratio(&r.single, &is.secs)
-            ),
-            format!(
-                "intake-tus / tus-reference throughput, 10 x 20 MiB: {}   goal >= 2",
-                ratio(&r.c10, &ic.secs)
-            ),
-            format!(
-                "intake-tus / tus-reference peak RSS, 100 MiB:       {}   goal < 0.5",
-                ratio(&is.rss, &r.single_rss)
-            ),
-            format!(
-                "intake-tus / tus-reference peak RSS, 10 x 20 MiB:   {}   goal < 0.5",
-                ratio(&ic.rss, &r.c10_rss)
+                "intake-tus / tus-reference throughput, 100 MiB:     {}   goal >= 2\n\
+                 intake-tus / tus-reference throughput, 10 x 20 MiB: {}   goal >= 2\n\
+                 intake-tus / tus-reference peak RSS, 100 MiB:       {}   goal < 0.5\n\
+                 intake-tus / tus-reference peak RSS, 10 x 20 MiB:   {}   goal < 0.5",
+                ratio(&r.single, &is.secs),
+                ratio(&r.c10, &ic.secs),
+                ratio(&is.rss, &r.single_rss),
+                ratio(&ic.rss, &r.c10_rss),
             ),
             format!(
                 "intake-tus / intake-stream throughput, 100 MiB:     {}",
