@@ -169,9 +169,13 @@ pub fn field(line: &str, name: &str) -> String {
 /// (`scripts/bench/tus.sh`), over `file`: seconds and peak RSS of one
 /// 100 MiB upload and of 10 × 20 MiB.
 pub struct TusReference {
+    /// Seconds of one 100 MiB upload.
     pub single: String,
+    /// The server's peak RSS in MiB during it.
     pub single_rss: String,
+    /// Seconds of 10 concurrent 20 MiB uploads.
     pub c10: String,
+    /// The server's peak RSS in MiB during them.
     pub c10_rss: String,
 }
 
