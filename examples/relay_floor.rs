@@ -23,6 +23,9 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+#[path = "shared/proc.rs"]
+mod proc;
+
 const GIB: usize = 1 << 30;
 const KIB: usize = 1024;
 /// What the source writes at once.
@@ -30,14 +33,7 @@ const WRITE: usize = 256 * KIB;
 
 /// This thread's user plus system time, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
-    // Fields after the command name (which ends with the last ')').
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
+    proc::cpu_ticks("/proc/thread-self/stat") as f64 / proc::TICKS_PER_SECOND
 }
 
 fn main() {

@@ -13,10 +13,16 @@ pub fn env(name: &str) -> String {
 
 /// A client for the S3 server the environment names.
 pub fn client() -> aws_sdk_s3::Client {
+    client_at(&env("S3_ENDPOINT"))
+}
+
+/// A client for the S3 server (or relay in front of it) at `endpoint`, with
+/// the environment's credentials.
+pub fn client_at(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(env("S3_ENDPOINT"))
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
             env("S3_ACCESS_KEY_ID"),
             env("S3_SECRET_ACCESS_KEY"),

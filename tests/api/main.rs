@@ -20,6 +20,7 @@ mod presign;
 mod ratelimit;
 mod reconcile;
 mod schema;
+mod soak;
 mod storage;
 mod tus;
 mod upload;

@@ -129,6 +129,16 @@ impl Instance {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Resident memory of the process in KiB (from /proc); the soak reads
+    /// it to bound what a long run holds.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// `kill -9`: the process stops wherever it is, nothing of it cleans up.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,14 +1,6 @@
-//! The client side of `scripts/bench/upload.sh`: uploads the same bytes to
-//! intake and straight to the S3 server, with the same operations, and
-//! prints the time each case took.
-//!
-//! `upload_bench CASE COUNT MIB` with CASE one of `direct-multipart`,
-//! `direct-put`, `direct-puts`, `intake`, `intake-concurrent`, `intake-batch`.
-//! Settings come from the environment: INTAKE_URL, INTAKE_KEY, S3_ENDPOINT,
-//! S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, PART_BYTES.
-
-// A benchmark client: any failure ends the run loudly.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! The timed cases of the upload bench: the same bytes sent to intake and
+//! straight to the S3 server with the same operations, each run timed on its
+//! own, with clients of its own (as a fresh process would have).
 
 use std::time::Instant;
 
@@ -18,11 +10,23 @@ use aws_sdk_s3::{
 };
 use bytes::Bytes;
 
-const MIB: usize = 1024 * 1024;
+use crate::s3::{self, env};
 
-#[path = "shared/s3.rs"]
-mod s3;
-use s3::env;
+/// One MiB.
+pub const MIB: usize = 1024 * 1024;
+
+/// Where a run sends its bytes.
+pub struct Target {
+    /// intake's base URL (`http://127.0.0.1:<port>`).
+    pub intake_url: String,
+    /// The API key intake's uploads authenticate with.
+    pub intake_key: String,
+    /// The S3 endpoint of the direct cases: the S3 server, or a relay in
+    /// front of it.
+    pub s3_endpoint: String,
+    /// The part size of the direct multipart upload (intake's own).
+    pub part: usize,
+}
 
 /// Bytes that look like an MP4 to the type check and do not compress.
 fn payload(len: usize) -> Bytes {
@@ -126,6 +130,7 @@ fn form(field: &str, files: &[Bytes]) -> (String, u64, reqwest::Body) {
 }
 
 async fn intake(
+    to: &Target,
     client: &reqwest::Client,
     path: &str,
     field: &str,
@@ -133,8 +138,8 @@ async fn intake(
 ) -> reqwest::StatusCode {
     let (ct, len, body) = form(field, files);
     let resp = client
-        .post(format!("{}{path}", env("INTAKE_URL")))
-        .bearer_auth(env("INTAKE_KEY"))
+        .post(format!("{}{path}", to.intake_url))
+        .bearer_auth(&to.intake_key)
         .header("content-type", ct)
         .header("content-length", len)
         .body(body)
@@ -153,26 +158,18 @@ async fn intake(
     status
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [case, count, mib] = args.as_slice() else {
-        eprintln!("usage: upload_bench CASE COUNT MIB");
-        std::process::exit(2);
-    };
-    let count: usize = count.parse().expect("COUNT");
-    let data = payload(mib.parse::<usize>().expect("MIB") * MIB);
-    let part: usize = std::env::var("PART_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8 * MIB);
-    let s3 = s3::client();
+/// Runs `case` once (COUNT files of MIB MiB each) against `to` and returns
+/// its seconds. A run that fails panics: the bench ends loudly rather than
+/// reporting a figure without it.
+pub async fn timed(case: &str, count: usize, mib: usize, to: &Target) -> f64 {
+    let data = payload(mib * MIB);
+    let s3 = s3::client_at(&to.s3_endpoint);
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let start = Instant::now();
-    match case.as_str() {
+    match case {
         "direct-multipart" => {
-            direct_multipart(&s3, &format!("bench/{run}"), data.clone(), part).await
+            direct_multipart(&s3, &format!("bench/{run}"), data.clone(), to.part).await
         }
         "direct-put" => direct_put(&s3, &format!("bench/{run}"), data.clone()).await,
         "direct-puts" => {
@@ -181,28 +178,32 @@ async fn main() {
             }
         }
         "intake" => {
-            intake(&http, "/upload/stream", "file", std::slice::from_ref(&data)).await;
-        }
-        "intake-concurrent" => {
-            let uploads = (0..count)
-                .map(|_| intake(&http, "/upload/stream", "file", std::slice::from_ref(&data)));
-            futures_util::future::join_all(uploads).await;
-        }
-        "intake-batch" => {
             intake(
+                to,
                 &http,
-                "/upload/stream-batch",
-                "files",
-                &vec![data.clone(); count],
+                "/upload/stream",
+                "file",
+                std::slice::from_ref(&data),
             )
             .await;
         }
+        "intake-concurrent" => {
+            let uploads = (0..count).map(|_| {
+                intake(
+                    to,
+                    &http,
+                    "/upload/stream",
+                    "file",
+                    std::slice::from_ref(&data),
+                )
+            });
+            futures_util::future::join_all(uploads).await;
+        }
+        "intake-batch" => {
+            let files = vec![data.clone(); count];
+            intake(to, &http, "/upload/stream-batch", "files", &files).await;
+        }
         other => panic!("unknown case {other}"),
     }
-    let secs = start.elapsed().as_secs_f64();
-    let total_mib = (data.len() * count) as f64 / MIB as f64;
-    println!(
-        "{case} count={count} seconds={secs:.3} mib_per_s={:.1}",
-        total_mib / secs
-    );
+    start.elapsed().as_secs_f64()
 }
