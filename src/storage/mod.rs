@@ -4,6 +4,7 @@
 //! (`u/<account id>/<file id>`), never client input, and bytes move as
 //! streams or as single parts, never as whole files.
 
+pub mod chunks;
 mod fs;
 mod s3;
 

@@ -3,37 +3,34 @@
 //! wait (in memory, or the first of them in a [`Spill`] while their part is
 //! in flight) and how a part is cut off their front.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 
 use super::spill::Spill;
+use crate::storage::chunks::Chunks;
 
 /// The bytes not stored yet. The first of them may be in a [`Spill`] while
 /// their part is in flight; the rest are in memory, in order after them.
 #[derive(Default)]
 pub(super) struct Buffer {
     spill: Option<Spill>,
-    chunks: VecDeque<Bytes>,
-    /// All of them, spilled or not.
-    len: usize,
+    /// Those in memory.
+    mem: Chunks,
 }
 
 impl Buffer {
     /// All the bytes held, spilled or not.
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.spilled() + self.mem.len()
     }
 
     /// The chunks in memory, in order.
     pub(super) fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        self.chunks.iter()
+        self.mem.iter()
     }
 
     /// Appends a chunk.
     pub(super) fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len();
-        self.chunks.push_back(chunk);
+        self.mem.push_back(chunk);
     }
 
     /// The bytes in the spill.
@@ -57,8 +54,7 @@ impl Buffer {
                 }
             }
         }
-        let mut moved = self.take(n);
-        self.len += n;
+        let mut moved = self.mem.take(n);
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
@@ -71,69 +67,36 @@ impl Buffer {
             written += 1;
         }
         for chunk in moved.drain(written..).rev() {
-            self.chunks.push_front(chunk);
+            self.mem.push_front(chunk);
         }
     }
 
     /// Drops the first `n` bytes (a part storage has).
     pub(super) fn drop_front(&mut self, n: usize) {
         let spilled = self.spill.take().map_or(0, |s| s.len());
-        self.len -= spilled;
-        self.take(n - spilled);
+        self.mem.take(n - spilled);
     }
 
     /// Reads the spilled bytes back into memory (their part failed).
     pub(super) fn unspill(&mut self) -> std::io::Result<()> {
         if let Some(spill) = self.spill.take() {
-            self.chunks.push_front(Bytes::from(spill.read_all()?));
+            self.mem.push_front(Bytes::from(spill.read_all()?));
         }
         Ok(())
     }
 
-    /// The first `n` bytes, without taking them.
+    /// The first `n` bytes in memory, without taking them.
     pub(super) fn head(&self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n);
-        for c in &self.chunks {
-            let want = n - out.len();
-            if want == 0 {
-                break;
-            }
-            out.extend_from_slice(&c[..want.min(c.len())]);
-        }
-        out
+        self.mem.head(n)
     }
 
-    /// The byte at `i`, if it is in memory.
-    pub(super) fn byte_at(&self, mut i: usize) -> Option<u8> {
-        for c in &self.chunks {
-            if i < c.len() {
-                return Some(c[i]);
-            }
-            i -= c.len();
-        }
-        None
+    /// The byte at `i` of those in memory, if it is there.
+    pub(super) fn byte_at(&self, i: usize) -> Option<u8> {
+        self.mem.byte_at(i)
     }
 
-    /// Takes exactly `n` bytes off the front of those in memory (a chunk
-    /// straddling the cut is split, not copied).
+    /// Takes exactly `n` bytes off the front of those in memory.
     pub(super) fn take(&mut self, n: usize) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut need = n;
-        while need > 0 {
-            let Some(first) = self.chunks.front_mut() else {
-                break;
-            };
-            if first.len() <= need {
-                need -= first.len();
-                if let Some(c) = self.chunks.pop_front() {
-                    out.push(c);
-                }
-            } else {
-                out.push(first.split_to(need));
-                need = 0;
-            }
-        }
-        self.len -= n - need;
-        out
+        self.mem.take(n)
     }
 }

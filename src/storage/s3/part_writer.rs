@@ -16,7 +16,7 @@ use http_body_util::StreamBody;
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::S3Store;
-use crate::storage::{ObjectWriter, StorageError};
+use crate::storage::{ObjectWriter, StorageError, chunks::Chunks};
 
 /// A body made of chunks that are released as they are sent, and that
 /// counts down the writer's buffered bytes as it goes.
@@ -53,8 +53,7 @@ pub(super) struct S3Writer {
     key: String,
     content_type: String,
     part_size: usize,
-    pending: Vec<Bytes>,
-    pending_len: usize,
+    pending: Chunks,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
     in_flight: Option<JoinHandle<Result<CompletedPart, StorageError>>>,
@@ -70,8 +69,7 @@ impl S3Writer {
             key,
             content_type: content_type.to_owned(),
             part_size,
-            pending: Vec::new(),
-            pending_len: 0,
+            pending: Chunks::default(),
             upload_id: None,
             parts: Vec::new(),
             in_flight: None,
@@ -79,27 +77,6 @@ impl S3Writer {
             written: 0,
             ended: false,
         }
-    }
-
-    /// Takes exactly `n` bytes off the front of the pending chunks (without
-    /// copying: a chunk that straddles the cut is split).
-    fn take(&mut self, n: usize) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut need = n;
-        while need > 0 {
-            let Some(first) = self.pending.first_mut() else {
-                break;
-            };
-            if first.len() <= need {
-                need -= first.len();
-                out.push(self.pending.remove(0));
-            } else {
-                out.push(first.split_to(need));
-                need = 0;
-            }
-        }
-        self.pending_len -= n - need;
-        out
     }
 
     async fn upload_id(&mut self) -> Result<String, StorageError> {
@@ -151,10 +128,9 @@ impl S3Writer {
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         self.written += chunk.len() as u64;
-        self.pending_len += chunk.len();
-        self.pending.push(chunk);
-        while self.pending_len >= self.part_size {
-            let part = self.take(self.part_size);
+        self.pending.push_back(chunk);
+        while self.pending.len() >= self.part_size {
+            let part = self.pending.take(self.part_size);
             self.send_part(part).await?;
         }
         // Hold at most one part's worth: reading goes on as the part in
@@ -166,7 +142,7 @@ impl ObjectWriter for S3Writer {
             let notified = self.buffered.progress.notified();
             let in_flight = self.buffered.in_flight.load(Ordering::Acquire);
             let ended = match self.in_flight.as_mut() {
-                Some(task) if self.pending_len + in_flight > budget => tokio::select! {
+                Some(task) if self.pending.len() + in_flight > budget => tokio::select! {
                     () = notified => None,
                     ended = task => Some(ended),
                 },
@@ -181,7 +157,7 @@ impl ObjectWriter for S3Writer {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
-        let rest = self.take(self.pending_len);
+        let rest = self.pending.take(self.pending.len());
         let rest_len: usize = rest.iter().map(Bytes::len).sum();
         match self.upload_id.clone() {
             None => {
