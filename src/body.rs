@@ -131,14 +131,23 @@ impl Watch {
     }
 }
 
-/// A request body held to its [`Bounds`].
+/// A request body held to its [`Bounds`]. Its timers are made the first
+/// time a read finds nothing ready, so a body that is empty or arrives at
+/// once costs no timer.
 pub struct Guarded {
     inner: Body,
     bounds: Bounds,
     watch: Arc<Watch>,
-    /// Armed when a read finds nothing ready; disarmed by the next chunk.
-    idle: Pin<Box<Sleep>>,
+    /// When the whole-body deadline falls.
+    deadline_at: Instant,
+    timers: Option<Timers>,
+    /// A read found nothing ready and no chunk came since.
     waiting: bool,
+}
+
+/// What a waiting read is woken by.
+struct Timers {
+    idle: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -146,15 +155,13 @@ pub struct Guarded {
 impl Guarded {
     /// Puts the guard on `inner`; the deadline counts from now.
     pub fn new(inner: Body, bounds: Bounds, watch: Arc<Watch>) -> Self {
-        let now = Instant::now();
         Self {
             inner,
-            idle: Box::pin(tokio::time::sleep_until(now + bounds.idle)),
-            waiting: false,
-            deadline: Box::pin(tokio::time::sleep_until(now + bounds.deadline)),
-            shutdown: Box::pin(bounds.shutdown.clone().cancelled_owned()),
+            deadline_at: Instant::now() + bounds.deadline,
             bounds,
             watch,
+            timers: None,
+            waiting: false,
         }
     }
 
@@ -175,29 +182,33 @@ impl http_body::Body for Guarded {
         if this.bounds.shutdown.is_cancelled() {
             return this.end(BodyError::ShuttingDown);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.waiting = false;
-                return Poll::Ready(frame);
-            }
-            Poll::Pending => {}
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame);
         }
-        if !this.waiting {
-            this.waiting = true;
-            let at = Instant::now() + this.bounds.idle;
-            this.idle.as_mut().reset(at);
+        let idle_at = Instant::now() + this.bounds.idle;
+        let started = !std::mem::replace(&mut this.waiting, true);
+        let (deadline_at, shutdown) = (this.deadline_at, &this.bounds.shutdown);
+        let timers = this.timers.get_or_insert_with(|| Timers {
+            idle: Box::pin(tokio::time::sleep_until(idle_at)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline_at)),
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+        });
+        if started {
+            timers.idle.as_mut().reset(idle_at);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return this.end(BodyError::ShuttingDown);
-        }
-        if this.idle.as_mut().poll(cx).is_ready() {
-            return this.end(BodyError::Idle(this.bounds.idle));
-        }
-        if !this.watch.upload.load(Ordering::Relaxed) && this.deadline.as_mut().poll(cx).is_ready()
+        let why = if timers.shutdown.as_mut().poll(cx).is_ready() {
+            BodyError::ShuttingDown
+        } else if timers.idle.as_mut().poll(cx).is_ready() {
+            BodyError::Idle(this.bounds.idle)
+        } else if !this.watch.upload.load(Ordering::Relaxed)
+            && timers.deadline.as_mut().poll(cx).is_ready()
         {
-            return this.end(BodyError::Deadline(this.bounds.deadline));
-        }
-        Poll::Pending
+            BodyError::Deadline(this.bounds.deadline)
+        } else {
+            return Poll::Pending;
+        };
+        this.end(why)
     }
 
     fn is_end_stream(&self) -> bool {
