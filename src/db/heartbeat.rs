@@ -25,6 +25,11 @@ impl Heartbeat {
     /// stopped or dropped. A failed renewal is logged, naming `what` and
     /// `id`, and tried again next period: the row lives for a few periods,
     /// so one failure loses nothing.
+    ///
+    /// A renewal already sent when the guard stops may still reach the
+    /// database after the holder let go, so `renew` must change only a row
+    /// the holder still holds (its token, its lease row, a claim not
+    /// released), never take it again.
     pub fn start<F, Fut, T, E>(period: Duration, what: &'static str, id: Uuid, mut renew: F) -> Self
     where
         F: FnMut() -> Fut + Send + 'static,

@@ -203,7 +203,9 @@ pub async fn claim_completion(db: &PgPool, id: Uuid, ttl: Duration) -> Result<bo
 }
 
 /// Claims the data route's single writer slot of a pending upload for
-/// `ttl` (renewed by claiming again); `false` when another writer holds it.
+/// `ttl`; `false` when another writer holds it. With `renew`, extends a
+/// claim not released yet instead: a renewal that lands after the writer
+/// let go (it was in flight as the request ended) does not claim again.
 pub async fn claim_writer(
     db: &PgPool,
     id: Uuid,
@@ -213,7 +215,8 @@ pub async fn claim_writer(
     let done = sqlx::query(
         "UPDATE presigned_uploads SET writer_until = now() + make_interval(secs => $2)
          WHERE id = $1 AND state = 'pending'
-           AND ($3 OR writer_until IS NULL OR writer_until < now())",
+           AND CASE WHEN $3 THEN writer_until IS NOT NULL
+                    ELSE writer_until IS NULL OR writer_until < now() END",
     )
     .bind(id)
     .bind(ttl.as_secs_f64())
