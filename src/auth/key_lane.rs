@@ -154,11 +154,14 @@ async fn authenticate_batch(
     for row in rows {
         let i = usize::try_from(row.i - 1).map_err(|_| sqlx::Error::RowNotFound)?;
         if let Some(rpm) = row.rpm {
+            // Counted with what this instance knew, which the statement
+            // found still current: nothing to learn.
             let limit = u32::try_from(rpm).unwrap_or(u32::MAX);
             counted.push((Policy::account(row.account.id, limit), i, row.step));
+        } else {
+            let rpm = row.account.limits().requests_per_minute;
+            learned.push((i, row.limit_inputs, rpm));
         }
-        let rpm = row.account.limits().requests_per_minute;
-        learned.push((i, row.limit_inputs, rpm));
         outcomes[i].account = Some(row.account);
         outcomes[i].stale = row.stale;
     }
@@ -169,6 +172,9 @@ async fn authenticate_batch(
     // nothing: a request with a key's id and a wrong secret must not cost
     // the key's owner a round trip (a revoked key's entry is harmless; the
     // statement no longer finds the key).
+    if learned.is_empty() {
+        return Ok(outcomes);
+    }
     let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
     if known.len() + learned.len() > KNOWN_MAX {
         known.clear();
