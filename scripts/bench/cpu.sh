@@ -17,19 +17,14 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
 command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
 
-DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
-PG_BIN=$(pg_bindir)
-SCHEMA=bench_cpu_$(date +%s)
-"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
-export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
+bench_database bench_cpu
 export STORAGE_BACKEND=fs LOG_FORMAT=json RUST_LOG=warn RATE_LIMIT_ENABLED=false
 FS_ROOT=$(mktemp -d)
 export FS_ROOT
 PID=
 cleanup() {
     [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    bench_database_drop
     rm -rf "$FS_ROOT"
 }
 trap cleanup EXIT

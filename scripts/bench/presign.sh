@@ -19,26 +19,22 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
 cargo build --release --locked --bin intake >/dev/null 2>&1
 BIN=$CARGO_TARGET_DIR/release/intake
 
-DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
-PG_BIN=$(pg_bindir)
-SCHEMA=bench_presign_$(date +%s)
-"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
+bench_database bench_presign
 WORK=$(mktemp -d)
 S3_PORT=$(free_port)
 S3_PID= SERVER_PID=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
     [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
-    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    bench_database_drop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 s3_start "$WORK/s3" "$S3_PORT" bench-key bench-secret
 
 PORT=$(free_port)
-export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA" STORAGE_BACKEND=s3 S3_REGION=us-east-1
+export STORAGE_BACKEND=s3 S3_REGION=us-east-1
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
 export BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn DATABASE_MAX_CONNECTIONS=20
 "$BIN" serve >"$WORK/intake.log" 2>&1 &
 SERVER_PID=$!

@@ -27,19 +27,13 @@ ensure_rust
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
 command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
 
-DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
-PG_BIN=$(pg_bindir)
-SCHEMA=bench_$(date +%s)
-"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
-export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz
-export ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
+bench_database bench
 export STORAGE_BACKEND=fs FS_ROOT=$(mktemp -d) LOG_FORMAT=json RUST_LOG=warn
 WORK=$(mktemp -d)
 declare -A PORT PID
 cleanup() {
     for pid in "${PID[@]}"; do kill "$pid" 2>/dev/null || true; done
-    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    bench_database_drop
     rm -rf "$WORK" "$FS_ROOT"
 }
 trap cleanup EXIT

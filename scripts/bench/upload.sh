@@ -53,25 +53,21 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
 cargo build --release --locked --bin intake --example upload_bench --example relay_floor --example put_relay --example tus_relay >/dev/null 2>&1
 export INTAKE_BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
 
-DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
-PG_BIN=$(pg_bindir)
-SCHEMA=bench_upload_$(date +%s)
-"$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
+bench_database bench_upload
 
 WORK=$(mktemp -d)
 S3_PORT=$(free_port)
 S3_PID=
 cleanup() {
     [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
-    "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    bench_database_drop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 s3_start "$WORK/s3" "$S3_PORT" bench-key bench-secret
 
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
-export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA" STORAGE_BACKEND=s3 S3_REGION=us-east-1
-export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
+export STORAGE_BACKEND=s3 S3_REGION=us-east-1
 export UPLOAD_PART_BYTES=${PART_BYTES:-8388608} PART_BYTES=${PART_BYTES:-8388608} RUST_LOG=warn
 PORT=$(free_port)
 export BIND_ADDR=127.0.0.1:$PORT INTAKE_URL=http://127.0.0.1:$PORT

@@ -295,3 +295,24 @@ garage_cluster_stop() {
     garage_stop "${GARAGE_CLUSTER_PIDS[@]}"
     GARAGE_CLUSTER_PIDS=()
 }
+
+# bench_database PREFIX: a schema of its own (PREFIX_<time>) on the bench
+# cluster, started when needed, for one benchmark run. Exports DATABASE_URL
+# and the secrets intake needs; sets DB_URL, PG_BIN and SCHEMA, which
+# bench_database_drop (for the run's exit trap) uses.
+bench_database() {
+    DB_URL=$(pg_start bench "${INTAKE_BENCH_PG_PORT:-54331}")
+    PG_BIN=$(pg_bindir)
+    SCHEMA=${1}_$(date +%s)
+    "$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA $SCHEMA"
+    export DATABASE_URL="$DB_URL?options=-c%20search_path%3D$SCHEMA"
+    export JWT_SECRET=bench-secret-0123456789abcdefghijklmnopqrstuvwxyz
+    export ADMIN_TOKEN=bench-admin-token-0123456789abcdefghij
+}
+
+# bench_database_drop: drops the schema bench_database made.
+bench_database_drop() {
+    if [ -n "${SCHEMA:-}" ]; then
+        "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+    fi
+}
