@@ -106,6 +106,17 @@ pub enum ApiError {
         /// Whole seconds after which a retry makes sense.
         retry_after: u64,
     },
+    /// 429: the account (or the client address) already has as many requests
+    /// or AI calls running as it may; `what` names which bound was hit.
+    #[error("at most {limit} {what} may run at once; retry when one has finished")]
+    ConcurrentRequestLimit {
+        /// The bound that was hit.
+        limit: u64,
+        /// What is counted ("requests of this account", "connections from this address", "AI calls of this account").
+        what: &'static str,
+        /// Whole seconds after which a retry makes sense.
+        retry_after: u64,
+    },
     /// 429: a monthly quota is used up.
     #[error("the monthly quota of {limit} is used up")]
     MonthlyQuotaExceeded {
@@ -190,6 +201,7 @@ impl ApiError {
             Self::UploadVerificationFailed(_) => "upload_verification_failed",
             Self::RateLimited { .. } => "rate_limited",
             Self::ConcurrentUploadLimit { .. } => "concurrent_upload_limit",
+            Self::ConcurrentRequestLimit { .. } => "concurrent_request_limit",
             Self::MonthlyQuotaExceeded { .. } => "monthly_quota_exceeded",
             Self::StorageQuotaExceeded { .. } => "storage_quota_exceeded",
             Self::AiUnavailable(_) => "ai_unavailable",
@@ -224,6 +236,7 @@ impl ApiError {
             Self::UploadVerificationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. }
             | Self::ConcurrentUploadLimit { .. }
+            | Self::ConcurrentRequestLimit { .. }
             | Self::MonthlyQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::StorageQuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::AiUnavailable(_) | Self::ServiceUnavailable(_) | Self::Busy { .. } => {
@@ -238,6 +251,7 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after, .. }
             | Self::ConcurrentUploadLimit { retry_after, .. }
+            | Self::ConcurrentRequestLimit { retry_after, .. }
             | Self::MonthlyQuotaExceeded { retry_after, .. }
             | Self::Busy { retry_after, .. } => Some((*retry_after).max(1)),
             _ => None,
@@ -275,7 +289,9 @@ impl ApiError {
             | Self::FileTooLarge { limit }
             | Self::UsePresignedUpload { limit }
             | Self::BatchTooLarge { limit } => vec![("limit", json!(limit))],
-            Self::RateLimited { limit, .. } | Self::ConcurrentUploadLimit { limit, .. } => vec![
+            Self::RateLimited { limit, .. }
+            | Self::ConcurrentUploadLimit { limit, .. }
+            | Self::ConcurrentRequestLimit { limit, .. } => vec![
                 ("limit", json!(limit)),
                 ("retry_after", json!(self.retry_after())),
             ],

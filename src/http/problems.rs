@@ -41,7 +41,7 @@ const COMMON: &[(&str, &str)] = &[
     ("422", "well-formed but invalid (invalid_request, …)"),
     (
         "429",
-        "a limit was reached (rate_limited, concurrent_upload_limit, monthly_quota_exceeded)",
+        "a limit was reached (rate_limited, concurrent_upload_limit, concurrent_request_limit, monthly_quota_exceeded)",
     ),
     ("500", "internal error (internal)"),
     (
