@@ -32,6 +32,32 @@ pub async fn put(url: &str, headers: &Value, data: Vec<u8>) -> StatusCode {
     req.send().await.unwrap().status()
 }
 
+/// PUTs bytes to a URL as [`put`] does; answers the status and the error
+/// code that came with it: S3's `<Code>`, or the `code` of intake's own
+/// problem (the local folder's data route). `None` for a success.
+pub async fn put_answer(url: &str, headers: &Value, data: Vec<u8>) -> (StatusCode, Option<String>) {
+    let mut req = reqwest::Client::new().put(url).body(data);
+    for (name, value) in headers.as_object().into_iter().flatten() {
+        if name != "content-length" {
+            req = req.header(name.as_str(), value.as_str().unwrap());
+        }
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    if status.is_success() {
+        return (status, None);
+    }
+    let body = resp.text().await.unwrap();
+    let code = match serde_json::from_str::<Value>(&body) {
+        Ok(problem) => problem["code"].as_str().map(str::to_owned),
+        Err(_) => body
+            .split_once("<Code>")
+            .and_then(|(_, rest)| rest.split_once("</Code>"))
+            .map(|(code, _)| code.to_owned()),
+    };
+    (status, code)
+}
+
 /// PUTs each part of a multipart upload to its URL; returns the parts list
 /// that completes it.
 pub async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
@@ -54,6 +80,15 @@ pub async fn put_parts(issued: &Value, data: &[u8]) -> Vec<Value> {
         etags.push(json!({"part_number": i + 1, "etag": resp.headers()["etag"].to_str().unwrap()}));
     }
     etags
+}
+
+/// `DELETE /upload/presigned/{id}`.
+pub async fn abort(app: &TestApp, key: &str, id: &str) -> reqwest::Response {
+    app.request(reqwest::Method::DELETE, &format!("/upload/presigned/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// `POST /upload/presigned/{id}/complete` with `body`.
