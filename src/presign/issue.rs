@@ -26,7 +26,7 @@ use crate::{
     },
     sniff::{self, Kind},
     state::AppState,
-    storage::PutConditions,
+    storage::{PartConditions, PutConditions},
     upload::sanitize_filename,
 };
 
@@ -158,7 +158,10 @@ async fn sign(
         parts: None,
     };
     let multipart = if d.multipart {
-        let upload_id = state.store.create_multipart(&key, d.kind.mime).await?;
+        let upload_id = state
+            .store
+            .create_multipart(&key, d.kind.mime, false)
+            .await?;
         lease
             .track_object(&state.db, Some(&key), Some(&upload_id))
             .await?;
@@ -223,9 +226,13 @@ async fn part_urls(
             part
         };
         let number = i32::try_from(n).map_err(|e| ApiError::Internal(e.into()))?;
+        let conditions = PartConditions {
+            len,
+            ..PartConditions::default()
+        };
         let signed = state
             .store
-            .presign_upload_part(key, upload_id, number, len, expiry)
+            .presign_upload_part(key, upload_id, number, &conditions, expiry)
             .await?;
         parts.push(PartUrl {
             part_number: number.unsigned_abs(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::HeaderMap;
 
-pub use fs::FsStore;
+pub use fs::{FsStore, FsWriter};
 pub use s3::S3Store;
 
 use crate::config::{Config, StorageConfig};
@@ -117,6 +117,21 @@ pub struct PutConditions {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// What the URL of one part of a multipart upload binds besides its
+/// length. A whole object sent as the upload's one part binds what the
+/// URL of a single PUT would: its `Content-Type` and, when the client
+/// declared it, its SHA-256 (which storage checks, where it checks part
+/// checksums).
+#[derive(Debug, Clone, Default)]
+pub struct PartConditions {
+    /// Exact body length.
+    pub len: u64,
+    /// The `Content-Type` the client must send.
+    pub content_type: Option<String>,
+    /// SHA-256 of the part, when the client declared it.
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// Writes one object from a sequence of chunks, holding at most one storage
 /// part in memory. Either [`ObjectWriter::finish`] or [`ObjectWriter::abort`]
 /// must end it; a writer dropped without either cleans up in the background.
@@ -189,16 +204,24 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Aborts a multipart upload (left behind by a writer that never ended,
     /// or given up by a client).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
-    /// Starts a multipart upload whose parts a client sends directly.
-    async fn create_multipart(&self, key: &str, content_type: &str)
-    -> Result<String, StorageError>;
-    /// A URL that uploads one part (of exactly `len` bytes) of a multipart upload.
+    /// Starts a multipart upload whose parts a client sends directly; with
+    /// `sha256_parts`, every part carries its SHA-256 (storage checks it
+    /// and completion passes it on, as S3 requires of such uploads).
+    /// Once the upload is completed or aborted, storage refuses its parts.
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+        sha256_parts: bool,
+    ) -> Result<String, StorageError>;
+    /// A URL that uploads part `part_number` of a multipart upload, held to
+    /// `conditions`; it dies with the upload.
     async fn presign_upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
-        len: u64,
+        conditions: &PartConditions,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError>;
     /// Completes a multipart upload from the client's list of parts.
@@ -226,8 +249,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: PartStream,
     ) -> Result<(), StorageError>;
     /// Makes the object of the first `parts` parts, `size` bytes in all,
-    /// visible under its key. Parts stored past `parts` (by a request whose
-    /// bytes were not kept) are left out.
+    /// visible under its key, with the parts storage holds (a resumable
+    /// upload, or a presigned upload sent as one part). Parts stored past
+    /// `parts` (by a request whose bytes were not kept) are left out.
     async fn complete_parts(
         &self,
         key: &str,

@@ -633,7 +633,7 @@ async fn a_dead_instances_upload_already_aborted_in_storage_leaves_no_queued_del
     let upload = app
         .state
         .store
-        .create_multipart(&object, "video/mp4")
+        .create_multipart(&object, "video/mp4", false)
         .await
         .unwrap();
     app.state

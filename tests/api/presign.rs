@@ -522,11 +522,7 @@ async fn a_url_dies_with_its_completed_upload_and_the_bucket_holds_only_the_file
             "{backend:?} multipart {multipart}"
         );
         // The file is as completed, and answered so again.
-        let again: Value = complete(&app, &key, id, parts)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let again: Value = complete(&app, &key, id, parts).await.json().await.unwrap();
         assert_eq!(again, file, "{backend:?}");
         assert_eq!(app.download(&key, id).await, data, "{backend:?}");
         assert_eq!(
@@ -592,12 +588,14 @@ async fn an_abort_and_put_loop_parks_no_bytes_in_storage() {
         let kept: Value = kept.json().await.unwrap();
         let data = fixtures::mp4(256 * 1024);
         for round in 0..20 {
-            let issued: Value = issue(&app, &key, json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len()})).await;
+            let issued: Value = issue(
+                &app,
+                &key,
+                json!({"filename": "v.mp4", "content_type": "video/mp4", "size": data.len()}),
+            )
+            .await;
             let id = issued["upload_id"].as_str().unwrap();
-            assert_eq!(
-                abort(&app, &key, id).await.status(),
-                StatusCode::NO_CONTENT
-            );
+            assert_eq!(abort(&app, &key, id).await.status(), StatusCode::NO_CONTENT);
             let (status, code) = put_answer(
                 issued["url"].as_str().unwrap(),
                 &issued["headers"],

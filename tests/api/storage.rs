@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use intake::storage::{ObjectStore, PutConditions, StorageError};
+use intake::storage::{ObjectStore, PartConditions, PutConditions, StorageError};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
@@ -357,14 +357,14 @@ async fn s3_presigned_get_downloads_as_attachment() {
 }
 
 #[tokio::test]
-async fn s3_presigned_put_binds_length_type_and_checksum() {
+async fn s3_part_urls_bind_length_type_and_checksum_and_die_with_their_upload() {
     let app = spawn().backend(Backend::S3).start().await;
     let store = app.state.store.as_ref();
     let body = b"exactly these bytes".to_vec();
     let sha: [u8; 32] = Sha256::digest(&body).into();
-    let conditions = PutConditions {
-        content_length: body.len() as u64,
-        content_type: "text/plain".into(),
+    let conditions = PartConditions {
+        len: body.len() as u64,
+        content_type: Some("text/plain".into()),
         sha256: Some(sha),
     };
     let put = |url: String, headers: http::HeaderMap, data: Vec<u8>| async move {
@@ -377,18 +377,26 @@ async fn s3_presigned_put_binds_length_type_and_checksum() {
         }
         req.send().await.unwrap().status()
     };
-
-    // Same length, other content: storage refuses it (checksum bound).
-    let req = store
-        .presign_put("u/s/one", &conditions, Duration::from_secs(60))
+    let upload = store
+        .create_multipart("u/s/one", "text/plain", true)
         .await
         .unwrap();
+    let req = store
+        .presign_upload_part("u/s/one", &upload, 1, &conditions, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(req.headers["content-type"], "text/plain");
+
+    // Same length, other content: AWS S3 and Garage refuse it (the
+    // checksum is bound); the S3 test server does not check a part's
+    // checksum, which is why completion reads the stored bytes back.
     let mut tampered = body.clone();
     tampered[0] ^= 1;
     let status = put(req.url.clone(), req.headers.clone(), tampered).await;
-    assert!(
+    assert_eq!(
         status.is_client_error(),
-        "tampered bytes refused, got {status}"
+        crate::helpers::s3_store() != "s3s-fs",
+        "tampered bytes: {status}"
     );
     // Another length: refused.
     let status = put(req.url.clone(), req.headers.clone(), b"short".to_vec()).await;
@@ -396,35 +404,46 @@ async fn s3_presigned_put_binds_length_type_and_checksum() {
         status.is_client_error(),
         "other length refused, got {status}"
     );
-    // The S3 test server writes a body before it checks the checksum and
-    // leaves it in place when it answers BadDigest (AWS S3 and Garage keep
-    // nothing); intake's completion step re-checks size and content for
-    // this reason.
-    if crate::helpers::s3_store() != "s3s-fs" {
-        assert_eq!(
-            store.head("u/s/one").await.unwrap(),
-            None,
-            "refused PUTs keep nothing"
-        );
-    }
-    store.delete("u/s/one").await.unwrap();
+    // Another type: refused (the signature covers it).
+    let mut other_type = req.headers.clone();
+    other_type.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("image/png"),
+    );
+    let status = put(req.url.clone(), other_type, body.clone()).await;
+    assert!(status.is_client_error(), "other type refused, got {status}");
 
-    // The right bytes go through.
+    // The right bytes go through, and completing makes the object.
     let status = put(req.url.clone(), req.headers.clone(), body.clone()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(read_all(store, "u/s/one", None).await, body);
-
-    // An expired URL is refused.
-    let req = store
-        .presign_put("u/s/two", &conditions, Duration::from_secs(1))
+    store
+        .complete_parts("u/s/one", &upload, 1, body.len() as u64)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(read_all(store, "u/s/one", None).await, body);
+    // Then the URL is dead, though unexpired.
+    let status = put(req.url.clone(), req.headers.clone(), body.clone()).await;
+    assert!(status.is_client_error(), "after completion, got {status}");
+    assert_eq!(read_all(store, "u/s/one", None).await, body);
+    store.delete("u/s/one").await.unwrap();
+
+    // An expired URL is refused.
+    let upload = store
+        .create_multipart("u/s/two", "text/plain", true)
+        .await
+        .unwrap();
+    let signed_at = chrono::Utc::now();
+    let req = store
+        .presign_upload_part("u/s/two", &upload, 1, &conditions, Duration::from_secs(1))
+        .await
+        .unwrap();
+    crate::helpers::past(signed_at, Duration::from_millis(2100)).await;
     let status = put(req.url, req.headers, body).await;
     assert!(
         status.is_client_error(),
         "expired URL refused, got {status}"
     );
+    store.abort_multipart("u/s/two", &upload).await.unwrap();
     assert_eq!(store.head("u/s/two").await.unwrap(), None);
 }
 

@@ -30,8 +30,11 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ObjectBody, ObjectStore, ObjectWriter, PresignedRequest, PutConditions, StorageError};
-use writer::FsWriter;
+use super::{
+    ObjectBody, ObjectStore, ObjectWriter, PartConditions, PresignedRequest, PutConditions,
+    StorageError,
+};
+pub use writer::FsWriter;
 
 /// Objects as files below a root folder.
 #[derive(Clone)]
@@ -125,6 +128,19 @@ impl FsStore {
     fn assembly(&self, upload_id: &str) -> Result<PathBuf, StorageError> {
         check_upload_id(upload_id)?;
         Ok(self.root.join(TUS_DIR).join(upload_id))
+    }
+
+    /// The writer of one object, which the caller may make durable
+    /// ([`FsWriter::sync`]) before it moves it into place.
+    pub async fn local_writer(&self, key: &str) -> Result<FsWriter, StorageError> {
+        let dest = self.path(key)?;
+        let (tmp, file) = self.temp_file().await?;
+        let upload_id = tmp
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(FsWriter::new(file, tmp, dest, upload_id))
     }
 
     async fn temp_file(&self) -> Result<(PathBuf, tokio::fs::File), StorageError> {
@@ -252,14 +268,7 @@ impl ObjectStore for FsStore {
         _content_type: &str,
         _part_size: usize,
     ) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        let dest = self.path(key)?;
-        let (tmp, file) = self.temp_file().await?;
-        let upload_id = tmp
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(Box::new(FsWriter::new(file, tmp, dest, upload_id)))
+        Ok(Box::new(self.local_writer(key).await?))
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StorageError> {
@@ -353,6 +362,7 @@ impl ObjectStore for FsStore {
         &self,
         _key: &str,
         _content_type: &str,
+        _sha256_parts: bool,
     ) -> Result<String, StorageError> {
         Err(StorageError::Unsupported(
             "multipart uploads sent directly by clients",
@@ -364,7 +374,7 @@ impl ObjectStore for FsStore {
         _key: &str,
         _upload_id: &str,
         _part_number: i32,
-        _len: u64,
+        _conditions: &PartConditions,
         _expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
         Err(StorageError::Unsupported(

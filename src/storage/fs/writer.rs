@@ -11,7 +11,7 @@ use super::place;
 use crate::storage::{ObjectWriter, StorageError};
 
 /// Appends to a temporary file; `finish` syncs and renames it into place.
-pub(super) struct FsWriter {
+pub struct FsWriter {
     file: Option<BufWriter<tokio::fs::File>>,
     tmp: PathBuf,
     dest: PathBuf,
@@ -35,6 +35,16 @@ impl FsWriter {
             upload_id,
             written: 0,
         }
+    }
+
+    /// Makes the bytes written so far durable, leaving [`ObjectWriter::finish`]
+    /// only the rename: a caller that must place the object under a lock
+    /// (a database row) takes it for that alone.
+    pub async fn sync(&mut self) -> Result<(), StorageError> {
+        let file = self.file()?;
+        file.flush().await?;
+        file.get_ref().sync_all().await?;
+        Ok(())
     }
 
     fn file(&mut self) -> Result<&mut BufWriter<tokio::fs::File>, StorageError> {

@@ -32,7 +32,10 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use tokio_util::io::ReaderStream;
 
-use super::{ObjectBody, ObjectStore, ObjectWriter, PresignedRequest, PutConditions, StorageError};
+use super::{
+    ObjectBody, ObjectStore, ObjectWriter, PartConditions, PresignedRequest, PutConditions,
+    StorageError,
+};
 use crate::config::S3Config;
 use part_writer::S3Writer;
 use put_writer::S3PutWriter;
@@ -370,8 +373,10 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         content_type: &str,
+        sha256_parts: bool,
     ) -> Result<String, StorageError> {
-        self.create_upload(&self.full_key(key), content_type).await
+        self.create_upload(&self.full_key(key), content_type, sha256_parts)
+            .await
     }
 
     async fn presign_upload_part(
@@ -379,10 +384,10 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        len: u64,
+        conditions: &PartConditions,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
-        self.sign_upload_part(key, upload_id, part_number, len, expires_in)
+        self.sign_upload_part(key, upload_id, part_number, conditions, expires_in)
             .await
     }
 
@@ -396,7 +401,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn start_parts(&self, key: &str, content_type: &str) -> Result<String, StorageError> {
-        self.create_multipart(key, content_type).await
+        self.create_multipart(key, content_type, false).await
     }
 
     async fn put_part(

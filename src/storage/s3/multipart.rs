@@ -1,20 +1,24 @@
 //! Multipart uploads on S3: which parts a completion names, checked
-//! against the parts storage lists, and the ETag their object must get.
+//! against the parts storage lists (with their checksums, where the upload
+//! has them), and the ETag their object must get.
 
 use aws_sdk_s3::{
     operation::complete_multipart_upload::CompleteMultipartUploadOutput,
-    types::{CompletedMultipartUpload, CompletedPart},
+    types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart},
 };
 
 use super::{S3Store, already_gone, map_err};
 use crate::storage::StorageError;
 
 impl S3Store {
-    /// Starts a multipart upload of the object at `full_key`.
+    /// Starts a multipart upload of the object at `full_key`; with
+    /// `sha256_parts`, one whose parts carry their SHA-256 (S3 refuses a
+    /// part's checksum of an algorithm the upload was not started with).
     pub(super) async fn create_upload(
         &self,
         full_key: &str,
         content_type: &str,
+        sha256_parts: bool,
     ) -> Result<String, StorageError> {
         let out = self
             .client
@@ -22,6 +26,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(full_key)
             .content_type(content_type)
+            .set_checksum_algorithm(sha256_parts.then_some(ChecksumAlgorithm::Sha256))
             .send()
             .await
             .map_err(map_err)?;
@@ -47,15 +52,9 @@ impl S3Store {
         already_gone(result)
     }
 
-    /// Every part of a multipart upload: its number, its ETag (empty where
-    /// the server lists none) and its size where the server gives it,
-    /// paging through ListParts (AWS and MinIO answer at most 1,000 parts a
-    /// page).
-    async fn list_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<Vec<(i32, String, Option<i64>)>, StorageError> {
+    /// Every part of a multipart upload, paging through ListParts (AWS and
+    /// MinIO answer at most 1,000 parts a page).
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<Listed>, StorageError> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -70,12 +69,11 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(map_err)?;
-            parts.extend(page.parts().iter().map(|p| {
-                (
-                    p.part_number().unwrap_or(0),
-                    unquote(p.e_tag().unwrap_or_default()),
-                    p.size(),
-                )
+            parts.extend(page.parts().iter().map(|p| Listed {
+                number: p.part_number().unwrap_or(0),
+                etag: unquote(p.e_tag().unwrap_or_default()),
+                size: p.size(),
+                sha256: p.checksum_sha256().map(str::to_owned),
             }));
             // A server that says "more" without moving on would loop forever.
             match (page.is_truncated(), page.next_part_number_marker()) {
@@ -125,7 +123,7 @@ impl S3Store {
             .list_parts(key, upload_id)
             .await?
             .into_iter()
-            .map(|(n, etag, _)| (n, etag))
+            .map(|p| (p.number, p.etag))
             .collect();
         stored.sort_unstable();
         let given: Vec<(i32, String)> = parts.iter().map(|(n, e)| (*n, unquote(e))).collect();
@@ -174,26 +172,31 @@ impl S3Store {
     ) -> Result<(), StorageError> {
         // The ETags come from storage itself.
         let mut listed = self.list_parts(key, upload_id).await?;
-        listed.retain(|(n, _, _)| (1..=parts).contains(n));
-        listed.sort_unstable_by_key(|(n, _, _)| *n);
-        listed.dedup_by_key(|(n, _, _)| *n);
+        listed.retain(|p| (1..=parts).contains(&p.number));
+        listed.sort_unstable_by_key(|p| p.number);
+        listed.dedup_by_key(|p| p.number);
         let numbered = listed.len() == usize::try_from(parts).unwrap_or(0)
-            && listed.iter().zip(1..).all(|((n, _, _), want)| *n == want);
-        let sizes: Option<i64> = listed.iter().map(|(_, _, s)| *s).sum();
+            && listed.iter().zip(1..).all(|(p, want)| p.number == want);
+        let sizes: Option<i64> = listed.iter().map(|p| p.size).sum();
         if !numbered || sizes.is_some_and(|total| u64::try_from(total).ok() != Some(size)) {
             return Err(StorageError::backend(anyhow::anyhow!(
                 "storage holds parts {:?}, not the {parts} parts of {size} bytes recorded",
-                listed.iter().map(|(n, _, s)| (*n, *s)).collect::<Vec<_>>()
+                listed
+                    .iter()
+                    .map(|p| (p.number, p.size))
+                    .collect::<Vec<_>>()
             )));
         }
         let completed: Vec<CompletedPart> = listed
             .into_iter()
-            .map(|(n, etag, _)| {
+            .map(|p| {
                 // Some S3-compatible servers list parts without ETags (and do
-                // not check them at completion).
+                // not check them at completion). An upload whose parts carry
+                // a SHA-256 completes with them (S3 requires it).
                 CompletedPart::builder()
-                    .part_number(n)
-                    .set_e_tag((!etag.is_empty()).then_some(etag))
+                    .part_number(p.number)
+                    .set_e_tag((!p.etag.is_empty()).then_some(p.etag))
+                    .set_checksum_sha256(p.sha256)
                     .build()
             })
             .collect();
@@ -201,6 +204,17 @@ impl S3Store {
             .await?;
         Ok(())
     }
+}
+
+/// A part as ListParts gives it.
+struct Listed {
+    number: i32,
+    /// Empty where the server lists none.
+    etag: String,
+    /// Where the server gives it.
+    size: Option<i64>,
+    /// For uploads whose parts carry their SHA-256.
+    sha256: Option<String>,
 }
 
 fn unquote(etag: &str) -> String {

@@ -85,7 +85,7 @@ impl S3Writer {
         }
         let id = self
             .store
-            .create_upload(&self.key, &self.content_type)
+            .create_upload(&self.key, &self.content_type, false)
             .await?;
         self.upload_id = Some(id.clone());
         Ok(id)

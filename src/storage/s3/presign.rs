@@ -8,34 +8,59 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{S3Store, map_err};
-use crate::storage::{PresignedRequest, PutConditions, StorageError, attachment_disposition};
+use crate::storage::{
+    PartConditions, PresignedRequest, PutConditions, StorageError, attachment_disposition,
+};
 
 impl S3Store {
-    /// A URL for one part of a presigned multipart upload; its length is
-    /// signed.
+    /// A URL for one part of a presigned multipart upload: its length is
+    /// signed, and so are the `Content-Type` and the SHA-256 when the
+    /// conditions name them.
     pub(super) async fn sign_upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
-        len: u64,
+        conditions: &PartConditions,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
         let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
-        let req = self
+        let mut req = self
             .presign_client
             .upload_part()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .upload_id(upload_id)
             .part_number(part_number)
-            .content_length(len as i64)
-            .presigned(config)
-            .await
-            .map_err(map_err)?;
+            .content_length(i64::try_from(conditions.len).map_err(StorageError::backend)?);
+        if let Some(sha) = conditions.sha256 {
+            req = req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha));
+        }
+        // UploadPart has no Content-Type of its own (the object's is set when
+        // the upload starts); the header is added before signing, so the
+        // signature covers it as it covers a single PUT's.
+        let content_type = conditions
+            .content_type
+            .as_deref()
+            .map(header_value)
+            .transpose()?;
+        let mut req = req.customize();
+        if let Some(value) = content_type.clone() {
+            req = req.mutate_request(move |r| {
+                r.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, value.clone());
+            });
+        }
+        let req = req.presigned(config).await.map_err(map_err)?;
         let mut out = presigned(req)?;
-        out.headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        // The signature covers these; the client must send them as given.
+        if let Some(value) = content_type {
+            out.headers.insert(http::header::CONTENT_TYPE, value);
+        }
+        out.headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(conditions.len),
+        );
         Ok(out)
     }
 
