@@ -8,7 +8,6 @@
 //! and the queue entry goes once storage has done it. The reaper retries
 //! what is still queued.
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::storage::ObjectStore;
@@ -41,27 +40,6 @@ pub async fn enqueue(tx: &mut PgConnection, doomed: &Doomed) -> Result<(), sqlx:
     )
     .bind(&doomed.object_key)
     .bind(&doomed.multipart_upload_id)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Queues an object for deletion no sooner than `not_before`: an object a
-/// still-valid presigned URL can write again is deleted once the URL is dead.
-pub async fn enqueue_at(
-    tx: &mut PgConnection,
-    doomed: &Doomed,
-    not_before: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO object_deletions (object_key, multipart_upload_id, next_attempt_at)
-         VALUES ($1, $2, $3)
-         ON CONFLICT (object_key) DO UPDATE
-           SET next_attempt_at = greatest(object_deletions.next_attempt_at, EXCLUDED.next_attempt_at)",
-    )
-    .bind(&doomed.object_key)
-    .bind(&doomed.multipart_upload_id)
-    .bind(not_before)
     .execute(tx)
     .await?;
     Ok(())

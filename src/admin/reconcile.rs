@@ -4,7 +4,7 @@
 //! Four checks: every account's counters against its rows
 //! ([`reservations::audit`]); leases past expiry that no reaper ended;
 //! every object in storage against the rows that own it (files, leases,
-//! uploads in flight, the deletion queue); every file row against its
+//! resumable uploads in flight, the deletion queue); every file row against its
 //! object. Storage and the file rows are read a page at a time, both in
 //! the byte order of the keys, and merged, so a bucket of any size passes
 //! through in the memory of a page. What the merge flags is looked up
@@ -30,7 +30,6 @@ use uuid::Uuid;
 use crate::{
     deletions::{self, Doomed},
     files::{self, StoredFile},
-    presign,
     quota::{
         reservations::{self, Counters},
         slots::{self, ExpiredLease},
@@ -381,8 +380,6 @@ async fn settle_orphans(
     let owned = slots::tracked_keys(db, &keys(&candidates)).await?;
     without(&mut candidates, owned);
     let owned = deletions::queued_keys(db, &keys(&candidates)).await?;
-    without(&mut candidates, owned);
-    let owned = presign::staged_in_flight(db, &keys(&candidates)).await?;
     without(&mut candidates, owned);
     let owned = tus::tails_in_flight(db, &keys(&candidates)).await?;
     without(&mut candidates, owned);

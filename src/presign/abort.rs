@@ -1,36 +1,19 @@
 //! Ending a presigned upload before it becomes a file. This module alone
-//! decides what ending an upload gives back (its lease, with the objects
-//! it tracks, and the staging object once its URL is dead), on abort and
-//! on a failed completion alike.
+//! decides what ending an upload gives back (its lease, with the object or
+//! multipart upload it tracks), on abort and on a failed completion alike.
+//! Once storage has aborted the multipart upload (or, on the local folder,
+//! the upload's row has left `pending`), its URLs take no more bytes.
 
 use axum::{extract::State, http::StatusCode};
 use uuid::Uuid;
 
 use super::uploads::{self, State as UploadState, Upload};
-use crate::{
-    auth::CurrentAccount,
-    deletions::{self, Doomed},
-    error::ApiError,
-    extract::Path,
-    quota::slots,
-    state::AppState,
-};
+use crate::{auth::CurrentAccount, error::ApiError, extract::Path, quota::slots, state::AppState};
 
-/// Seconds past a URL's expiry before its staging object is deleted for
-/// good, for storage whose clock runs a little behind ours.
-const URL_CLOCK_SKEW_SECS: i64 = 5;
-
-/// Ends an upload's lease (removing what it still tracks: the staging
-/// object, a failed upload's object or multipart upload) and queues the
-/// staging object once more for after its URL's expiry, when nothing can
-/// write it again.
+/// Ends an upload's lease: its reservation and slot come back, and what it
+/// still tracks (the upload's object, its multipart upload) is removed.
 pub(super) async fn end(state: &AppState, upload: &Upload) -> Result<(), sqlx::Error> {
     slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
-    if upload.multipart_upload_id.is_none() {
-        let mut conn = state.db.acquire().await?;
-        let dead = upload.expires_at + chrono::Duration::seconds(URL_CLOCK_SKEW_SECS);
-        deletions::enqueue_at(&mut conn, &Doomed::object(upload.target_key()), dead).await?;
-    }
     Ok(())
 }
 

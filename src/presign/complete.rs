@@ -190,46 +190,18 @@ async fn finish(
     body: CompleteRequest,
 ) -> Result<FileView, ApiError> {
     if let Some(upload_id) = &upload.multipart_upload_id {
-        let parts: Vec<(i32, String)> = body
-            .parts
-            .into_iter()
-            .map(|p| (p.part_number, p.etag))
-            .collect();
-        if parts.is_empty() {
-            return Err(ApiError::unprocessable(
-                "a multipart upload completes with its parts",
-            ));
-        }
-        if let Err(e) = state
-            .store
-            .complete_multipart(&upload.key(), upload_id, &parts)
-            .await
-        {
-            tracing::warn!(error = %e, upload = %upload.id, "multipart completion refused");
-            return Err(fail(state, upload, "the parts do not make the upload".into()).await);
-        }
+        finish_in_storage(state, upload, upload_id, body).await?;
+    }
+    // Nothing but this upload's completion writes the file's key, and its
+    // URLs are dead now: the bytes verified are the bytes kept.
+    if let Err(why) = verify::verify(state.store.as_ref(), upload).await {
+        return Err(fail(state, upload, why).await);
     }
     let lease = Lease::existing(
         upload.lease_id,
         upload.account_id,
         state.config.presign_expiry + LEASE_GRACE,
     );
-    if upload.multipart_upload_id.is_none() {
-        // Copy first and verify the copy: nothing can write the file's key,
-        // so the bytes verified are the bytes kept.
-        let (staged, key) = (upload.target_key(), upload.key());
-        lease.track_copy(&state.db, &key, &staged).await?;
-        match state.store.copy(&staged, &key).await {
-            Ok(()) => {}
-            Err(StorageError::NotFound) => {
-                return Err(fail(state, upload, "nothing was uploaded".into()).await);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if let Err(why) = verify::verify(state.store.as_ref(), upload).await {
-        return Err(fail(state, upload, why).await);
-    }
     let new = NewFile {
         id: upload.id,
         filename: upload.filename.clone(),
@@ -254,14 +226,68 @@ async fn finish(
     )
     .await?;
     // The file owns its object now (its key left the lease): ending the
-    // lease frees the slot and removes the staging object.
+    // lease frees the slot.
     end(state, upload).await?;
     Ok(view)
 }
 
-/// Ends an upload that failed verification: the objects go (the staging
-/// object again once its URL is dead), the reservation and the slot come
-/// back, the row says so.
+/// Completes the upload's multipart upload in storage, from the client's
+/// parts or, for an upload sent whole, from its one part. An object
+/// already under the key was put there by an earlier completion of this
+/// upload (nothing else writes that key: parts are not objects) whose
+/// request died, or lost storage's answer, before it recorded the file; it
+/// goes on to be verified as it is. Storage that does not answer gives the
+/// claim back (503); a completion storage refuses fails the upload.
+async fn finish_in_storage(
+    state: &AppState,
+    upload: &Upload,
+    upload_id: &str,
+    body: CompleteRequest,
+) -> Result<(), ApiError> {
+    let key = upload.key();
+    if state.store.head(&key).await?.is_some() {
+        tracing::info!(upload = %upload.id, "an earlier completion finished this upload in storage");
+        return Ok(());
+    }
+    let completed = match upload.part_size {
+        Some(_) => {
+            let parts: Vec<(i32, String)> = body
+                .parts
+                .into_iter()
+                .map(|p| (p.part_number, p.etag))
+                .collect();
+            if parts.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "a multipart upload completes with its parts",
+                ));
+            }
+            state
+                .store
+                .complete_multipart(&key, upload_id, &parts)
+                .await
+        }
+        None => {
+            state
+                .store
+                .complete_parts(&key, upload_id, 1, upload.size())
+                .await
+        }
+    };
+    let refused = match completed {
+        Ok(()) => return Ok(()),
+        Err(e @ StorageError::Unavailable(_)) => return Err(e.into()),
+        Err(e) => e,
+    };
+    tracing::warn!(error = %refused, upload = %upload.id, "multipart completion refused");
+    let why = match upload.part_size {
+        Some(_) => "the parts do not make the upload",
+        None => "nothing was uploaded",
+    };
+    Err(fail(state, upload, why.into()).await)
+}
+
+/// Ends an upload that failed verification: its object or multipart
+/// upload goes, the reservation and the slot come back, the row says so.
 async fn fail(state: &AppState, upload: &Upload, why: String) -> ApiError {
     let ended = async {
         if uploads::transition(

@@ -1,7 +1,9 @@
 //! The local-folder backend's upload URL (`PUT /upload/presigned/{id}/data`).
 //! This module alone decides whether a request may write an upload's
-//! staging object (the signature, the signed headers, one writer at a time)
-//! and holds the bytes to the signed length and checksum.
+//! object (the signature, the signed headers, one writer at a time, the
+//! upload still pending) and holds the bytes to the signed length and
+//! checksum. The URL dies with its upload: the route refuses an upload that
+//! has ended, and bytes that arrive while it ends are never put in place.
 
 use axum::{
     body::Body,
@@ -20,7 +22,7 @@ use crate::{
     error::ApiError,
     extract::{Path, Query},
     state::AppState,
-    storage::{FsStore, PutConditions},
+    storage::{FsStore, FsWriter, ObjectWriter, PutConditions},
 };
 
 /// The signed query of a local-folder upload URL.
@@ -56,7 +58,7 @@ pub async fn data(
         content_type: row.content_type.clone(),
         sha256: row.sha256(),
     };
-    let key = row.target_key();
+    let key = row.key();
     if row.state != UploadState::Pending
         || !fs.verify(
             "PUT",
@@ -102,7 +104,7 @@ pub async fn data(
             let _ = uploads::release_writer(&db, id).await;
         }
     });
-    let written = write_data(&state, &row, &key, &conditions, body).await;
+    let written = write_data(&state, fs, &row, &key, &conditions, body).await;
     heartbeat.stop();
     if let Err(e) = uploads::release_writer(&state.db, id).await {
         tracing::warn!(error = %e, upload = %id, "could not release the writer; it lapses");
@@ -110,17 +112,18 @@ pub async fn data(
     written.map(|()| StatusCode::OK)
 }
 
-/// Streams a data route body into the upload's staging object, held to the
-/// signed length and checksum (the body guard holds it to the idle time).
+/// Streams a data route body into a temporary file, held to the signed
+/// length and checksum (the body guard holds it to the idle time), then
+/// puts it in place as the upload's object.
 async fn write_data(
     state: &AppState,
+    fs: &FsStore,
     row: &Upload,
     key: &str,
     conditions: &PutConditions,
     body: Body,
 ) -> Result<(), ApiError> {
-    let part = usize::try_from(state.config.upload_part_bytes).unwrap_or(usize::MAX);
-    let mut writer = state.store.writer(key, &row.content_type, part).await?;
+    let mut writer = fs.local_writer(key).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -149,16 +152,37 @@ async fn write_data(
                 ));
             }
         }
+        writer.sync().await?;
         Ok(())
     }
     .await;
     match received {
-        Ok(()) => Ok(writer.finish().await.map(|_| ())?),
+        Ok(()) => place(state, row, writer).await,
         Err(e) => {
-            let _ = writer.abort().await;
+            let _ = Box::new(writer).abort().await;
             Err(e)
         }
     }
+}
+
+/// Puts the synced bytes in place (a rename) while the upload's row and
+/// lease are locked: only if the upload is still pending, so an abort, a
+/// completion or the reaper that ends it waits for the rename and then
+/// sees the object (which it removes or verifies), and bytes that arrive
+/// after the upload ended are discarded.
+async fn place(state: &AppState, row: &Upload, writer: FsWriter) -> Result<(), ApiError> {
+    let writer = Box::new(writer);
+    let mut tx = state.db.begin().await?;
+    if !uploads::lock_pending(&mut tx, row.id).await? {
+        drop(tx);
+        let _ = writer.abort().await;
+        return Err(ApiError::Forbidden(
+            "this upload has ended; its URL takes no more bytes".into(),
+        ));
+    }
+    writer.finish().await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn forbidden() -> ApiError {

@@ -1,7 +1,8 @@
 //! Issuing a presigned upload. This module alone decides how an upload is
-//! sent (one PUT to a staging key, or a multipart upload of parts of
-//! [`part_size`]) and the order in which issuing takes the slot, reserves,
-//! signs and records, so that a failure at any step keeps nothing.
+//! sent (whole through one URL, or in parts of [`part_size`]; on S3 always
+//! as a multipart upload, so that its URLs die with it) and the order in
+//! which issuing takes the slot, reserves, signs and records, so that a
+//! failure at any step keeps nothing.
 
 use std::time::Duration;
 
@@ -26,11 +27,12 @@ use crate::{
     },
     sniff::{self, Kind},
     state::AppState,
-    storage::{PartConditions, PutConditions},
+    storage::{PartConditions, PresignedRequest, PutConditions},
     upload::sanitize_filename,
 };
 
-/// Above this size an upload is always multipart (S3's single-PUT limit).
+/// Above this size an upload is always sent in parts (S3's largest part,
+/// and its largest single PUT).
 pub(super) const SINGLE_PUT_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// Smallest part intake hands out (S3's minimum is 5 MiB).
 const MIN_PART: u64 = 8 * 1024 * 1024;
@@ -137,14 +139,9 @@ async fn sign(
     expiry: Duration,
 ) -> Result<Presigned, ApiError> {
     let id = Uuid::now_v7();
-    // A single PUT writes to a staging key that completion copies from, so
-    // its URL can never touch the file; part URLs die with their multipart
-    // upload and write to the file's key.
-    let key = if d.multipart {
-        files::object_key(lease.account_id, id)
-    } else {
-        uploads::staging_key(lease.account_id, id)
-    };
+    // Every URL writes the file's own key: nothing but this upload can
+    // write there, and completion need not move the bytes.
+    let key = files::object_key(lease.account_id, id);
     reservations::reserve(&state.db, lease, d.size, quota, Some(&key)).await?;
     let expires_at = Utc::now()
         + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
@@ -157,37 +154,49 @@ async fn sign(
         part_size: None,
         parts: None,
     };
-    let multipart = if d.multipart {
-        let upload_id = state
-            .store
-            .create_multipart(&key, d.kind.mime, false)
-            .await?;
-        lease
-            .track_object(&state.db, Some(&key), Some(&upload_id))
-            .await?;
-        let part = part_size(d.size);
-        answer.part_size = Some(part);
-        answer.parts = Some(part_urls(state, &key, &upload_id, d.size, part, expiry).await?);
-        Some((upload_id, part))
-    } else {
-        let conditions = PutConditions {
-            content_length: d.size,
-            content_type: d.kind.mime.to_owned(),
-            sha256: d.sha256,
-        };
-        let signed = state.store.presign_put(&key, &conditions, expiry).await?;
-        answer.method = Some(signed.method.to_string());
-        answer.url = Some(signed.url);
-        answer.headers = Some(
-            signed
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((k.to_string(), serde_json::Value::from(v.to_str().ok()?)))
-                })
-                .collect(),
-        );
-        None
+    let (upload_id, parts_of) = match state.store.as_fs() {
+        // The local folder's URL is intake's own data route, which stops
+        // taking bytes once the upload has ended.
+        Some(fs) if !d.multipart => {
+            let conditions = PutConditions {
+                content_length: d.size,
+                content_type: d.kind.mime.to_owned(),
+                sha256: d.sha256,
+            };
+            answer.single(fs.presign_put(&key, &conditions, expiry)?);
+            (None, None)
+        }
+        // On S3 every upload is a multipart upload, sent whole as its one
+        // part or a URL per part: completing or aborting it makes storage
+        // refuse its URLs.
+        _ => {
+            let upload_id = state
+                .store
+                .create_multipart(&key, d.kind.mime, d.sha256.is_some())
+                .await?;
+            lease
+                .track_object(&state.db, Some(&key), Some(&upload_id))
+                .await?;
+            if d.multipart {
+                let part = part_size(d.size);
+                answer.part_size = Some(part);
+                answer.parts =
+                    Some(part_urls(state, &key, &upload_id, d.size, part, expiry).await?);
+                (Some(upload_id), Some(part))
+            } else {
+                let whole = PartConditions {
+                    len: d.size,
+                    content_type: Some(d.kind.mime.to_owned()),
+                    sha256: d.sha256,
+                };
+                let signed = state
+                    .store
+                    .presign_upload_part(&key, &upload_id, 1, &whole, expiry)
+                    .await?;
+                answer.single(signed);
+                (Some(upload_id), None)
+            }
+        }
     };
     uploads::insert(
         &state.db,
@@ -200,12 +209,30 @@ async fn sign(
             category: d.kind.category,
             size: d.size,
             sha256: d.sha256,
-            multipart,
+            multipart_upload_id: upload_id.as_deref(),
+            part_size: parts_of,
             expires_at,
         },
     )
     .await?;
     Ok(answer)
+}
+
+impl Presigned {
+    /// The answer's one URL, with the headers its signature covers.
+    fn single(&mut self, signed: PresignedRequest) {
+        self.method = Some(signed.method.to_string());
+        self.url = Some(signed.url);
+        self.headers = Some(
+            signed
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.to_string(), serde_json::Value::from(v.to_str().ok()?)))
+                })
+                .collect(),
+        );
+    }
 }
 
 /// Signs one URL per part of a multipart upload of `size` bytes.

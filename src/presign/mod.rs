@@ -4,7 +4,10 @@
 //! at issue ([`quota::caps`]), the size is reserved from the quota
 //! ([`quota::reservations`]) and a concurrent-upload slot ([`quota::slots`])
 //! is held from issue to completion, abort or expiry; completion verifies
-//! the stored object ([`verify`]) before it becomes a file.
+//! the stored object ([`verify`]) before it becomes a file. The URLs write
+//! the file's own key and die with their upload: on S3 every upload is a
+//! multipart upload that completion completes (no copy) and abort aborts;
+//! the local folder's data route takes bytes only while it is pending.
 //!
 //! One file per job: the bodies and their schemas (`doc`), issuing
 //! (`issue`), completing (`complete`), ending (`abort`), the local
@@ -27,7 +30,6 @@ pub use doc::{
     CompleteRequest, CompletedPart, PartUrl, PresignBody, PresignRequest, Presigned, document,
 };
 pub use issue::{__path_issue, issue, part_size};
-pub use uploads::staged_in_flight;
 
 /// How long after its URLs expire an unfinished upload keeps its slot, so a
 /// PUT that started just before expiry can still complete.

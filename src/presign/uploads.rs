@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{error::ApiError, files, sniff::Category};
@@ -44,12 +44,14 @@ pub struct Upload {
     pub size: i64,
     /// The declared SHA-256, if any.
     pub sha256: Option<Vec<u8>>,
-    /// Storage's id of the multipart upload, for multipart uploads.
+    /// Storage's id of the multipart upload the client's URLs send parts
+    /// of (on S3, every upload; none on the local folder).
     pub multipart_upload_id: Option<String>,
+    /// The part size handed out with a URL per part (`"multipart"`); none
+    /// for an upload sent whole through one URL.
+    pub part_size: Option<i64>,
     /// Where it stands.
     pub state: State,
-    /// When its URLs expire.
-    pub expires_at: DateTime<Utc>,
     /// Whether its URLs have expired.
     pub expired: bool,
 }
@@ -68,20 +70,9 @@ impl State {
 }
 
 impl Upload {
-    /// Its object's key (the file's key).
+    /// Its object's key (the file's key), which the client's URLs write.
     pub fn key(&self) -> String {
         files::object_key(self.account_id, self.id)
-    }
-
-    /// Where the client writes: a single PUT's URL names a staging key, so
-    /// that whatever is written through it after completion never touches
-    /// the file; a multipart upload's part URLs name the file's key, as
-    /// they die with the multipart upload.
-    pub fn target_key(&self) -> String {
-        match self.multipart_upload_id {
-            Some(_) => self.key(),
-            None => staging_key(self.account_id, self.id),
-        }
     }
 
     /// The declared size in bytes.
@@ -113,19 +104,16 @@ pub struct NewUpload<'a> {
     pub size: u64,
     /// Declared SHA-256.
     pub sha256: Option<[u8; 32]>,
-    /// The multipart upload and its part size, for multipart uploads.
-    pub multipart: Option<(String, u64)>,
+    /// Storage's multipart upload, where there is one.
+    pub multipart_upload_id: Option<&'a str>,
+    /// The part size, for an upload sent a URL per part.
+    pub part_size: Option<u64>,
     /// When the URLs expire.
     pub expires_at: DateTime<Utc>,
 }
 
-/// The key a single PUT writes to before completion copies it.
-pub fn staging_key(account_id: Uuid, id: Uuid) -> String {
-    format!("s/{account_id}/{id}")
-}
-
 const COLUMNS: &str = "id, account_id, lease_id, filename, content_type, category, size, sha256, \
-     multipart_upload_id, state, expires_at, expires_at < now() AS expired";
+     multipart_upload_id, part_size, state, expires_at < now() AS expired";
 
 /// Records an issued upload.
 pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
@@ -142,8 +130,11 @@ pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
     .bind(u.category)
     .bind(i64::try_from(u.size).unwrap_or(i64::MAX))
     .bind(u.sha256.map(|h| h.to_vec()))
-    .bind(u.multipart.as_ref().map(|(id, _)| id.as_str()))
-    .bind(u.multipart.as_ref().map(|(_, part)| *part as i64))
+    .bind(u.multipart_upload_id)
+    .bind(
+        u.part_size
+            .map(|part| i64::try_from(part).unwrap_or(i64::MAX)),
+    )
     .bind(u.expires_at)
     .execute(db)
     .await?;
@@ -235,29 +226,19 @@ pub async fn release_writer(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Of `keys`, the staging objects of single-PUT uploads still in flight
-/// (pending with live URLs, or being completed): a client may be writing
-/// them right now.
-pub async fn staged_in_flight(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    let ids: Vec<Uuid> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix("s/")?.rsplit_once('/')?.1.parse().ok())
-        .collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT account_id, id FROM presigned_uploads
-         WHERE id = ANY($1) AND multipart_upload_id IS NULL
-           AND ((state = 'pending' AND expires_at > now()) OR state = 'completing')",
+/// Locks a pending upload's row, and its lease's, for the transaction
+/// `tx`, so that the local folder's data route puts its bytes in place
+/// only while the upload is still pending and its lease alive: abort,
+/// completion and the reaper wait for the commit, and see what was put.
+/// `false` when the upload has ended (or its lease has).
+pub async fn lock_pending(tx: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM presigned_uploads p JOIN upload_leases l ON l.id = p.lease_id
+         WHERE p.id = $1 AND p.state = 'pending'
+         FOR UPDATE OF p FOR SHARE OF l",
     )
-    .bind(&ids)
-    .fetch_all(db)
+    .bind(id)
+    .fetch_optional(tx)
     .await?;
-    let asked: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
-    Ok(rows
-        .into_iter()
-        .map(|(account_id, id)| staging_key(account_id, id))
-        .filter(|k| asked.contains(k.as_str()))
-        .collect())
+    Ok(found.is_some())
 }

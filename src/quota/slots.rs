@@ -78,28 +78,6 @@ impl Lease {
         Ok(())
     }
 
-    /// Records an object about to be written from another (a staged upload
-    /// copied into place): ending the lease removes both, recording the file
-    /// hands `object_key` over and leaves `source_key` to the lease.
-    pub async fn track_copy(
-        &self,
-        db: &PgPool,
-        object_key: &str,
-        source_key: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE upload_leases SET object_key = $2, multipart_upload_id = NULL,
-                                      finishing_keys = ARRAY[$3]
-             WHERE id = $1",
-        )
-        .bind(self.id)
-        .bind(object_key)
-        .bind(source_key)
-        .execute(db)
-        .await?;
-        Ok(())
-    }
-
     /// Records a side object the upload keeps while it runs (a resumable
     /// upload's unfinished tail), so that ending the lease removes it too.
     pub async fn track_tail(&self, db: &PgPool, tail_key: &str) -> Result<(), sqlx::Error> {
@@ -381,8 +359,8 @@ pub async fn end_expired(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sq
     Ok(ended)
 }
 
-/// Of `keys`, those a lease tracks (an object being written, finished or
-/// copied, a resumable upload's tail), live or expired: until the lease
+/// Of `keys`, those a lease tracks (an object being written or finished, a
+/// resumable upload's tail), live or expired: until the lease
 /// ends, its upload or the reaper removes them.
 pub async fn tracked_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(

@@ -176,9 +176,6 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Copies an object (at most 5 GB, S3's single-copy limit) to another
-    /// key, replacing what is there; the copy is visible whole or not at all.
-    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
     /// Starts writing an object in parts of `part_size` bytes.
     async fn writer(
         &self,
@@ -264,13 +261,6 @@ pub trait ObjectStore: Send + Sync + 'static {
         &self,
         key: &str,
         filename: &str,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StorageError>;
-    /// A URL that uploads exactly the described body to `key`.
-    async fn presign_put(
-        &self,
-        key: &str,
-        conditions: &PutConditions,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError>;
     /// Every complete object (unfinished multipart uploads and partial

@@ -581,6 +581,12 @@ async fn an_abort_and_put_loop_parks_no_bytes_in_storage() {
     for backend in [Backend::S3, Backend::Fs] {
         let app = spawn().backend(backend).start().await;
         let (account, key) = app.account_with_key("starter").await;
+        // As with a session, which has no per-minute limit.
+        app.patch_account(
+            account.id,
+            json!({"custom_limits": {"requests_per_minute": 1000}}),
+        )
+        .await;
         let kept = app
             .upload(&key, "kept.png", "image/png", &fixtures::png(1_000))
             .await;
@@ -617,12 +623,17 @@ async fn an_abort_and_put_loop_parks_no_bytes_in_storage() {
     }
 }
 
-/// A request that completed the upload in storage and died before it
-/// recorded the file (its claim lapses): the next complete finds the
-/// object in place and records it, so the upload is not lost.
+/// A request that completed the upload in storage and then died before it
+/// recorded the file (its claim lapses), or lost storage's answer (it gave
+/// its claim back): the next complete finds the object in place and
+/// records it, so the upload is not lost.
 #[tokio::test]
 async fn a_completion_cut_off_after_storage_completed_is_finished_by_the_next() {
-    for multipart in [false, true] {
+    for (multipart, left) in [
+        (false, "completing"),
+        (true, "completing"),
+        (false, "pending"),
+    ] {
         let app = spawn_app().await;
         let (account, key) = app.account_with_key("starter").await;
         let data = fixtures::mp4(9 * MIB);
@@ -670,18 +681,24 @@ async fn a_completion_cut_off_after_storage_completed_is_finished_by_the_next() 
                 .unwrap();
             json!({})
         };
-        // The request that did that died holding the claim, which lapsed.
+        // The request that did that died holding the claim, which lapsed,
+        // or gave it back.
         sqlx::query(
-            "UPDATE presigned_uploads SET state = 'completing',
+            "UPDATE presigned_uploads SET state = $2,
                     claimed_until = now() - interval '1 second' WHERE id = $1::uuid",
         )
         .bind(id)
+        .bind(left)
         .execute(&app.state.db)
         .await
         .unwrap();
 
         let resp = complete(&app, &key, id, parts).await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "multipart {multipart}");
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "multipart {multipart}, left {left}"
+        );
         assert_eq!(app.download(&key, id).await, data);
         assert_eq!(
             app.settled(account.id).await,

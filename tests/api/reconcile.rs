@@ -200,10 +200,13 @@ async fn reconcile_is_clean_after_uploads_of_every_kind_on_both_backends() {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
 
         let objects = app.every_object().await;
+        // In flight: the open resumable upload's tail and, on the local
+        // folder, the presigned upload's object not completed yet (on S3
+        // its bytes are a part of a multipart upload, not an object).
+        let in_flight = if backend == Backend::Fs { 2 } else { 1 };
         assert!(
-            objects.iter().any(|k| k.starts_with("s/"))
-                && objects.iter().any(|k| k.starts_with("t/")),
-            "a staged presigned object and a resumable tail are in flight: {objects:?}"
+            objects.iter().any(|k| k.starts_with("t/")) && objects.len() == files + in_flight,
+            "{backend:?}: {files} files and {in_flight} in flight: {objects:?}"
         );
         for page in [1, 2, 1000] {
             let report = run(&app, paged(page)).await;

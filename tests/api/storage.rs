@@ -464,7 +464,6 @@ async fn fs_presigned_urls_carry_a_verifiable_expiring_token() {
     };
     let req = store
         .presign_put("u/f/x", &conditions, Duration::from_secs(60))
-        .await
         .unwrap();
     let url = url::Url::parse(&req.url).unwrap();
     assert_eq!(url.path(), "/upload/presigned/x/data");

@@ -124,6 +124,31 @@ impl FsStore {
         )
     }
 
+    /// A URL of intake's own data route that uploads exactly the described
+    /// body to `key`, signed with an HMAC of the key, expiry and conditions.
+    pub fn presign_put(
+        &self,
+        key: &str,
+        conditions: &PutConditions,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        self.path(key)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(&conditions.content_type).map_err(StorageError::backend)?,
+        );
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(conditions.content_length),
+        );
+        Ok(PresignedRequest {
+            method: http::Method::PUT,
+            url: self.url("PUT", key, expires_in, &Self::put_binding(conditions)),
+            headers,
+        })
+    }
+
     /// The assembly file of a resumable upload, from its id (a UUID).
     fn assembly(&self, upload_id: &str) -> Result<PathBuf, StorageError> {
         check_upload_id(upload_id)?;
@@ -244,22 +269,6 @@ impl ObjectStore for FsStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        let (src, dest) = (self.path(from)?, self.path(to)?);
-        let (tmp, file) = self.temp_file().await?;
-        drop(file);
-        let result = async {
-            tokio::fs::copy(&src, &tmp).await?;
-            tokio::fs::File::open(&tmp).await?.sync_all().await?;
-            place(&tmp, &dest).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
     }
 
     async fn writer(
@@ -401,29 +410,6 @@ impl ObjectStore for FsStore {
     ) -> Result<PresignedRequest, StorageError> {
         // Downloads from the local folder are streamed by intake itself.
         Err(StorageError::Unsupported("presigned downloads"))
-    }
-
-    async fn presign_put(
-        &self,
-        key: &str,
-        conditions: &PutConditions,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StorageError> {
-        self.path(key)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_str(&conditions.content_type).map_err(StorageError::backend)?,
-        );
-        headers.insert(
-            http::header::CONTENT_LENGTH,
-            HeaderValue::from(conditions.content_length),
-        );
-        Ok(PresignedRequest {
-            method: http::Method::PUT,
-            url: self.url("PUT", key, expires_in, &Self::put_binding(conditions)),
-            headers,
-        })
     }
 
     fn list(&self, page_size: usize) -> super::Listing<'_> {

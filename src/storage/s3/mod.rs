@@ -33,8 +33,7 @@ use http_body_util::StreamBody;
 use tokio_util::io::ReaderStream;
 
 use super::{
-    ObjectBody, ObjectStore, ObjectWriter, PartConditions, PresignedRequest, PutConditions,
-    StorageError,
+    ObjectBody, ObjectStore, ObjectWriter, PartConditions, PresignedRequest, StorageError,
 };
 use crate::config::S3Config;
 use part_writer::S3Writer;
@@ -303,28 +302,6 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        // The copy source is "bucket/key", URL-encoded but for its slashes.
-        let source: String = format!("{}/{}", self.bucket, self.full_key(from))
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                    (b as char).to_string()
-                }
-                other => format!("%{other:02X}"),
-            })
-            .collect();
-        self.client
-            .copy_object()
-            .bucket(&self.bucket)
-            .copy_source(source)
-            .key(self.full_key(to))
-            .send()
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
-
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let result = self
             .client
@@ -437,15 +414,6 @@ impl ObjectStore for S3Store {
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
         self.sign_get(key, filename, expires_in).await
-    }
-
-    async fn presign_put(
-        &self,
-        key: &str,
-        conditions: &PutConditions,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StorageError> {
-        self.sign_put(key, conditions, expires_in).await
     }
 
     fn list(&self, page_size: usize) -> super::Listing<'_> {

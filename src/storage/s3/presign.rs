@@ -8,9 +8,7 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{S3Store, map_err};
-use crate::storage::{
-    PartConditions, PresignedRequest, PutConditions, StorageError, attachment_disposition,
-};
+use crate::storage::{PartConditions, PresignedRequest, StorageError, attachment_disposition};
 
 impl S3Store {
     /// A URL for one part of a presigned multipart upload: its length is
@@ -82,39 +80,6 @@ impl S3Store {
             .await
             .map_err(map_err)?;
         presigned(req)
-    }
-
-    /// A URL for the PUT of a whole object, signing its length, type and,
-    /// when given, its SHA-256.
-    pub(super) async fn sign_put(
-        &self,
-        key: &str,
-        conditions: &PutConditions,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StorageError> {
-        let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
-        let mut req = self
-            .presign_client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .content_length(conditions.content_length as i64)
-            .content_type(&conditions.content_type);
-        if let Some(sha) = conditions.sha256 {
-            req = req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha));
-        }
-        let req = req.presigned(config).await.map_err(map_err)?;
-        let mut out = presigned(req)?;
-        // The signature covers these; the client must send them as given.
-        out.headers.insert(
-            http::header::CONTENT_TYPE,
-            header_value(&conditions.content_type)?,
-        );
-        out.headers.insert(
-            http::header::CONTENT_LENGTH,
-            HeaderValue::from(conditions.content_length),
-        );
-        Ok(out)
     }
 }
 
