@@ -43,13 +43,11 @@ pub struct KeyOutcome {
     pub decision: Option<Decision>,
 }
 
-/// What an account's limits are computed from (its tier and overrides), as
-/// text the statement compares and never reads: equal inputs, equal limits.
-const LIMIT_INPUTS: &str = "accounts.tier || ' ' || accounts.custom_limits::text";
-
-/// What this instance computed of a key's account's limit, and from what.
+/// What this instance computed of a key's account's limit, and from which
+/// version of the account's tier and overrides (`accounts.limits_version`,
+/// which a trigger moves on every change of either).
 struct Known {
-    inputs: String,
+    version: i64,
     rpm: u32,
 }
 
@@ -59,19 +57,20 @@ const KNOWN_MAX: usize = 100_000;
 
 /// The statements of [`authenticate_batch`]: the lookup alone, and the
 /// lookup with the GCRA step on the accounts of the counted requests whose
-/// limit the batch brings (`rpm`, with the inputs it was computed from; the
-/// lookup passes it on only while the account's inputs are still those).
+/// limit the batch brings (`rpm`, with the version of the account's limit
+/// inputs it was computed from; the lookup passes it on only while the
+/// account is still at that version).
 static STATEMENTS: LazyLock<Counting> = LazyLock::new(|| {
     let lookup = format!(
         "given AS (
-           SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::text[]) WITH ORDINALITY
-             AS x(key_id, digest, known_rpm, known_inputs, i)
+           SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[]) WITH ORDINALITY
+             AS x(key_id, digest, known_rpm, known_version, i)
          ), auth AS (
            SELECT given.i,
                   (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') AS stale,
                   {ACCOUNT_COLUMNS},
-                  {LIMIT_INPUTS} AS limit_inputs,
-                  CASE WHEN {LIMIT_INPUTS} = given.known_inputs THEN given.known_rpm END AS rpm,
+                  accounts.limits_version,
+                  CASE WHEN accounts.limits_version = given.known_version THEN given.known_rpm END AS rpm,
                   {subject} AS subject
            FROM given
            JOIN api_keys k ON k.id = given.key_id AND k.revoked_at IS NULL
@@ -111,19 +110,19 @@ async fn authenticate_batch(
         stale: bool,
         #[sqlx(flatten)]
         account: Account,
-        limit_inputs: String,
+        limits_version: i64,
         rpm: Option<i64>,
         #[sqlx(flatten)]
         step: Step,
     }
     let ids: Vec<&str> = checks.iter().map(|c| c.id.as_str()).collect();
     let digests: Vec<&[u8]> = checks.iter().map(|c| c.digest.as_slice()).collect();
-    let (rpms, inputs): (Vec<Option<i64>>, Vec<Option<String>>) = {
+    let (rpms, versions): (Vec<Option<i64>>, Vec<Option<i64>>) = {
         let known = known.lock().unwrap_or_else(|e| e.into_inner());
         checks
             .iter()
             .map(|c| match known.get(&c.id).filter(|_| c.count) {
-                Some(k) => (Some(i64::from(k.rpm)), Some(k.inputs.clone())),
+                Some(k) => (Some(i64::from(k.rpm)), Some(k.version)),
                 None => (None, None),
             })
             .unzip()
@@ -137,7 +136,7 @@ async fn authenticate_batch(
         .bind(&ids)
         .bind(&digests)
         .bind(&rpms)
-        .bind(&inputs)
+        .bind(&versions)
         .fetch_all(&mut *db)
         .await?;
 
@@ -158,9 +157,11 @@ async fn authenticate_batch(
             // found still current: nothing to learn.
             let limit = u32::try_from(rpm).unwrap_or(u32::MAX);
             counted.push((Policy::account(row.account.id, limit), i, row.step));
-        } else {
+        } else if checks[i].count {
+            // Learned only for a request that counts: an uncounted one (the
+            // limiter off, or a route outside it) has no use for the limit.
             let rpm = row.account.limits().requests_per_minute;
-            learned.push((i, row.limit_inputs, rpm));
+            learned.push((i, row.limits_version, rpm));
         }
         outcomes[i].account = Some(row.account);
         outcomes[i].stale = row.stale;
@@ -179,8 +180,8 @@ async fn authenticate_batch(
     if known.len() + learned.len() > KNOWN_MAX {
         known.clear();
     }
-    for (i, inputs, rpm) in learned {
-        known.insert(checks[i].id.clone(), Known { inputs, rpm });
+    for (i, version, rpm) in learned {
+        known.insert(checks[i].id.clone(), Known { version, rpm });
     }
     Ok(outcomes)
 }

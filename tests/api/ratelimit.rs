@@ -616,7 +616,7 @@ async fn subjects_are_found_by_their_key_whatever_the_statistics_say() {
         (
             "counted",
             counted,
-            "'{k}'::text[], '{\"\\\\x00\"}'::bytea[], '{60}'::int8[], '{x}'::text[]",
+            "'{k}'::text[], '{\"\\\\x00\"}'::bytea[], '{60}'::int8[], '{0}'::int8[]",
         ),
     ] {
         sqlx::raw_sql(&format!("PREPARE {name} AS {sql}"))
