@@ -24,23 +24,16 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database and the object store are reachable.
+/// Readiness: the database and the object store are reachable (checked
+/// at most once a second; see `readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, description = "a dependency is down")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    if let Err(e) = sqlx::query("SELECT 1").execute(&state.db).await {
-        tracing::warn!(error = %e, "readiness: database unreachable");
-        return Err(ApiError::ServiceUnavailable(
-            "the database is unreachable".into(),
-        ));
-    }
-    if let Err(e) = state.store.check().await {
-        tracing::warn!(error = %e, backend = state.store.kind(), "readiness: storage unreachable");
-        return Err(ApiError::ServiceUnavailable(format!(
-            "the object store ({}) is unreachable",
-            state.store.kind()
-        )));
-    }
+    state
+        .readiness
+        .check(&state.db, state.store.as_ref())
+        .await
+        .map_err(|e| ApiError::ServiceUnavailable(e.to_string()))?;
     Ok(Json(Health { status: "ready" }))
 }
 

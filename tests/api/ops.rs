@@ -1,11 +1,14 @@
 //! Operations routes, request ids, and problem+json on every kind of error.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_problem, metrics::Metrics, spawn, spawn_app};
+use crate::helpers::{Backend, assert_problem, eventually, metrics::Metrics, spawn, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -35,6 +38,55 @@ async fn readiness_fails_when_storage_is_unreachable() {
     let resp = app.get("/readyz").send().await.unwrap();
     let body = assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
     assert!(body["detail"].as_str().unwrap().contains("s3"));
+}
+
+#[tokio::test]
+async fn readiness_is_checked_at_most_once_a_second() {
+    let app = spawn().backend(Backend::Fs).start().await;
+    let root = app.fs_root.as_ref().unwrap().path();
+    let (probes, away) = (root.join(".tmp"), root.join(".tmp-away"));
+    let asked = Instant::now();
+    let resp = app.get("/readyz").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Storage breaks: its probe file can no longer be made.
+    std::fs::rename(&probes, &away).unwrap();
+    // Every probe answered within a second of the first one's request
+    // was answered by its check, which saw storage working.
+    let mut answered_by_that_check = 0;
+    loop {
+        let status = app.get("/readyz").send().await.unwrap().status();
+        if asked.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a probe within the second checked again"
+        );
+        answered_by_that_check += 1;
+    }
+    assert!(
+        answered_by_that_check >= 3,
+        "{answered_by_that_check} probes"
+    );
+    // Past the second, a probe checks again and sees the failure.
+    eventually("readiness sees the storage failure", || async {
+        app.get("/readyz").send().await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let body = assert_problem(
+        app.get("/readyz").send().await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("fs"), "{body}");
+    // And the recovery, a second later at most.
+    std::fs::rename(&away, &probes).unwrap();
+    eventually("readiness sees storage back", || async {
+        app.get("/readyz").send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test]
