@@ -90,6 +90,43 @@ async fn readiness_is_checked_at_most_once_a_second() {
 }
 
 #[tokio::test]
+async fn metrics_ask_for_the_metrics_token_when_one_is_set() {
+    const TOKEN: &str = "metrics-token-0123456789abcdefghijkl";
+    let app = spawn().var("METRICS_TOKEN", TOKEN).start().await;
+    let resp = app.get("/metrics").send().await.unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = app
+        .get("/metrics")
+        .bearer_auth("metrics-token-0123456789abcdefghijkX")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // Other credentials are not the metrics token.
+    let resp = app
+        .get("/metrics")
+        .bearer_auth(crate::helpers::app::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = app.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("intake_http_requests_total{")
+    );
+    // Unset, /metrics stays open (the other tests scrape it so).
+    let open = spawn_app().await;
+    assert_eq!(
+        open.get("/metrics").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn request_ids_are_generated_or_echoed() {
     let app = spawn_app().await;
     let resp = app.get("/healthz").send().await.unwrap();
