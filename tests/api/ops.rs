@@ -8,7 +8,9 @@ use std::{
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_problem, eventually, metrics::Metrics, spawn, spawn_app};
+use crate::helpers::{
+    Backend, assert_problem, eventually, metrics::Metrics, processes::Instance, spawn, spawn_app,
+};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -124,6 +126,19 @@ async fn metrics_ask_for_the_metrics_token_when_one_is_set() {
         open.get("/metrics").send().await.unwrap().status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn log_lines_carry_no_colour_codes_off_a_terminal() {
+    let app = spawn_app().await;
+    let logs = tempfile::tempdir().unwrap();
+    // Its standard output and error go to a file, as under docker or
+    // systemd.
+    let mut instance = Instance::start(app.vars(), logs.path()).await;
+    let log = instance.log_tail();
+    assert!(log.contains("intake listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the log: {log:?}");
+    instance.kill9().await;
 }
 
 #[tokio::test]
