@@ -235,11 +235,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         parts: i32,
         size: u64,
     ) -> Result<(), StorageError>;
-    /// A URL that downloads the object as an attachment named `filename`.
+    /// A URL that downloads the object as an attachment named `filename`,
+    /// answered as `content_type` whatever type storage holds for it.
     async fn presign_get(
         &self,
         key: &str,
         filename: &str,
+        content_type: &str,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError>;
     /// A URL that uploads exactly the described body to `key`.
