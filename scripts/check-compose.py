@@ -2,8 +2,9 @@
 """Checks docker-compose.yml without a Docker engine: it parses, it writes
 no secret into the file (every secret is a ${VAR} from the environment),
 it publishes only intake and the object store's S3 API (presigned URLs
-point there), and intake uses a key of its own, never MinIO's root
-credentials. MinIO is the default; Garage comes with the "garage" profile,
+point there), intake uses a key of its own, never MinIO's root
+credentials, and its session cookie is Secure unless the environment says
+otherwise. MinIO is the default; Garage comes with the "garage" profile,
 its configuration holding no secret and its key in Garage's own format."""
 import re
 import subprocess
@@ -60,6 +61,9 @@ def main(path):
         intake = (services.get(name) or {}).get("environment") or {}
         if "MINIO_ROOT" in str(intake.get("S3_ACCESS_KEY_ID")) + str(intake.get("S3_SECRET_ACCESS_KEY")):
             problems.append(f"{name}: uses MinIO's root credentials")
+        cookie = str(intake.get("COOKIE_SECURE"))
+        if cookie != "${COOKIE_SECURE:-true}":
+            problems.append(f"{name}: COOKIE_SECURE is {cookie!r}, not ${{COOKIE_SECURE:-true}}")
     problems += check_garage(doc)
     init = str((services.get("minio-init") or {}).get("entrypoint"))
     for step in ("mc admin user add", "mc admin policy create", "mc admin policy attach"):

@@ -13,12 +13,17 @@
 //! server spends elsewhere, such as waiting for storage, is not the
 //! client's idleness), one for the deadline, and the shutdown token, which
 //! is checked on every read.
+//!
+//! It also knows whether the body was read to its end. A route that
+//! answers before then lets go of the rest ([`Watch::take_rest`]), which
+//! the HTTP layer reads away ([`drain`]) or closes the connection on: hyper
+//! alone would close it after an answer that promised to keep it open.
 
 use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     task::{Context, Poll},
@@ -29,7 +34,8 @@ use axum::{
     body::{Body, Bytes},
     extract::{FromRequest, Request},
 };
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -97,12 +103,17 @@ pub struct Bounds {
 }
 
 /// What the guard and the route share: whether the route reads an upload
-/// (no whole-body deadline), and what ended the body, if the guard did.
+/// (no whole-body deadline), what ended the body, if the guard did, and
+/// whether the body was read to its end, or else what is left of it.
 #[derive(Debug, Default)]
 pub struct Watch {
     upload: AtomicBool,
     /// 0 while the guard has not ended the body, else one of `ENDED_*`.
     ended: AtomicU8,
+    /// The body had nothing more to give when it was let go of.
+    whole: AtomicBool,
+    /// The unread rest of a body let go of before its end.
+    rest: Mutex<Option<Body>>,
 }
 
 const ENDED_IDLE: u8 = 1;
@@ -129,6 +140,73 @@ impl Watch {
         self.ended.store(code, Ordering::Relaxed);
         why
     }
+
+    /// Whether the body was read to its end (a request without a body
+    /// counts as read).
+    pub fn whole(&self) -> bool {
+        self.whole.load(Ordering::Relaxed)
+    }
+
+    /// The unread rest of a body its reader let go of before the end;
+    /// `None` once taken, or while a reader still holds the body.
+    pub fn take_rest(&self) -> Option<Body> {
+        self.rest.lock().ok().and_then(|mut rest| rest.take())
+    }
+}
+
+/// The most of a body's rest that is read and thrown away after an early
+/// answer: a rest known (by `Content-Length`) to be no larger is read
+/// away and the connection stays open for the next request.
+pub const DRAIN_BYTES: u64 = 64 * 1024;
+
+/// The longest time spent reading a rest away.
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// How long the answer waits for the end of a rest of unknown length
+/// (a chunked body) before it says the connection closes.
+pub const END_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads `rest` for up to `wait` and [`DRAIN_BYTES`]; whether it ended.
+/// A chunked body that its reader left at its last part usually has
+/// nothing left but its end, already on its way.
+pub async fn ends_within(rest: &mut Body, wait: Duration) -> bool {
+    let read_to_end = async {
+        let mut read = 0u64;
+        loop {
+            match rest.frame().await {
+                None => return true,
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(wait, read_to_end)
+        .await
+        .unwrap_or(false)
+}
+
+/// Reads and throws away up to [`DRAIN_BYTES`] of the rest of a body
+/// within [`DRAIN_TIME`], then lets go of it. Once the rest has been read
+/// to its end, hyper reads the connection's next request; otherwise
+/// letting go makes hyper close the connection (after reading the bytes
+/// the client sent meanwhile, so the close does not reset the connection
+/// under the answer).
+pub async fn drain(mut rest: Body) {
+    let read_away = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = rest.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read_away).await;
 }
 
 /// A request body held to its [`Bounds`]. Its timers are made the first
@@ -155,6 +233,9 @@ struct Timers {
 impl Guarded {
     /// Puts the guard on `inner`; the deadline counts from now.
     pub fn new(inner: Body, bounds: Bounds, watch: Arc<Watch>) -> Self {
+        if inner.is_end_stream() {
+            watch.whole.store(true, Ordering::Relaxed);
+        }
         Self {
             inner,
             deadline_at: Instant::now() + bounds.deadline,
@@ -184,6 +265,9 @@ impl http_body::Body for Guarded {
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
+            if frame.is_none() || this.inner.is_end_stream() {
+                this.watch.whole.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(frame);
         }
         let idle_at = Instant::now() + this.bounds.idle;
@@ -217,6 +301,21 @@ impl http_body::Body for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    /// Hands what is left of an unfinished body to the HTTP layer, which
+    /// decides whether to read it away; dropping it here would make hyper
+    /// close the connection after an answer that did not say so.
+    fn drop(&mut self) {
+        if self.watch.whole() || self.inner.is_end_stream() {
+            self.watch.whole.store(true, Ordering::Relaxed);
+            return;
+        }
+        if let Ok(mut rest) = self.watch.rest.lock() {
+            *rest = Some(std::mem::take(&mut self.inner));
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod http;
 pub mod presign;
 pub mod quota;
 pub mod ratelimit;
+pub mod readiness;
 pub mod reaper;
 pub mod sniff;
 pub mod state;

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use intake::{App, AppState, Config, config::LogFormat, tiers::Tier};
-use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Parser)]
 #[command(name = "intake", version, about = "Self-hostable upload API server")]
@@ -95,21 +94,11 @@ fn parse_tier(s: &str) -> Result<Tier, String> {
         .map_err(|_| format!("unknown tier {s:?} (free, starter, professional, enterprise)"))
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Migrate) = cli.command {
-        init_tracing(LogFormat::Text);
+        intake::telemetry::init_logs(LogFormat::Text);
         let url = std::env::var("DATABASE_URL")
             .context("environment variable DATABASE_URL is required but not set")?;
         let pool = intake::db::connect(&url, 2, std::time::Duration::from_secs(10)).await?;
@@ -118,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::from_env()?;
-    init_tracing(config.log_format);
+    intake::telemetry::init_logs(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve | Command::Migrate => App::build(config).await?.run().await,
         Command::Admin(cmd) => {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ai::client::AiClient, auth::KeyLane, auth::password::Hasher, auth::session::JwtKeys,
-    config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
+    config::Config, db, ratelimit::Limiter, readiness::Readiness, storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -26,6 +26,8 @@ pub struct Inner {
     pub passwords: Hasher,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The last readiness verdict (`/readyz`).
+    pub readiness: Readiness,
     /// Per-minute rate limits (decided in the database, in batches).
     pub limiter: Limiter,
     /// API keys, looked up (and counted) in batches.
@@ -68,6 +70,7 @@ impl AppState {
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             passwords: Hasher::new(config.password_hash_concurrency, config.password_hash_queue),
             metrics: crate::telemetry::handle(),
+            readiness: Readiness::default(),
             shutdown: CancellationToken::new(),
             limiter: Limiter::spawn(db.clone()),
             keys: KeyLane::spawn(db.clone()),

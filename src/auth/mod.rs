@@ -143,7 +143,8 @@ impl AuthFailure {
     }
 }
 
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+/// The bearer token of `Authorization`, if any.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

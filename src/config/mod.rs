@@ -77,6 +77,8 @@ pub struct Config {
     pub jwt_secret: Secret,
     /// Bearer token of the admin API; `None` disables it.
     pub admin_token: Option<Secret>,
+    /// Bearer token `/metrics` asks for; `None` leaves it open.
+    pub metrics_token: Option<Secret>,
     /// Whether the session cookie carries `Secure`.
     pub cookie_secure: bool,
     /// Lifetime of a login session.
@@ -178,6 +180,7 @@ impl Config {
 
             jwt_secret: env.strong_secret("JWT_SECRET")?,
             admin_token: env.opt_strong_secret("ADMIN_TOKEN")?,
+            metrics_token: env.opt_strong_secret("METRICS_TOKEN")?,
             cookie_secure: env.parse_or("COOKIE_SECURE", true)?,
             session_ttl: env.secs("SESSION_TTL_SECS", 7 * 24 * 3600)?,
             password_hash_concurrency,
@@ -395,6 +398,24 @@ mod tests {
         // Unset or empty: the admin API is off, which needs no token.
         let c = config(&[BASE[0], BASE[1], ("ADMIN_TOKEN", "")]).unwrap();
         assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn a_metrics_token_is_held_to_the_secret_rule_when_set() {
+        let err = config(&[BASE[0], BASE[1], ("METRICS_TOKEN", "short")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable METRICS_TOKEN is invalid: must be at least 32 characters"
+        );
+        let c = config(&[
+            BASE[0],
+            BASE[1],
+            ("METRICS_TOKEN", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(c.metrics_token.is_some());
+        // Unset: /metrics is open.
+        assert!(config(&BASE).unwrap().metrics_token.is_none());
     }
 
     #[test]

@@ -407,8 +407,22 @@ pub async fn get(
 /// How long a download redirect stays valid.
 const DOWNLOAD_URL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// What every answer with a file's bytes carries beside its type and
+/// disposition: no type sniffing, no script of the file's running (the
+/// `sandbox` of CSP, even when the file is opened directly), and no other
+/// site embedding it.
+const SERVED_FILE_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CONTENT_SECURITY_POLICY, "sandbox"),
+    (
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    ),
+];
+
 /// The file's bytes: a 302 to a short-lived presigned URL on S3, the bytes
-/// themselves with the local backend; always as an attachment.
+/// themselves with the local backend; always as an attachment, as the
+/// file's own type (`sniff::served_type`).
 #[utoipa::path(get, path = "/files/{id}/content", tag = "files", params(("id" = Uuid, Path)),
     responses((status = 302, description = "redirect to a short-lived URL (S3)"),
               (status = 200, description = "the bytes (local backend), with the file's own content type", content_type = "*/*"),
@@ -421,10 +435,11 @@ pub async fn content(
     let (view, key) = find(&state.db, auth.account.id, id).await?;
     let disposition = HeaderValue::from_str(&attachment_disposition(&view.filename))
         .map_err(|e| ApiError::Internal(e.into()))?;
+    let content_type = crate::sniff::served_type(&view.content_type);
     if state.store.kind() == "s3" {
         let signed = state
             .store
-            .presign_get(&key, &view.filename, DOWNLOAD_URL_TTL)
+            .presign_get(&key, &view.filename, content_type, DOWNLOAD_URL_TTL)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         let location =
@@ -443,21 +458,21 @@ pub async fn content(
         .get(&key, None)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let content_type = HeaderValue::from_str(&view.content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok((
+    let mut response = (
         [
-            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_LENGTH, HeaderValue::from(body.len)),
             (header::CONTENT_DISPOSITION, disposition),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
         ],
         Body::from_stream(body.stream),
     )
-        .into_response())
+        .into_response();
+    for (name, value) in SERVED_FILE_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    Ok(response)
 }
 
 /// Deletes a file; its bytes leave the usage at once.

@@ -110,8 +110,9 @@ fn tus_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Builds the application: routes, fallbacks and the middleware stack
-/// (outermost first: request id, tracing, metrics, authentication and rate
-/// limit, the body guard (idle time, whole-body deadline, shutdown), body limit).
+/// (outermost first: request id, tracing, metrics, the body guard (idle
+/// time, whole-body deadline, shutdown, the connection after an early
+/// answer), authentication and rate limit, the guard's verdict, body limit).
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes(&state.config).split_for_parts();
     problems::document(&mut doc);
@@ -135,6 +136,8 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
                 .layer(axum::middleware::from_fn(metrics::track))
+                // Outside every layer that may answer before the body is read.
+                .layer(axum::middleware::from_fn_with_state(state.clone(), bodies::guard_bodies))
                 // A bug answers 500 problem+json (and is logged), not a dropped connection.
                 .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
                     let what = panic
@@ -145,7 +148,7 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal(anyhow::anyhow!("handler panicked: {what}")).into_response()
                 }))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate_and_limit))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), bodies::guard_bodies))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), bodies::body_verdict))
                 .layer(DefaultBodyLimit::max(crate::extract::JSON_BODY_LIMIT)),
         )
         .with_state(state)

@@ -3,13 +3,14 @@
 
 use axum::{
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use subtle::ConstantTimeEq as _;
 use utoipa::ToSchema;
 
-use crate::{error::ApiError, extract::Json, state::AppState};
+use crate::{auth, error::ApiError, extract::Json, state::AppState};
 
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -24,30 +25,33 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database and the object store are reachable.
+/// Readiness: the database and the object store are reachable (checked
+/// at most once a second; see `readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, description = "a dependency is down")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    if let Err(e) = sqlx::query("SELECT 1").execute(&state.db).await {
-        tracing::warn!(error = %e, "readiness: database unreachable");
-        return Err(ApiError::ServiceUnavailable(
-            "the database is unreachable".into(),
-        ));
-    }
-    if let Err(e) = state.store.check().await {
-        tracing::warn!(error = %e, backend = state.store.kind(), "readiness: storage unreachable");
-        return Err(ApiError::ServiceUnavailable(format!(
-            "the object store ({}) is unreachable",
-            state.store.kind()
-        )));
-    }
+    state
+        .readiness
+        .check(&state.db, state.store.as_ref())
+        .await
+        .map_err(|e| ApiError::ServiceUnavailable(e.to_string()))?;
     Ok(Json(Health { status: "ready" }))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition; with `METRICS_TOKEN` set, only for
+/// `Authorization: Bearer <METRICS_TOKEN>`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let given = auth::bearer(&headers).unwrap_or_default();
+        if !bool::from(token.expose().as_bytes().ct_eq(given.as_bytes())) {
+            return ApiError::Unauthorized(
+                "/metrics needs Authorization: Bearer with the metrics token".into(),
+            )
+            .into_response();
+        }
+    }
     state.metrics.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -51,7 +51,8 @@ const COMMON: &[(&str, &str)] = &[
 ];
 
 /// Operations on these paths read no storage, count against no limit and
-/// answer no error beyond 405/500 (readiness documents its own 503).
+/// answer no error beyond 405/500 (readiness documents its own 503, and
+/// `/metrics` a 401 when `METRICS_TOKEN` is set).
 const PLAIN: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Paths that take no credentials, so they opt out of the document-wide
@@ -97,7 +98,10 @@ fn add_common(path: &str, op: &mut Operation) {
         op.security = Some(Vec::new());
     }
     for (status, why) in COMMON {
-        if PLAIN.contains(&path) && !matches!(*status, "405" | "500") {
+        let plain_answers = |status: &str| {
+            matches!(status, "405" | "500") || (path == "/metrics" && status == "401")
+        };
+        if PLAIN.contains(&path) && !plain_answers(status) {
             continue;
         }
         // Only a request with a body can stall in it.

@@ -202,6 +202,14 @@ pub fn canonical(mime: &str) -> Option<&'static str> {
     accepted_types().find(|m| *m == mime)
 }
 
+/// The type a stored file is served as: its own when it is one intake
+/// accepts (none of them is a page, a script or a stylesheet a browser
+/// would run), else `application/octet-stream`, so that a type no upload
+/// path decided (HTML, SVG, …) is never handed to a browser as itself.
+pub fn served_type(stored: &str) -> &'static str {
+    canonical(stored).unwrap_or("application/octet-stream")
+}
+
 /// The category an upload will have, as far as its declared type and
 /// filename tell before any byte is seen (a resumable upload at creation):
 /// `None` when they say nothing; an error when they name a type intake does
@@ -222,6 +230,22 @@ mod tests {
     /// An ELF header (infer needs 52 bytes or more).
     const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0\
         \0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+    #[test]
+    fn only_accepted_types_are_served_as_themselves() {
+        for accepted in accepted_types() {
+            assert_eq!(served_type(accepted), accepted);
+        }
+        for active in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/javascript",
+            "",
+        ] {
+            assert_eq!(served_type(active), "application/octet-stream", "{active}");
+        }
+    }
 
     #[test]
     fn magic_numbers_decide_the_category() {

@@ -256,11 +256,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         parts: i32,
         size: u64,
     ) -> Result<(), StorageError>;
-    /// A URL that downloads the object as an attachment named `filename`.
+    /// A URL that downloads the object as an attachment named `filename`,
+    /// answered as `content_type` whatever type storage holds for it.
     async fn presign_get(
         &self,
         key: &str,
         filename: &str,
+        content_type: &str,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError>;
     /// Every complete object (unfinished multipart uploads and partial

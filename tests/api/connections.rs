@@ -1,5 +1,6 @@
 //! The server's own bounds on connections: header read timeout, body idle
-//! timeout, connections at once.
+//! timeout, connections at once, and what an answer given before the body
+//! was read does to the connection.
 
 use std::time::Duration;
 
@@ -12,7 +13,13 @@ use tokio::{
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{Form, Holdings, MIB, assert_problem, fixtures, spawn};
+use crate::helpers::{
+    Backend, Form, Holdings, MIB, assert_problem,
+    clients::{presign, tus},
+    fixtures,
+    raw::{After, BodyAt, keep_alive_exchange},
+    spawn,
+};
 
 /// Opens a connection and sends the first half of a request's headers.
 async fn half_a_header(addr: &str) -> TcpStream {
@@ -256,4 +263,191 @@ async fn an_upload_body_may_take_longer_than_the_body_deadline() {
         app.settled(account.id).await,
         Holdings::stored(1, data.len() as i64)
     );
+}
+
+/// The head of a `POST` to `path` with the key, a type and a length.
+fn post_head(path: &str, key: &str, content_type: &str, len: usize, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {len}\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn early_answers_on_streaming_uploads_keep_the_connection_or_say_it_closes() {
+    let app = spawn()
+        .var("STREAM_MAX_FILE_BYTES", &MIB.to_string())
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let addr = app.socket_addr();
+    let small = vec![b'x'; 1000];
+    let large = vec![b'x'; 2 * MIB];
+    let no_boundary = |len| post_head("/upload/stream", &key, "multipart/form-data", len, "");
+
+    // Answered from the head alone, the body sent after the answer: a
+    // rest that fits the drain bound is read away, the connection stays.
+    let (answer, after) = keep_alive_exchange(
+        &addr,
+        &no_boundary(small.len()),
+        small.clone(),
+        BodyAt::AfterAnswer,
+    )
+    .await;
+    answer.assert_problem(400, "invalid_request");
+    assert_eq!(after, After::KeptOpen);
+    let not_multipart = post_head("/upload/stream", &key, "application/json", small.len(), "");
+    let (answer, after) =
+        keep_alive_exchange(&addr, &not_multipart, small.clone(), BodyAt::AfterAnswer).await;
+    answer.assert_problem(415, "unsupported_media_type");
+    assert_eq!(after, After::KeptOpen);
+    // A rest past the bound: the answer says the connection closes.
+    let (answer, after) = keep_alive_exchange(
+        &addr,
+        &no_boundary(large.len()),
+        large.clone(),
+        BodyAt::WithHead,
+    )
+    .await;
+    answer.assert_problem(400, "invalid_request");
+    assert_eq!(after, After::Closed);
+    // A client waiting for `100 Continue` is never asked for its body
+    // after the answer.
+    let expecting = post_head(
+        "/upload/stream",
+        &key,
+        "multipart/form-data",
+        small.len(),
+        "Expect: 100-continue\r\n",
+    );
+    let (answer, after) =
+        keep_alive_exchange(&addr, &expecting, small.clone(), BodyAt::AfterAnswer).await;
+    answer.assert_problem(400, "invalid_request");
+    assert_eq!(after, After::Closed);
+    // Refused by the authentication of the route.
+    let bad_key = post_head(
+        "/upload/stream",
+        "ik_nothing_x",
+        "multipart/form-data; boundary=b",
+        large.len(),
+        "",
+    );
+    let (answer, after) =
+        keep_alive_exchange(&addr, &bad_key, large.clone(), BodyAt::WithHead).await;
+    answer.assert_problem(401, "unauthorized");
+    assert_eq!(after, After::Closed);
+
+    // Files refused mid-stream, with most of their bytes still coming.
+    let form = Form::new()
+        .part("file", "big.png", "image/png", &fixtures::png(2 * MIB))
+        .finish();
+    let head = post_head(
+        "/upload/stream",
+        &key,
+        &form.content_type(),
+        form.body.len(),
+        "",
+    );
+    let (answer, after) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
+    answer.assert_problem(413, "use_presigned_upload");
+    assert_eq!(after, After::Closed);
+    let form = Form::new()
+        .part("file", "a.bin", "", &fixtures::elf(2 * MIB))
+        .finish();
+    let head = post_head(
+        "/upload/stream",
+        &key,
+        &form.content_type(),
+        form.body.len(),
+        "",
+    );
+    let (answer, after) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
+    answer.assert_problem(415, "unsupported_media_type");
+    assert_eq!(after, After::Closed);
+    // A batch past the tier's size, refused at its 21st part: whichever
+    // way the connection goes, the client can go on (asserted inside).
+    let form = Form::pngs(21, 100 * 1024).finish();
+    let head = post_head(
+        "/upload/stream-batch",
+        &key,
+        &form.content_type(),
+        form.body.len(),
+        "",
+    );
+    let (answer, _) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
+    answer.assert_problem(413, "batch_too_large");
+
+    // A whole upload sent chunked, whose reader stops at the closing
+    // boundary: the end of the body follows at once, and is waited for.
+    let form = Form::new()
+        .part("file", "a.png", "image/png", &fixtures::png(1000))
+        .finish();
+    let mut chunked = format!("{:x}\r\n", form.body.len()).into_bytes();
+    chunked.extend_from_slice(&form.body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let head = format!(
+        "POST /upload/stream HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        form.content_type()
+    );
+    let (answer, after) = keep_alive_exchange(&addr, &head, chunked, BodyAt::WithHead).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(after, After::KeptOpen);
+
+    // Nothing of the refused requests was left behind.
+    app.assert_left_with(account.id, 1).await;
+}
+
+#[tokio::test]
+async fn a_refused_tus_patch_keeps_the_connection_usable() {
+    let app = spawn().start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let path = tus::created(&app, &key, 1000, &[("filename", "a.png")]).await;
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer {key}\r\n\
+         Tus-Resumable: 1.0.0\r\nUpload-Offset: 5\r\n\
+         Content-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    let (answer, after) = keep_alive_exchange(
+        &app.socket_addr(),
+        &head,
+        fixtures::png(1000),
+        BodyAt::AfterAnswer,
+    )
+    .await;
+    answer.assert_problem(409, "conflict");
+    assert_eq!(after, After::KeptOpen);
+    // The upload took none of the bytes and still holds its reservation.
+    assert_eq!(tus::offset_of(&app, &path, &key).await, 0);
+    let h = app.holdings(account.id).await;
+    assert_eq!((h.reserved, h.files), (1000, 0));
+}
+
+#[tokio::test]
+async fn a_refused_presigned_data_put_says_it_closes() {
+    let app = spawn().backend(Backend::Fs).start().await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(MIB);
+    let issued = presign::issue(
+        &app,
+        &key,
+        json!({"filename": "a.png", "content_type": "image/png", "size": data.len()}),
+    )
+    .await;
+    let url = url::Url::parse(issued["url"].as_str().unwrap()).unwrap();
+    let forged = url.query().unwrap().replace("signature=", "signature=x");
+    let head = format!(
+        "PUT {}?{forged} HTTP/1.1\r\nHost: intake\r\nContent-Type: image/png\r\n\
+         Content-Length: {}\r\n\r\n",
+        url.path(),
+        data.len()
+    );
+    let (answer, after) =
+        keep_alive_exchange(&app.socket_addr(), &head, data, BodyAt::WithHead).await;
+    answer.assert_problem(403, "forbidden");
+    assert_eq!(after, After::Closed);
+    // Nothing was written; the upload still holds its reservation.
+    assert!(app.every_object().await.is_empty());
+    let h = app.holdings(account.id).await;
+    assert_eq!((h.reserved, h.files), (MIB as i64, 0));
 }

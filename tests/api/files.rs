@@ -203,6 +203,66 @@ async fn content_round_trips_as_an_attachment_on_both_backends() {
 }
 
 #[tokio::test]
+async fn a_text_file_named_html_is_served_as_text_in_an_attachment_on_both_backends() {
+    // Text to the sniffer (a page that starts with a tag is refused as
+    // HTML), a page with a script to a browser that renders it.
+    let page = b"Notes\n<script>alert(document.cookie)</script>\n";
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn().backend(backend).start().await;
+        let (account, key) = app.account_with_key("starter").await;
+        let file = upload_named(&app, &key, "x.html", "text/plain", page).await;
+        assert_eq!(file["content_type"], "text/plain");
+        let id = file["id"].as_str().unwrap();
+        let resp = app
+            .get(&format!("/files/{id}/content"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let resp = match backend {
+            Backend::S3 => {
+                assert_eq!(resp.status(), StatusCode::FOUND);
+                // Storage is told that the object is a page; the signed
+                // GET still decides how it is answered.
+                let object = format!("{}u/{}/{id}", app.prefix, account.id);
+                crate::helpers::s3_client()
+                    .await
+                    .put_object()
+                    .bucket(crate::helpers::S3_BUCKET)
+                    .key(&object)
+                    .content_type("text/html")
+                    .body(page.to_vec().into())
+                    .send()
+                    .await
+                    .unwrap();
+                let location = resp.headers()["location"].to_str().unwrap().to_owned();
+                let url = url::Url::parse(&location).unwrap();
+                let signed: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+                for bound in ["response-content-type", "response-content-disposition"] {
+                    assert!(signed.iter().any(|k| k == bound), "{bound} in {location}");
+                }
+                reqwest::get(location).await.unwrap()
+            }
+            Backend::Fs => {
+                let headers = resp.headers();
+                assert_eq!(headers["content-security-policy"], "sandbox");
+                assert_eq!(headers["cross-origin-resource-policy"], "same-origin");
+                resp
+            }
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "{backend:?}");
+        let headers = resp.headers();
+        assert_eq!(headers["content-type"], "text/plain", "{backend:?}");
+        let disposition = headers["content-disposition"].to_str().unwrap();
+        assert!(disposition.starts_with("attachment;"), "{disposition}");
+        if backend == Backend::Fs {
+            assert_eq!(headers["x-content-type-options"], "nosniff");
+        }
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), page, "{backend:?}");
+    }
+}
+
+#[tokio::test]
 async fn delete_drops_usage_and_the_object() {
     for backend in [Backend::S3, Backend::Fs] {
         let app = spawn().backend(backend).start().await;

@@ -1,11 +1,16 @@
 //! Operations routes, request ids, and problem+json on every kind of error.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, assert_problem, metrics::Metrics, spawn, spawn_app};
+use crate::helpers::{
+    Backend, assert_problem, eventually, metrics::Metrics, processes::Instance, spawn, spawn_app,
+};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -35,6 +40,105 @@ async fn readiness_fails_when_storage_is_unreachable() {
     let resp = app.get("/readyz").send().await.unwrap();
     let body = assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
     assert!(body["detail"].as_str().unwrap().contains("s3"));
+}
+
+#[tokio::test]
+async fn readiness_is_checked_at_most_once_a_second() {
+    let app = spawn().backend(Backend::Fs).start().await;
+    let root = app.fs_root.as_ref().unwrap().path();
+    let (probes, away) = (root.join(".tmp"), root.join(".tmp-away"));
+    let asked = Instant::now();
+    let resp = app.get("/readyz").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Storage breaks: its probe file can no longer be made.
+    std::fs::rename(&probes, &away).unwrap();
+    // Every probe answered within a second of the first one's request
+    // was answered by its check, which saw storage working.
+    let mut answered_by_that_check = 0;
+    loop {
+        let status = app.get("/readyz").send().await.unwrap().status();
+        if asked.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a probe within the second checked again"
+        );
+        answered_by_that_check += 1;
+    }
+    assert!(
+        answered_by_that_check >= 3,
+        "{answered_by_that_check} probes"
+    );
+    // Past the second, a probe checks again and sees the failure.
+    eventually("readiness sees the storage failure", || async {
+        app.get("/readyz").send().await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let body = assert_problem(
+        app.get("/readyz").send().await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("fs"), "{body}");
+    // And the recovery, a second later at most.
+    std::fs::rename(&away, &probes).unwrap();
+    eventually("readiness sees storage back", || async {
+        app.get("/readyz").send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_ask_for_the_metrics_token_when_one_is_set() {
+    const TOKEN: &str = "metrics-token-0123456789abcdefghijkl";
+    let app = spawn().var("METRICS_TOKEN", TOKEN).start().await;
+    let resp = app.get("/metrics").send().await.unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = app
+        .get("/metrics")
+        .bearer_auth("metrics-token-0123456789abcdefghijkX")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // Other credentials are not the metrics token.
+    let resp = app
+        .get("/metrics")
+        .bearer_auth(crate::helpers::app::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = app.get("/metrics").bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("intake_http_requests_total{")
+    );
+    // Unset, /metrics stays open (the other tests scrape it so).
+    let open = spawn_app().await;
+    assert_eq!(
+        open.get("/metrics").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn log_lines_carry_no_colour_codes_off_a_terminal() {
+    let app = spawn_app().await;
+    let logs = tempfile::tempdir().unwrap();
+    // Its standard output and error go to a file, as under docker or
+    // systemd.
+    let mut instance = Instance::start(app.vars(), logs.path()).await;
+    let log = instance.log_tail();
+    assert!(log.contains("intake listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the log: {log:?}");
+    instance.kill9().await;
 }
 
 #[tokio::test]

@@ -331,23 +331,30 @@ async fn s3_objects_live_under_the_configured_prefix() {
 }
 
 #[tokio::test]
-async fn s3_presigned_get_downloads_as_attachment() {
+async fn s3_presigned_get_downloads_as_attachment_of_the_type_it_signs() {
     let app = spawn().backend(Backend::S3).start().await;
     let store = app.state.store.as_ref();
+    // Whatever type storage holds for the object, the URL decides.
     store
         .put(
             "u/g/file",
             Bytes::from_static(b"presigned bytes"),
-            "text/plain",
+            "text/html",
         )
         .await
         .unwrap();
     let req = store
-        .presign_get("u/g/file", "report \"final\".txt", Duration::from_secs(60))
+        .presign_get(
+            "u/g/file",
+            "report \"final\".txt",
+            "text/plain",
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let resp = reqwest::get(&req.url).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
     let disposition = resp.headers()["content-disposition"]
         .to_str()
         .unwrap()

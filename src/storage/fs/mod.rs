@@ -406,6 +406,7 @@ impl ObjectStore for FsStore {
         &self,
         _key: &str,
         _filename: &str,
+        _content_type: &str,
         _expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
         // Downloads from the local folder are streamed by intake itself.

@@ -411,9 +411,10 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         filename: &str,
+        content_type: &str,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
-        self.sign_get(key, filename, expires_in).await
+        self.sign_get(key, filename, content_type, expires_in).await
     }
 
     fn list(&self, page_size: usize) -> super::Listing<'_> {

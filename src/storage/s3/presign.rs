@@ -62,11 +62,14 @@ impl S3Store {
         Ok(out)
     }
 
-    /// A URL that downloads the object as an attachment named `filename`.
+    /// A URL that downloads the object as an attachment named `filename`,
+    /// answered as `content_type`: both are signed (`response-content-*`),
+    /// so neither the link nor the type storage holds decides them.
     pub(super) async fn sign_get(
         &self,
         key: &str,
         filename: &str,
+        content_type: &str,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
         let config = PresigningConfig::expires_in(expires_in).map_err(StorageError::backend)?;
@@ -76,6 +79,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .response_content_disposition(attachment_disposition(filename))
+            .response_content_type(content_type)
             .presigned(config)
             .await
             .map_err(map_err)?;

@@ -14,6 +14,8 @@
 //! - [`cluster`]: several intake processes of one deployment behind a
 //!   balancer;
 //! - [`metrics`]: what `/metrics` says, read by difference;
+//! - [`raw`]: HTTP/1.1 by hand on one connection (what happens to it
+//!   after an answer);
 //! - [`poll`]: the one way to wait for something.
 
 pub mod app;
@@ -24,6 +26,7 @@ pub mod fixtures;
 pub mod metrics;
 pub mod poll;
 pub mod processes;
+pub mod raw;
 pub mod relay;
 
 // The names nearly every test file uses, at the top of the tree.
