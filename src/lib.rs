@@ -105,8 +105,12 @@ impl App {
             header_read_timeout: state.config.header_read_timeout,
             max_connections: state.config.max_connections,
             read_buffer_bytes: state.config.read_buffer_bytes,
+            max_connections_per_ip: state.config.max_connections_per_ip,
+            trusted_proxies: state.config.trusted_proxies.clone(),
+            write_timeout: state.config.response_write_timeout,
         };
-        http::serve::serve(self.listener, router, bounds, signal).await;
+        let connections = state.connections.clone();
+        http::serve::serve(self.listener, router, bounds, connections, signal).await;
         housekeeping.abort();
         Ok(())
     }

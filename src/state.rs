@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ai::client::AiClient, auth::KeyLane, auth::password::Hasher, auth::session::JwtKeys,
-    config::Config, db, ratelimit::Limiter, readiness::Readiness, storage, storage::ObjectStore,
+    config::Config, db, http, ratelimit::Limiter, readiness::Readiness, storage,
+    storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -37,6 +38,10 @@ pub struct Inner {
     /// Cancelled when graceful shutdown's grace period is over: uploads
     /// still running end cleanly then.
     pub shutdown: CancellationToken,
+    /// Requests of each account running on this instance.
+    pub requests_in_flight: http::in_flight::Requests,
+    /// Connections of each client address open on this instance.
+    pub connections: http::peers::Connections,
 }
 
 /// Cheap to clone; derefs to [`Inner`].
@@ -74,6 +79,8 @@ impl AppState {
             shutdown: CancellationToken::new(),
             limiter: Limiter::spawn(db.clone()),
             keys: KeyLane::spawn(db.clone()),
+            requests_in_flight: Default::default(),
+            connections: Default::default(),
             config,
             db,
             store,

@@ -62,6 +62,15 @@ pub struct Config {
     /// Largest read buffer of one connection: the size of the chunks an
     /// upload's body arrives in, and about the bound on a request's headers.
     pub read_buffer_bytes: usize,
+    /// Connections one client address (an IPv6 /64) may hold at once on
+    /// this instance; past it, a new one is answered 429 and closed.
+    pub max_connections_per_ip: usize,
+    /// Requests of one account (uploads aside) running at once on this
+    /// instance; past it, 429.
+    pub max_requests_in_flight_per_account: usize,
+    /// How long an answer may wait for the client to read it before its
+    /// connection ends.
+    pub response_write_timeout: Duration,
 
     // Database.
     /// Postgres connection string.
@@ -173,6 +182,13 @@ impl Config {
                 |n| (READ_BUFFER_MIN..=READ_BUFFER_MAX).contains(n),
                 || format!("must be between {READ_BUFFER_MIN} and {READ_BUFFER_MAX}"),
             )?,
+            max_connections_per_ip: usize::try_from(env.positive("MAX_CONNECTIONS_PER_IP", 256)?)
+                .unwrap_or(usize::MAX),
+            max_requests_in_flight_per_account: usize::try_from(
+                env.positive("MAX_REQUESTS_IN_FLIGHT_PER_ACCOUNT", 32)?,
+            )
+            .unwrap_or(usize::MAX),
+            response_write_timeout: env.positive_secs("RESPONSE_WRITE_TIMEOUT_SECS", 60)?,
 
             database_url: Secret::new(env.required("DATABASE_URL")?),
             database_max_connections: env.parse_or("DATABASE_MAX_CONNECTIONS", 20)?,
@@ -426,6 +442,9 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.read_buffer_bytes, 64 * 1024);
+        assert_eq!(c.max_connections_per_ip, 256);
+        assert_eq!(c.max_requests_in_flight_per_account, 32);
+        assert_eq!(c.response_write_timeout, Duration::from_secs(60));
         for (value, ok) in [
             ("8191", false),
             ("8192", true),
@@ -444,6 +463,9 @@ mod tests {
         for zero in [
             "HEADER_READ_TIMEOUT_SECS",
             "MAX_CONNECTIONS",
+            "MAX_CONNECTIONS_PER_IP",
+            "MAX_REQUESTS_IN_FLIGHT_PER_ACCOUNT",
+            "RESPONSE_WRITE_TIMEOUT_SECS",
             "PASSWORD_HASH_CONCURRENCY",
             "UPLOAD_IDLE_TIMEOUT_SECS",
         ] {

@@ -11,6 +11,7 @@ use axum::{
 };
 use ipnet::IpNet;
 
+use super::in_flight;
 use crate::{
     auth::{self, Principal},
     dashboard,
@@ -146,12 +147,36 @@ pub async fn authenticate_and_limit(
         d.apply(response.headers_mut());
         return response;
     }
+    // Past the per-minute limit, the account's requests running at once
+    // (uploads aside: their slots bound them).
+    let in_flight = match &principal {
+        Principal::ApiKey { account, .. } | Principal::Session { account, .. }
+            if !in_flight::is_upload(req.method(), &path) =>
+        {
+            let limit = state.config.max_requests_in_flight_per_account;
+            match in_flight::admit(&state.requests_in_flight, account.id, limit) {
+                Some(held) => Some(held),
+                None => {
+                    let has_body = !http_body::Body::is_end_stream(req.body());
+                    let mut refused = in_flight::refusal(limit, has_body);
+                    if let Some(d) = &decision {
+                        d.apply(refused.headers_mut());
+                    }
+                    return refused;
+                }
+            }
+        }
+        _ => None,
+    };
     req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
     if let Some(d) = &decision {
         d.apply(response.headers_mut());
     }
-    response
+    match in_flight {
+        Some(held) => in_flight::hold_until_sent(response, held),
+        None => response,
+    }
 }
 
 #[cfg(test)]

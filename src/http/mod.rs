@@ -2,11 +2,14 @@
 //! document generated from the same route list.
 
 pub mod bodies;
+pub mod in_flight;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod peers;
 mod problems;
 pub mod serve;
+pub mod tally;
 
 use axum::response::IntoResponse;
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderName};

@@ -1,24 +1,29 @@
 //! The server's own bounds on connections: header read timeout, body idle
-//! timeout, connections at once, and what an answer given before the body
-//! was read does to the connection.
+//! timeout, connections at once, connections of one address, requests of
+//! one account at once, answers the client does not read, and what an
+//! answer given before the body was read does to the connection.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
 };
 
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    Backend, Form, Holdings, MIB, assert_problem,
+    Backend, Form, Holdings, MIB, Session, TestApp, assert_problem,
     clients::{presign, tus},
-    fixtures,
+    eventually, fixtures,
     raw::{After, BodyAt, keep_alive_exchange},
-    spawn,
+    spawn, within,
 };
 
 /// Opens a connection and sends the first half of a request's headers.
@@ -450,4 +455,456 @@ async fn a_refused_presigned_data_put_says_it_closes() {
     assert!(app.every_object().await.is_empty());
     let h = app.holdings(account.id).await;
     assert_eq!((h.reserved, h.files), (MIB as i64, 0));
+}
+
+/// The loopback address the raw connections of these tests come from, so
+/// that what the server counts for it is the test's own doing (the app's
+/// client comes from 127.0.0.1).
+const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// A connection to the app from [`ELSEWHERE`], with a receive buffer of
+/// `recv_buffer` bytes when given (a client that reads nothing then holds
+/// back little of an answer).
+async fn connect(app: &TestApp, recv_buffer: Option<u32>) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.bind(SocketAddr::new(ELSEWHERE, 0)).unwrap();
+    socket
+        .connect(app.socket_addr().parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The start of a JSON request whose body is `length` bytes and of which
+/// only the first byte is sent; `auth` are header lines (credentials).
+fn unfinished_json(path: &str, auth: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: intake\r\n{auth}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    )
+}
+
+/// The header lines of a session (cookie and CSRF token).
+fn session_lines(s: &Session) -> String {
+    format!("Cookie: {}\r\nX-CSRF-Token: {}\r\n", s.cookie, s.csrf)
+}
+
+/// The status line and headers of an answer (lower-cased), and its body
+/// (as far as `Content-Length` goes) if it is an error's. Reads a little at
+/// a time, so that the body of a success stays unread.
+async fn read_answer(stream: &mut (impl AsyncRead + Unpin)) -> (String, Vec<u8>) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    let head_end = loop {
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        assert!(n > 0, "the connection ended before an answer: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&seen[..head_end]).to_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    let mut body = seen[head_end..].to_vec();
+    if status_of(&head) >= 400 {
+        while body.len() < length {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+    }
+    (head, body)
+}
+
+/// The status code of an answer's head.
+fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Asserts that an answer's head and body are the 429 of a concurrency
+/// bound, of `limit`.
+fn assert_concurrency_refusal(head: &str, body: &[u8], limit: u64) {
+    assert_eq!(status_of(head), 429, "{head}");
+    assert!(head.contains("\r\nretry-after: 1\r\n"), "{head}");
+    let problem: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(problem["code"], "concurrent_request_limit", "{problem}");
+    assert_eq!(problem["limit"], limit, "{problem}");
+}
+
+/// Bytes a stream gives until it ends (closed or reset); `None` if it has
+/// not ended within `bound`.
+async fn read_to_end_within(stream: &mut TcpStream, bound: Duration) -> Option<usize> {
+    tokio::time::timeout(bound, async {
+        let mut total = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break total,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn requests_of_one_account_past_the_bound_are_refused_with_429() {
+    let app = spawn()
+        .var("MAX_REQUESTS_IN_FLIGHT_PER_ACCOUNT", "3")
+        .var("BODY_TIMEOUT_SECS", "60")
+        .var("UPLOAD_IDLE_TIMEOUT_SECS", "60")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let session = app.login(&account.email).await;
+    let (_, other_key) = app.account_with_key("starter").await;
+    let in_flight = || app.state.requests_in_flight.held(&account.id);
+    // Three requests whose bodies never come, two by the session and one
+    // by the key: the account's bound is full.
+    let mut held = Vec::new();
+    for auth in [
+        session_lines(&session),
+        format!("Authorization: Bearer {key}\r\n"),
+        session_lines(&session),
+    ] {
+        let mut stream = connect(&app, None).await;
+        let request = unfinished_json("/upload/presigned", &auth, 1000);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        held.push(stream);
+        let count = held.len();
+        eventually(
+            "the request is counted",
+            || async move { in_flight() == count },
+        )
+        .await;
+    }
+    // A fourth, by either credential, is refused; so is a body-less one.
+    let resp = app
+        .with_session(Method::POST, "/upload/presigned", &session)
+        .json(&json!({"filename": "a.png", "content_type": "image/png", "size": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // Its body was read by no one: the connection is not kept.
+    assert_eq!(resp.headers()["connection"], "close");
+    let body = assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_request_limit",
+    )
+    .await;
+    assert_eq!(body["limit"], 3);
+    let resp = app.get("/files").bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_problem(
+        resp,
+        StatusCode::TOO_MANY_REQUESTS,
+        "concurrent_request_limit",
+    )
+    .await;
+    assert_eq!(in_flight(), 3, "refused requests are not counted");
+    // Uploads are bounded by their slots, not by this.
+    let data = fixtures::png(64 * 1024);
+    let resp = app.upload(&key, "a.png", "image/png", &data).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // Another account is served.
+    let resp = app
+        .get("/files")
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // One ends (its client hangs up): one more is served.
+    held.pop();
+    eventually("the ended request is let go", || async { in_flight() == 2 }).await;
+    let resp = app
+        .with_session(Method::GET, "/files", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(held);
+    eventually("every request is let go", || async { in_flight() == 0 }).await;
+    assert_eq!(app.state.requests_in_flight.total(), 0);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+}
+
+#[tokio::test]
+async fn connections_of_one_address_past_the_bound_are_answered_429_and_closed() {
+    let app = spawn()
+        .var("MAX_CONNECTIONS_PER_IP", "3")
+        .var("HEADER_READ_TIMEOUT_SECS", "60")
+        .start()
+        .await;
+    let from_there = || app.state.connections.held(&ELSEWHERE);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(&app, None).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: intake\r\nX-Half: ")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    eventually("three connections are open", || async { from_there() == 3 }).await;
+    // A fourth is answered 429 and closed, its request body unread.
+    let mut extra = connect(&app, None).await;
+    extra
+        .write_all(b"POST /auth/login HTTP/1.1\r\nHost: intake\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let (head, body) = read_answer(&mut extra).await;
+    assert_concurrency_refusal(&head, &body, 3);
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        read_to_end_within(&mut extra, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the refused connection is closed"
+    );
+    drop(extra);
+    eventually("the refused connection is let go", || async {
+        from_there() == 3
+    })
+    .await;
+    // Another address is served meanwhile.
+    let resp = app.get("/healthz").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // One closes: the address is served again.
+    held.pop();
+    eventually("the closed connection is let go", || async {
+        from_there() == 2
+    })
+    .await;
+    let mut next = connect(&app, None).await;
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: intake\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut next).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    drop((held, next));
+    eventually("every connection is let go", || async { from_there() == 0 }).await;
+}
+
+#[tokio::test]
+async fn an_answer_the_client_does_not_read_ends_its_connection_at_the_write_timeout() {
+    let app = spawn()
+        .backend(Backend::Fs)
+        .var("RESPONSE_WRITE_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let (account, key) = app.account_with_key("starter").await;
+    let data = fixtures::png(16 * MIB);
+    let resp = app.upload(&key, "big.png", "image/png", &data).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: serde_json::Value = resp.json().await.unwrap();
+    // A download whose client reads its head and then nothing: far more
+    // than the socket buffers hold waits to be written.
+    let mut stream = connect(&app, Some(4096)).await;
+    let request = format!(
+        "GET /files/{}/content HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer {key}\r\n\r\n",
+        file["id"].as_str().unwrap()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, _) = read_answer(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(app.state.requests_in_flight.held(&account.id), 1);
+    assert_eq!(app.state.connections.held(&ELSEWHERE), 1);
+    // The server ends the connection, and with it the request.
+    assert!(
+        within(Duration::from_secs(15), || async {
+            app.state.connections.held(&ELSEWHERE) == 0
+                && app.state.requests_in_flight.held(&account.id) == 0
+        })
+        .await,
+        "the unread answer still holds its connection"
+    );
+    let got = read_to_end_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the connection is closed");
+    assert!(got < data.len(), "the whole file was read: {got}");
+    // Nothing else changed: the file is whole and served.
+    assert_eq!(app.download(&key, file["id"].as_str().unwrap()).await, data);
+    assert_eq!(
+        app.settled(account.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+}
+
+/// How a request of the flood ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 429 `concurrent_request_limit`.
+    Refused,
+    /// A JSON body that never came ended at the body deadline (408).
+    TimedOut,
+    /// A download answered 200 and then left unread.
+    Unread,
+}
+
+/// A JSON request from the session whose body trickles a byte every
+/// 300 ms, never whole; how it ended.
+async fn trickling_request(app: &TestApp, session: &Session) -> Outcome {
+    let stream = connect(app, None).await;
+    let (mut read, mut write) = stream.into_split();
+    let head = unfinished_json("/upload/presigned", &session_lines(session), 1000);
+    write.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            every.tick().await;
+            if write.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let (head, body) = read_answer(&mut read).await;
+    trickle.abort();
+    match status_of(&head) {
+        429 => {
+            assert_concurrency_refusal(&head, &body, 32);
+            Outcome::Refused
+        }
+        408 => Outcome::TimedOut,
+        _ => panic!("unexpected answer: {head}"),
+    }
+}
+
+/// A download from the session that reads the answer's head and nothing
+/// more; how it was answered, and the connection (kept unread).
+async fn unread_download(app: &TestApp, session: &Session, file: &str) -> (Outcome, TcpStream) {
+    let mut stream = connect(app, Some(4096)).await;
+    let request = format!(
+        "GET /files/{file}/content HTTP/1.1\r\nHost: intake\r\nCookie: {}\r\n\r\n",
+        session.cookie
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, body) = read_answer(&mut stream).await;
+    match status_of(&head) {
+        429 => {
+            assert_concurrency_refusal(&head, &body, 32);
+            (Outcome::Refused, stream)
+        }
+        200 => (Outcome::Unread, stream),
+        _ => panic!("unexpected answer: {head}"),
+    }
+}
+
+#[tokio::test]
+async fn one_account_holding_requests_and_unread_downloads_leaves_another_served() {
+    let app = spawn()
+        .backend(Backend::Fs)
+        .var("BODY_TIMEOUT_SECS", "6")
+        .var("UPLOAD_IDLE_TIMEOUT_SECS", "3")
+        .var("RESPONSE_WRITE_TIMEOUT_SECS", "6")
+        .start()
+        .await;
+    let (attacker, attacker_key) = app.account_with_key("starter").await;
+    let data = fixtures::png(16 * MIB);
+    let resp = app
+        .upload(&attacker_key, "big.png", "image/png", &data)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: serde_json::Value = resp.json().await.unwrap();
+    let file = file["id"].as_str().unwrap().to_owned();
+    let session = app.login(&attacker.email).await;
+    let (victim, victim_key) = app.account_with_key("professional").await;
+    let in_flight = || app.state.requests_in_flight.held(&attacker.id);
+
+    // The flood, from the attacker's session (no per-minute limit): 100
+    // JSON bodies that trickle and 50 downloads never read, interleaved.
+    let refused = AtomicUsize::new(0);
+    let flood = futures_util::future::join_all((0..150).map(|i| {
+        let (app, session, file, refused) = (&app, &session, &file, &refused);
+        async move {
+            let (outcome, unread) = if i % 3 == 2 {
+                let (outcome, stream) = unread_download(app, session, file).await;
+                (outcome, (outcome == Outcome::Unread).then_some(stream))
+            } else {
+                (trickling_request(app, session).await, None)
+            };
+            if outcome == Outcome::Refused {
+                refused.fetch_add(1, Ordering::SeqCst);
+            }
+            (outcome, unread)
+        }
+    }));
+    let meanwhile = async {
+        // Every request of the flood is either held or refused.
+        assert!(
+            within(Duration::from_secs(20), || async {
+                refused.load(Ordering::SeqCst) + in_flight() >= 150
+            })
+            .await,
+            "the flood was not all answered or held"
+        );
+        assert_eq!(in_flight(), 32, "the account holds its bound, no more");
+        assert_eq!(refused.load(Ordering::SeqCst), 150 - 32);
+        // Another account's uploads and listings are served meanwhile.
+        for i in 0..3 {
+            let png = fixtures::png(MIB + i);
+            let resp = app
+                .upload(&victim_key, &format!("v{i}.png"), "image/png", &png)
+                .await;
+            assert_eq!(resp.status(), StatusCode::CREATED);
+            let resp = app
+                .get("/files")
+                .bearer_auth(&victim_key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let listed: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(listed["files"].as_array().unwrap().len(), i + 1, "{listed}");
+        }
+        assert!(in_flight() > 0, "the flood still held the account's bound");
+    };
+    let (outcomes, ()) = tokio::join!(flood, meanwhile);
+
+    let count = |o: Outcome| outcomes.iter().filter(|(x, _)| *x == o).count();
+    assert_eq!(count(Outcome::Refused), 150 - 32);
+    assert_eq!(count(Outcome::TimedOut) + count(Outcome::Unread), 32);
+    // The unread downloads were cut by the write timeout.
+    for (_, stream) in outcomes {
+        if let Some(mut stream) = stream {
+            let got = read_to_end_within(&mut stream, Duration::from_secs(15))
+                .await
+                .expect("the unread download's connection is closed");
+            assert!(got < data.len(), "a whole file was read: {got}");
+        }
+    }
+    // Nothing is left held: requests, connections, upload slots.
+    eventually("the account's requests are let go", || async {
+        app.state.requests_in_flight.total() == 0
+    })
+    .await;
+    eventually("the flood's connections are closed", || async {
+        app.state.connections.held(&ELSEWHERE) == 0
+    })
+    .await;
+    assert_eq!(
+        app.settled(attacker.id).await,
+        Holdings::stored(1, data.len() as i64)
+    );
+    assert_eq!(
+        app.settled(victim.id).await,
+        Holdings::stored(3, 3 * MIB as i64 + 3)
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM presigned_uploads")
+            .await,
+        0
+    );
 }
