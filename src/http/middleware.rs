@@ -26,6 +26,11 @@ const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// they carry, so that a session cannot lift the per-IP guessing limit.
 const ALWAYS_ANONYMOUS: [&str; 2] = ["/auth/signup", "/auth/login"];
 
+/// Where a limiter that cannot decide refuses whatever
+/// `RATE_LIMIT_FAIL_OPEN` says: letting sign-ups and password guesses
+/// through unlimited is what an outage of the limiter must not allow.
+const FAILS_CLOSED: &str = "/auth/";
+
 /// The client's address: the socket peer, or behind trusted proxies the
 /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -125,15 +130,11 @@ pub async fn authenticate_and_limit(
         }
         Some((kind, Err(e))) => {
             metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind).increment(1);
-            if state.config.rate_limit_fail_open {
+            if state.config.rate_limit_fail_open && !path.starts_with(FAILS_CLOSED) {
                 tracing::error!(error = %e, "rate limiter store failed; letting the request through");
                 None
             } else {
-                tracing::error!(error = %e, "rate limiter store failed; refusing the request");
-                return ApiError::ServiceUnavailable(
-                    "the rate limiter is unavailable; retry shortly".into(),
-                )
-                .into_response();
+                return ApiError::from(e).into_response();
             }
         }
     };

@@ -37,6 +37,14 @@ impl From<&sqlx::Error> for LimiterError {
     }
 }
 
+/// A limiter that cannot decide refuses the request: 503, logged.
+impl From<LimiterError> for crate::error::ApiError {
+    fn from(e: LimiterError) -> Self {
+        tracing::error!(error = %e, "rate limiter store failed; refusing the request");
+        Self::ServiceUnavailable("the rate limiter is unavailable; retry shortly".into())
+    }
+}
+
 /// A request waiting for its lane's statement.
 struct Pending<J, O> {
     job: J,

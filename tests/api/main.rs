@@ -7,6 +7,7 @@
 mod admin;
 mod ai;
 mod auth;
+mod auth_limits;
 mod cli;
 mod cluster;
 mod connections;
