@@ -90,11 +90,13 @@ pub enum ApiError {
     /// 422: a presigned upload's object is not what was declared.
     #[error("{0}")]
     UploadVerificationFailed(String),
-    /// 429: per-minute rate limit.
-    #[error("rate limit of {limit} requests per minute exceeded; retry in {retry_after} s")]
+    /// 429: a rate limit; `what` names what it counts and over what.
+    #[error("rate limit of {limit} {what} exceeded; retry in {retry_after} s")]
     RateLimited {
-        /// Requests per minute.
+        /// What the limit allows in its window.
         limit: u64,
+        /// What is counted, per what ("requests per minute").
+        what: &'static str,
         /// Whole seconds until the next request is allowed.
         retry_after: u64,
     },
@@ -444,6 +446,7 @@ mod tests {
     fn problem_carries_code_and_limit_fields() {
         let p = ApiError::RateLimited {
             limit: 30,
+            what: "requests per minute",
             retry_after: 0,
         }
         .to_problem();

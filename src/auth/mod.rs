@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use extract::{AdminAuth, CurrentAccount, SessionAccount};
+pub use extract::{AdminAuth, ClientIp, CurrentAccount, SessionAccount};
 pub use key_lane::{KeyCheck, KeyLane, KeyOutcome, counted_key_statement};
 
 use crate::{

@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    Account, AccountView, CurrentAccount, SessionAccount, api_keys,
+    Account, AccountView, ClientIp, CurrentAccount, SessionAccount, api_keys,
     password::{Email, Password},
     session,
 };
 use crate::{
     error::{ApiError, ResultExt},
     extract::{Json, Path},
+    ratelimit::Policy,
     state::AppState,
     tiers::Tier,
 };
@@ -84,16 +85,26 @@ pub async fn insert_account(
     })
 }
 
-/// Creates a FREE account.
+/// Creates a FREE account. Sign-ups with valid input count against the
+/// client address's hourly limit (`SIGNUP_RATE_LIMIT_PER_HOUR`) before the
+/// password is hashed.
 #[utoipa::path(post, path = "/auth/signup", tag = "auth", request_body = Credentials,
     responses((status = 201, body = AccountView), (status = 409, description = "e-mail taken"),
               (status = 422, description = "invalid e-mail or password")))]
 pub async fn signup(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<Credentials>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let email = Email::parse(&body.email)?;
     let password = Password::parse(body.password)?;
+    state
+        .limiter
+        .admit(
+            Policy::signup(ip, state.config.signup_rate_limit_per_hour),
+            "sign-ups per hour from one address",
+        )
+        .await?;
     let hash = state.passwords.hash(password).await?;
     let account = insert_account(&state, &email, Some(hash), Tier::Free).await?;
     Ok((StatusCode::CREATED, Json(account.view())))

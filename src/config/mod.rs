@@ -89,6 +89,9 @@ pub struct Config {
     // Rate limits.
     /// Requests per minute allowed to one anonymous client IP.
     pub anon_rate_limit_per_minute: u32,
+    /// Sign-ups per hour allowed to one client IP (IPv6: one /64), beside
+    /// the anonymous per-minute limit.
+    pub signup_rate_limit_per_hour: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Let requests through when the rate limiter's store fails.
@@ -185,6 +188,7 @@ impl Config {
                 .parse_or("PASSWORD_HASH_QUEUE", 4 * password_hash_concurrency)?,
 
             anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
+            signup_rate_limit_per_hour: env.positive_as("SIGNUP_RATE_LIMIT_PER_HOUR", 5)?,
             trusted_proxies: env.list("TRUSTED_PROXIES", parse_net)?,
             rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
             rate_limit_enabled: env.parse_or("RATE_LIMIT_ENABLED", true)?,
@@ -263,6 +267,7 @@ mod tests {
         assert_eq!(c.upload_part_bytes, 8 * MB);
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
+        assert_eq!(c.signup_rate_limit_per_hour, 5);
         assert!(c.rate_limit_fail_open && c.cookie_secure);
         assert!(matches!(c.storage, StorageConfig::Fs { .. }));
     }

@@ -141,6 +141,7 @@ pub async fn authenticate_and_limit(
     if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
         let mut response = ApiError::RateLimited {
             limit: u64::from(d.limit),
+            what: "requests per minute",
             retry_after: d.retry_after.unwrap_or(1),
         }
         .into_response();
@@ -148,6 +149,7 @@ pub async fn authenticate_and_limit(
         return response;
     }
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(auth::ClientIp(ip));
     let mut response = next.run(req).await;
     if let Some(d) = &decision {
         d.apply(response.headers_mut());

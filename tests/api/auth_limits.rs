@@ -2,10 +2,99 @@
 //! address per hour, a doubling delay for an e-mail address whose logins
 //! keep failing, and `/auth/*` refused while its limiter cannot decide.
 
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, assert_problem, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn, spawn_app};
+
+fn header(resp: &Response, name: &str) -> Option<i64> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// A sign-up as a client behind the trusted proxy at `from`.
+async fn signup(app: &TestApp, from: &str, email: &str) -> Response {
+    app.post("/auth/signup")
+        .header("x-forwarded-for", from)
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn signups_past_the_hourly_limit_of_an_address_are_refused_on_every_instance() {
+    let app = spawn().var("TRUSTED_PROXIES", "127.0.0.1").start().await;
+    let other = app.second_instance().await;
+    let from = "198.51.100.7";
+
+    // A sign-up refused for its input creates nothing and spends nothing.
+    let bad = app
+        .post("/auth/signup")
+        .header("x-forwarded-for", from)
+        .json(&json!({"email": "not-an-email", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request").await;
+
+    // Five (the default) an hour, whichever instance they reach; the
+    // anonymous per-minute limit counts each of them beside.
+    for n in 0..5 {
+        let on = if n % 2 == 0 { &app } else { &other };
+        let resp = signup(on, from, &format!("s{n}@example.com")).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "sign-up {n}");
+        assert_eq!(header(&resp, "x-ratelimit-limit"), Some(60));
+        let remaining = header(&resp, "x-ratelimit-remaining").unwrap();
+        assert!(remaining < 60, "counted per minute too: {remaining} left");
+    }
+    let resp = signup(&other, from, "s5@example.com").await;
+    assert_eq!(header(&resp, "x-ratelimit-limit"), Some(60));
+    // One sign-up every 12 minutes once the five are spent.
+    let retry = header(&resp, "retry-after").expect("Retry-After");
+    assert!((700..=720).contains(&retry), "Retry-After: {retry}");
+    let body = assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["limit"], 5);
+    assert_eq!(body["retry_after"], retry);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM accounts").await, 5);
+
+    // Another address has its own five.
+    let resp = signup(&app, "203.0.113.9", "t0@example.com").await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    // An IPv6 client is its /64.
+    for n in 0..5 {
+        let resp = signup(
+            &other,
+            &format!("2001:db8:1:2::{n}"),
+            &format!("v{n}@example.com"),
+        )
+        .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "sign-up {n} from the /64"
+        );
+    }
+    let resp = signup(&app, "2001:db8:1:2:ffff::9", "v5@example.com").await;
+    assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM accounts").await, 11);
+    let subjects: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM rate_limits WHERE key LIKE 'signup:%' ORDER BY key")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        subjects,
+        [
+            "signup:ip:198.51.100.7",
+            "signup:ip:2001:db8:1:2::/64",
+            "signup:ip:203.0.113.9"
+        ]
+    );
+}
 
 #[tokio::test]
 async fn auth_routes_refuse_requests_the_limiter_cannot_decide_and_other_routes_pass() {
