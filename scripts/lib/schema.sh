@@ -123,7 +123,7 @@ run_schema_tests() (
     env DATABASE_URL="$server/$db" JWT_SECRET=schema-test-jwt-secret-0123456789abcdef \
         BIND_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
         ADMIN_TOKEN="$admin" COOKIE_SECURE=false RUST_LOG=warn ANON_RATE_LIMIT_PER_MINUTE=1000000 \
-        SIGNUP_RATE_LIMIT_PER_HOUR=1000000 \
+        SIGNUP_RATE_LIMIT_PER_HOUR=1000000 LOGIN_FAILURES_BEFORE_DELAY=1000000 \
         STORAGE_BACKEND=fs FS_ROOT="$logs/objects" \
         AI_BASE_URL="http://127.0.0.1:$(cat "$logs/ai.port")/v1" AI_MODEL=schema-standin AI_API_KEY="$ai_key" \
         "$CARGO_TARGET_DIR/debug/intake" serve >"$logs/intake.log" 2>&1 &

@@ -1,7 +1,9 @@
-//! Accounts and who is calling: passwords, login sessions, API keys, and the
+//! Accounts and who is calling: passwords, login sessions (and the delay
+//! of an e-mail address whose logins keep failing), API keys, and the
 //! [`Principal`] every request resolves to before it is rate limited.
 
 pub mod api_keys;
+pub mod backoff;
 mod extract;
 mod key_lane;
 pub mod password;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    Account, AccountView, ClientIp, CurrentAccount, SessionAccount, api_keys,
+    Account, AccountView, ClientIp, CurrentAccount, SessionAccount, api_keys, backoff,
     password::{Email, Password},
     session,
 };
@@ -110,7 +110,9 @@ pub async fn signup(
     Ok((StatusCode::CREATED, Json(account.view())))
 }
 
-/// Logs in: sets the session cookie and returns the CSRF token.
+/// Logs in: sets the session cookie and returns the CSRF token. An e-mail
+/// address whose logins failed `LOGIN_FAILURES_BEFORE_DELAY` times in a
+/// row waits (429), whether an account has it or not.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Credentials,
     responses((status = 200, body = LoginResponse), (status = 401, description = "wrong e-mail or password")))]
 pub async fn login(
@@ -123,6 +125,16 @@ pub async fn login(
         #[sqlx(flatten)]
         account: Account,
     }
+    // A login with no room to check its password is no attempt: it is
+    // refused before anything counts it.
+    let turn = state.passwords.admit()?;
+    let subject = backoff::Subject::of(&body.email);
+    backoff::attempt(
+        &state.db,
+        &subject,
+        state.config.login_failures_before_delay,
+    )
+    .await?;
     let row: Option<Row> = match Email::parse(&body.email) {
         Ok(email) => {
             sqlx::query_as(&format!(
@@ -136,11 +148,12 @@ pub async fn login(
         Err(_) => None,
     };
     let stored = row.as_ref().and_then(|r| r.password_hash.clone());
-    let ok = body.password.len() <= Password::MAX_BYTES
-        && state.passwords.verify(body.password, stored).await?;
+    let ok =
+        body.password.len() <= Password::MAX_BYTES && turn.verify(body.password, stored).await?;
     let (true, Some(row)) = (ok, row) else {
         return Err(ApiError::Unauthorized("wrong e-mail or password".into()));
     };
+    backoff::succeeded(&state.db, &subject).await?;
     let new = session::create(
         &state.db,
         &state.jwt,

@@ -92,6 +92,9 @@ pub struct Config {
     /// Sign-ups per hour allowed to one client IP (IPv6: one /64), beside
     /// the anonymous per-minute limit.
     pub signup_rate_limit_per_hour: u32,
+    /// Failed logins in a row of one e-mail address after which its logins
+    /// wait (a minute, doubling with each further failure).
+    pub login_failures_before_delay: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Let requests through when the rate limiter's store fails.
@@ -189,6 +192,7 @@ impl Config {
 
             anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
             signup_rate_limit_per_hour: env.positive_as("SIGNUP_RATE_LIMIT_PER_HOUR", 5)?,
+            login_failures_before_delay: env.positive_as("LOGIN_FAILURES_BEFORE_DELAY", 10)?,
             trusted_proxies: env.list("TRUSTED_PROXIES", parse_net)?,
             rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
             rate_limit_enabled: env.parse_or("RATE_LIMIT_ENABLED", true)?,
@@ -268,6 +272,7 @@ mod tests {
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert_eq!(c.signup_rate_limit_per_hour, 5);
+        assert_eq!(c.login_failures_before_delay, 10);
         assert!(c.rate_limit_fail_open && c.cookie_secure);
         assert!(matches!(c.storage, StorageConfig::Fs { .. }));
     }

@@ -3,7 +3,7 @@
 //! keep failing, and `/auth/*` refused while its limiter cannot decide.
 
 use reqwest::{Response, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn, spawn_app};
 
@@ -18,6 +18,16 @@ async fn signup(app: &TestApp, from: &str, email: &str) -> Response {
     app.post("/auth/signup")
         .header("x-forwarded-for", from)
         .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A login as a client behind the trusted proxy at `from`.
+async fn login(app: &TestApp, from: &str, email: &str, password: &str) -> Response {
+    app.post("/auth/login")
+        .header("x-forwarded-for", from)
+        .json(&json!({"email": email, "password": password}))
         .send()
         .await
         .unwrap()
@@ -96,6 +106,111 @@ async fn signups_past_the_hourly_limit_of_an_address_are_refused_on_every_instan
     );
 }
 
+/// Ten failed logins of `email`, each from an address of its own.
+async fn fail_ten_times(app: &TestApp, email: &str, first: u8) {
+    for n in 0..10 {
+        let resp = login(
+            app,
+            &format!("198.51.100.{}", first + n),
+            email,
+            "wrong password",
+        )
+        .await;
+        assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+}
+
+/// The delay of a refused login, checked against its answer: 429
+/// `rate_limited`, `Retry-After` and `retry_after` alike, no cookie.
+async fn delayed(resp: Response) -> (i64, Value) {
+    assert!(resp.headers().get("set-cookie").is_none());
+    let retry = header(&resp, "retry-after").expect("Retry-After");
+    let body = assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(body["retry_after"], retry);
+    (retry, body)
+}
+
+/// Moves the end of every delay to now, as when it has run out.
+async fn delays_run_out(app: &TestApp) {
+    sqlx::query("UPDATE login_failures SET locked_until = now() WHERE locked_until > now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn logins_failing_ten_times_in_a_row_are_delayed_from_any_address_and_the_delay_doubles() {
+    let app = spawn().var("TRUSTED_PROXIES", "127.0.0.1").start().await;
+    let account = app.account("free").await;
+
+    fail_ten_times(&app, &account.email, 0).await;
+    // The right password, from yet another address, waits too: a minute.
+    let (retry, known) = delayed(login(&app, "203.0.113.1", &account.email, PASSWORD).await).await;
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, 0);
+
+    // An e-mail address no account has is treated the same.
+    fail_ten_times(&app, "nobody@example.com", 100).await;
+    let (retry, unknown) =
+        delayed(login(&app, "203.0.113.2", "nobody@example.com", PASSWORD).await).await;
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    let without_delay = |mut v: Value| {
+        for field in ["detail", "retry_after"] {
+            v.as_object_mut().unwrap().remove(field);
+        }
+        v
+    };
+    assert_eq!(without_delay(known), without_delay(unknown));
+
+    // Once the minute is over, one more failure: two minutes.
+    delays_run_out(&app).await;
+    let resp = login(&app, "203.0.113.3", &account.email, "wrong again").await;
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let (retry, _) = delayed(login(&app, "203.0.113.4", &account.email, PASSWORD).await).await;
+    assert!((61..=120).contains(&retry), "Retry-After: {retry}");
+
+    // A success ends the streak: the next failure is one of a new one.
+    delays_run_out(&app).await;
+    let resp = login(&app, "203.0.113.5", &account.email, PASSWORD).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, 1);
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM login_failures").await,
+        1,
+        "only the unknown address's streak is left"
+    );
+    // Without the reset, the first would have started a four-minute delay.
+    for _ in 0..2 {
+        let resp = login(&app, "203.0.113.6", &account.email, "wrong").await;
+        assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn failures_further_apart_than_fifteen_minutes_start_over() {
+    let app = spawn()
+        .var("TRUSTED_PROXIES", "127.0.0.1")
+        .var("LOGIN_FAILURES_BEFORE_DELAY", "3")
+        .start()
+        .await;
+    let account = app.account("free").await;
+    let fail = || login(&app, "198.51.100.1", &account.email, "wrong password");
+    for _ in 0..2 {
+        assert_problem(fail().await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    // Fifteen minutes after the first failure, the streak is forgotten.
+    sqlx::query("UPDATE login_failures SET expires_at = now()")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_problem(fail().await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    // Three in a row within the window: delayed.
+    let (retry, _) = delayed(login(&app, "198.51.100.2", &account.email, PASSWORD).await).await;
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+}
+
 #[tokio::test]
 async fn auth_routes_refuse_requests_the_limiter_cannot_decide_and_other_routes_pass() {
     let app = spawn_app().await;
@@ -125,4 +240,21 @@ async fn auth_routes_refuse_requests_the_limiter_cannot_decide_and_other_routes_
     let resp = app.get("/limits").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("x-ratelimit-limit").is_none());
+
+    // The failed-login store is a limiter too.
+    sqlx::raw_sql(
+        "ALTER TABLE rate_limits_gone RENAME TO rate_limits;
+         ALTER TABLE login_failures RENAME TO login_failures_gone;",
+    )
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let resp = app
+        .post("/auth/login")
+        .json(&json!({"email": account.email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM sessions").await, 0);
 }
