@@ -1,7 +1,8 @@
 //! The reaper: the periodic clean-up every instance runs. It ends expired
 //! upload leases (uploads of dead instances, abandoned presigned uploads),
 //! retries queued object deletions, prunes state that holds nothing any
-//! more (idle rate-limit rows, forgotten failed-login streaks) and closes
+//! more (idle rate-limit rows, forgotten failed-login streaks, ended
+//! sessions) and closes
 //! idle scratch files of tus parts ([`tus::trim_spills`]). Each step is
 //! safe on several instances at once: rows are claimed with `SKIP LOCKED`,
 //! so each lease is ended and each object deleted once.
@@ -47,12 +48,14 @@ pub async fn housekeeping(state: AppState) {
 }
 
 /// Deletes the rows that hold nothing any more: rate-limit state whose
-/// time has passed and failed-login streaks that are forgotten. Returns
-/// how many it deleted.
+/// time has passed, failed-login streaks that are forgotten, and sessions
+/// that have ended (revoked, expired or idle). Returns how many it
+/// deleted.
 pub async fn prune(state: &AppState) -> Result<u64, sqlx::Error> {
     let limits = ratelimit::prune(&state.db).await?;
     let logins = auth::backoff::prune(&state.db).await?;
-    Ok(limits + logins)
+    let sessions = auth::session::prune(&state.db, state.config.session_idle_timeout).await?;
+    Ok(limits + logins + sessions)
 }
 
 /// One pass of the reaper: expired leases (their objects, reservations and

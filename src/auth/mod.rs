@@ -257,7 +257,14 @@ pub async fn resolve(
 
     if let Some(token) = session::cookie_token(headers) {
         return Ok(
-            match session::authenticate(&state.db, &state.jwt, token).await? {
+            match session::authenticate(
+                &state.db,
+                &state.jwt,
+                token,
+                state.config.session_idle_timeout,
+            )
+            .await?
+            {
                 Some((account, session_id)) => Principal::Session {
                     account,
                     session_id,

@@ -1,5 +1,5 @@
-//! HTTP handlers of signup, login, logout, the current session, `/me` and
-//! API-key management.
+//! HTTP handlers of signup, login, logout (of one session or all of an
+//! account's), the current session, `/me` and API-key management.
 
 use axum::{
     extract::State,
@@ -184,6 +184,25 @@ pub async fn logout(
     auth: SessionAccount,
 ) -> Result<Response, ApiError> {
     session::revoke(&state.db, auth.session_id).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            session::clear_cookie(state.config.cookie_secure),
+        )],
+    )
+        .into_response())
+}
+
+/// Ends every session of the account, this one included (needs
+/// `X-CSRF-Token`). API keys are not sessions and keep working.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("session" = [])),
+    responses((status = 204, description = "every session of the account revoked"), (status = 401), (status = 403)))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    auth: SessionAccount,
+) -> Result<Response, ApiError> {
+    session::revoke_all(&state.db, auth.account.id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         [(

@@ -81,6 +81,8 @@ pub struct Config {
     pub cookie_secure: bool,
     /// Lifetime of a login session.
     pub session_ttl: Duration,
+    /// How long a login session may go unused before it ends.
+    pub session_idle_timeout: Duration,
     /// Password hashes (argon2, 19 MiB each) computed at once.
     pub password_hash_concurrency: usize,
     /// Password hashes that may wait for a free slot; past it, 503.
@@ -186,6 +188,7 @@ impl Config {
             admin_token: env.opt_strong_secret("ADMIN_TOKEN")?,
             cookie_secure: env.parse_or("COOKIE_SECURE", true)?,
             session_ttl: env.secs("SESSION_TTL_SECS", 7 * 24 * 3600)?,
+            session_idle_timeout: env.positive_secs("SESSION_IDLE_TIMEOUT_SECS", 86_400)?,
             password_hash_concurrency,
             password_hash_queue: env
                 .parse_or("PASSWORD_HASH_QUEUE", 4 * password_hash_concurrency)?,
@@ -273,6 +276,7 @@ mod tests {
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert_eq!(c.signup_rate_limit_per_hour, 5);
         assert_eq!(c.login_failures_before_delay, 10);
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(86_400));
         assert!(c.rate_limit_fail_open && c.cookie_secure);
         assert!(matches!(c.storage, StorageConfig::Fs { .. }));
     }

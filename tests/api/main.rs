@@ -21,6 +21,7 @@ mod presign;
 mod ratelimit;
 mod reconcile;
 mod schema;
+mod sessions;
 mod soak;
 mod storage;
 mod tus;
