@@ -2,10 +2,10 @@
 //! upload leases (uploads of dead instances, abandoned presigned uploads),
 //! retries queued object deletions, prunes state that holds nothing any
 //! more (idle rate-limit rows, forgotten failed-login streaks, ended
-//! sessions) and closes
-//! idle scratch files of tus parts ([`tus::trim_spills`]). Each step is
-//! safe on several instances at once: rows are claimed with `SKIP LOCKED`,
-//! so each lease is ended and each object deleted once.
+//! sessions) and closes idle scratch files of tus parts
+//! ([`tus::trim_spills`]). Each step is safe on several instances at once:
+//! rows are claimed with `SKIP LOCKED`, so each lease is ended and each
+//! object deleted once.
 
 use std::time::Duration;
 

@@ -138,13 +138,10 @@ pub async fn authenticate_and_limit(
             }
         }
     };
-    if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
-        let mut response = ApiError::RateLimited {
-            limit: u64::from(d.limit),
-            what: "requests per minute",
-            retry_after: d.retry_after.unwrap_or(1),
-        }
-        .into_response();
+    if let Some(d) = &decision
+        && let Some(refusal) = d.refusal("requests per minute")
+    {
+        let mut response = refusal.into_response();
         d.apply(response.headers_mut());
         return response;
     }

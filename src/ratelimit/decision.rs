@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::policy::Policy;
+use crate::error::ApiError;
 
 /// The outcome of one check, with everything the headers report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,16 @@ impl Decision {
             reset_after: ceil_div(backlog, NANOS_PER_SEC) as u64,
             retry_after,
         }
+    }
+
+    /// The 429 `rate_limited` of a refused request, `None` for an allowed
+    /// one; `what` names what the limit counts, per what.
+    pub fn refusal(&self, what: &'static str) -> Option<ApiError> {
+        (!self.allowed).then(|| ApiError::RateLimited {
+            limit: u64::from(self.limit),
+            what,
+            retry_after: self.retry_after.unwrap_or(1),
+        })
     }
 
     /// Writes `X-RateLimit-*`, `RateLimit-Policy`, `RateLimit` and, when

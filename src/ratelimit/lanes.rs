@@ -154,14 +154,7 @@ impl Limiter {
         };
         metrics::counter!("intake_ratelimit_decisions_total", "policy" => kind, "result" => result)
             .increment(1);
-        match decision.retry_after {
-            None => Ok(()),
-            Some(retry_after) => Err(ApiError::RateLimited {
-                limit: u64::from(decision.limit),
-                what,
-                retry_after,
-            }),
-        }
+        decision.refusal(what).map_or(Ok(()), Err)
     }
 }
 
