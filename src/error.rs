@@ -90,12 +90,21 @@ pub enum ApiError {
     /// 422: a presigned upload's object is not what was declared.
     #[error("{0}")]
     UploadVerificationFailed(String),
-    /// 429: per-minute rate limit.
-    #[error("rate limit of {limit} requests per minute exceeded; retry in {retry_after} s")]
+    /// 429: a rate limit; `what` names what it counts and over what.
+    #[error("rate limit of {limit} {what} exceeded; retry in {retry_after} s")]
     RateLimited {
-        /// Requests per minute.
+        /// What the limit allows in its window.
         limit: u64,
+        /// What is counted, per what ("requests per minute").
+        what: &'static str,
         /// Whole seconds until the next request is allowed.
+        retry_after: u64,
+    },
+    /// 429 `rate_limited`: the logins of this e-mail address failed too
+    /// often in a row; the next is refused until the delay is over.
+    #[error("too many failed logins for this e-mail address; retry in {retry_after} s")]
+    LoginDelayed {
+        /// Whole seconds until the delay is over.
         retry_after: u64,
     },
     /// 429: every concurrent-upload slot is taken.
@@ -199,7 +208,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TypeMismatch(_) => "type_mismatch",
             Self::UploadVerificationFailed(_) => "upload_verification_failed",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::LoginDelayed { .. } => "rate_limited",
             Self::ConcurrentUploadLimit { .. } => "concurrent_upload_limit",
             Self::ConcurrentRequestLimit { .. } => "concurrent_request_limit",
             Self::MonthlyQuotaExceeded { .. } => "monthly_quota_exceeded",
@@ -235,6 +244,7 @@ impl ApiError {
             }
             Self::UploadVerificationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. }
+            | Self::LoginDelayed { .. }
             | Self::ConcurrentUploadLimit { .. }
             | Self::ConcurrentRequestLimit { .. }
             | Self::MonthlyQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -250,6 +260,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after, .. }
+            | Self::LoginDelayed { retry_after }
             | Self::ConcurrentUploadLimit { retry_after, .. }
             | Self::ConcurrentRequestLimit { retry_after, .. }
             | Self::MonthlyQuotaExceeded { retry_after, .. }
@@ -303,7 +314,9 @@ impl ApiError {
             Self::StorageQuotaExceeded { limit, used } => {
                 vec![("limit", json!(limit)), ("used", json!(used))]
             }
-            Self::Busy { .. } => vec![("retry_after", json!(self.retry_after()))],
+            Self::Busy { .. } | Self::LoginDelayed { .. } => {
+                vec![("retry_after", json!(self.retry_after()))]
+            }
             _ => Vec::new(),
         }
     }
@@ -444,6 +457,7 @@ mod tests {
     fn problem_carries_code_and_limit_fields() {
         let p = ApiError::RateLimited {
             limit: 30,
+            what: "requests per minute",
             retry_after: 0,
         }
         .to_problem();

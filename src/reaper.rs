@@ -1,15 +1,17 @@
 //! The reaper: the periodic clean-up every instance runs. It ends expired
 //! upload leases (uploads of dead instances, abandoned presigned uploads),
-//! retries queued object deletions, prunes idle rate-limit state and closes
-//! idle scratch files of tus parts ([`tus::trim_spills`]). Each step is
-//! safe on several instances at once: rows are claimed with `SKIP LOCKED`,
-//! so each lease is ended and each object deleted once.
+//! retries queued object deletions, prunes state that holds nothing any
+//! more (idle rate-limit rows, forgotten failed-login streaks, ended
+//! sessions) and closes idle scratch files of tus parts
+//! ([`tus::trim_spills`]). Each step is safe on several instances at once:
+//! rows are claimed with `SKIP LOCKED`, so each lease is ended and each
+//! object deleted once.
 
 use std::time::Duration;
 
-use crate::{deletions, quota::slots, ratelimit, state::AppState, tus};
+use crate::{auth, deletions, quota::slots, ratelimit, state::AppState, tus};
 
-/// Idle rate-limit rows are pruned about this often.
+/// State that holds nothing any more is pruned about this often.
 const PRUNE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Runs the reaper until the task is aborted.
@@ -36,13 +38,24 @@ pub async fn housekeeping(state: AppState) {
             tracing::warn!(error = %e, "reaping failed; will retry");
         }
         if round.is_multiple_of(prune_every) {
-            match ratelimit::prune(&state.db).await {
-                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned rate-limit state"),
+            match prune(&state).await {
+                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned idle state"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not prune rate-limit state"),
+                Err(e) => tracing::warn!(error = %e, "could not prune idle state"),
             }
         }
     }
+}
+
+/// Deletes the rows that hold nothing any more: rate-limit state whose
+/// time has passed, failed-login streaks that are forgotten, and sessions
+/// that have ended (revoked, expired or idle). Returns how many it
+/// deleted.
+pub async fn prune(state: &AppState) -> Result<u64, sqlx::Error> {
+    let limits = ratelimit::prune(&state.db).await?;
+    let logins = auth::backoff::prune(&state.db).await?;
+    let sessions = auth::session::prune(&state.db, state.config.session_idle_timeout).await?;
+    Ok(limits + logins + sessions)
 }
 
 /// One pass of the reaper: expired leases (their objects, reservations and

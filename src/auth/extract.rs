@@ -39,6 +39,12 @@ pub struct SessionAccount {
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
 
+/// The client's address as the rate limits key it (the socket peer, or
+/// behind trusted proxies the address they name), which the HTTP layer
+/// puts on every request it limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 fn principal(parts: &Parts) -> Result<&Principal, ApiError> {
     parts
         .extensions
@@ -124,6 +130,16 @@ impl FromRequestParts<AppState> for SessionAccount {
             )),
             other => Err(unauthenticated(other)),
         }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts.extensions.get::<ClientIp>().copied().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the request carries no client address"))
+        })
     }
 }
 

@@ -1,7 +1,9 @@
-//! Accounts and who is calling: passwords, login sessions, API keys, and the
+//! Accounts and who is calling: passwords, login sessions (and the delay
+//! of an e-mail address whose logins keep failing), API keys, and the
 //! [`Principal`] every request resolves to before it is rate limited.
 
 pub mod api_keys;
+pub mod backoff;
 mod extract;
 mod key_lane;
 pub mod password;
@@ -16,7 +18,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use extract::{AdminAuth, CurrentAccount, SessionAccount};
+pub use extract::{AdminAuth, ClientIp, CurrentAccount, SessionAccount};
 pub use key_lane::{KeyCheck, KeyLane, KeyOutcome, counted_key_statement};
 
 use crate::{
@@ -256,7 +258,14 @@ pub async fn resolve(
 
     if let Some(token) = session::cookie_token(headers) {
         return Ok(
-            match session::authenticate(&state.db, &state.jwt, token).await? {
+            match session::authenticate(
+                &state.db,
+                &state.jwt,
+                token,
+                state.config.session_idle_timeout,
+            )
+            .await?
+            {
                 Some((account, session_id)) => Principal::Session {
                     account,
                     session_id,

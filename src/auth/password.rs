@@ -21,7 +21,7 @@ impl Email {
     /// Parses an address: one `@`, a non-empty local part, a dotted domain,
     /// no white space or control characters, at most 254 characters.
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let email = raw.trim().to_lowercase();
+        let email = Self::normalize(raw);
         let valid = email.len() <= 254
             && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && match email.split_once('@') {
@@ -48,6 +48,11 @@ impl Email {
     /// The address.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// What an address is once parsed, of any input: trimmed, lower-cased.
+    pub fn normalize(raw: &str) -> String {
+        raw.trim().to_lowercase()
     }
 }
 
@@ -106,9 +111,10 @@ impl Hasher {
         }
     }
 
-    /// A turn to hash: admitted (or refused) at once, then waiting for one
-    /// of the running slots.
-    async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+    /// A place among the hashes running and waiting, or 503 at once. A
+    /// login takes it before anything counts the attempt, so a login
+    /// refused for want of room is no attempt.
+    pub fn admit(&self) -> Result<Admitted, ApiError> {
         let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("intake_password_hash_refused_total").increment(1);
             ApiError::Busy {
@@ -116,13 +122,16 @@ impl Hasher {
                 retry_after: BUSY_RETRY_AFTER_SECS,
             }
         })?;
-        let running = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        Ok((admitted, running))
+        Ok(Admitted {
+            hasher: self.clone(),
+            admitted,
+        })
+    }
+
+    /// A turn to hash: admitted (or refused) at once, then waiting for one
+    /// of the running slots.
+    async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+        self.admit()?.turn().await
     }
 
     /// Hashes a password with argon2id.
@@ -141,11 +150,36 @@ impl Hasher {
         Ok(hashed)
     }
 
+    /// Checks a password against a stored hash (see [`Admitted::verify`]).
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
+        self.admit()?.verify(password, stored).await
+    }
+}
+
+/// A place among the hashes running and waiting ([`Hasher::admit`]).
+pub struct Admitted {
+    hasher: Hasher,
+    admitted: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// Waits for one of the running slots.
+    async fn turn(self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+        let running = self
+            .hasher
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        Ok((self.admitted, running))
+    }
+
     /// Checks a password against a stored hash. With no stored hash
     /// (unknown e-mail, or an account without a password) it still spends
     /// the same time on a dummy hash, so answers do not reveal which e-mail
     /// addresses exist.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    pub async fn verify(self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
         let turn = self.turn().await?;
         let ok = tokio::task::spawn_blocking(move || {
             // Held until the hash is done, even if the request is dropped.

@@ -1,5 +1,5 @@
-//! HTTP handlers of signup, login, logout, the current session, `/me` and
-//! API-key management.
+//! HTTP handlers of signup, login, logout (of one session or all of an
+//! account's), the current session, `/me` and API-key management.
 
 use axum::{
     extract::State,
@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    Account, AccountView, CurrentAccount, SessionAccount, api_keys,
+    Account, AccountView, ClientIp, CurrentAccount, SessionAccount, api_keys, backoff,
     password::{Email, Password},
     session,
 };
 use crate::{
     error::{ApiError, ResultExt},
     extract::{Json, Path},
+    ratelimit::Policy,
     state::AppState,
     tiers::Tier,
 };
@@ -84,22 +85,34 @@ pub async fn insert_account(
     })
 }
 
-/// Creates a FREE account.
+/// Creates a FREE account. Sign-ups with valid input count against the
+/// client address's hourly limit (`SIGNUP_RATE_LIMIT_PER_HOUR`) before the
+/// password is hashed.
 #[utoipa::path(post, path = "/auth/signup", tag = "auth", request_body = Credentials,
     responses((status = 201, body = AccountView), (status = 409, description = "e-mail taken"),
               (status = 422, description = "invalid e-mail or password")))]
 pub async fn signup(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<Credentials>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let email = Email::parse(&body.email)?;
     let password = Password::parse(body.password)?;
+    state
+        .limiter
+        .admit(
+            Policy::signup(ip, state.config.signup_rate_limit_per_hour),
+            "sign-ups per hour from one address",
+        )
+        .await?;
     let hash = state.passwords.hash(password).await?;
     let account = insert_account(&state, &email, Some(hash), Tier::Free).await?;
     Ok((StatusCode::CREATED, Json(account.view())))
 }
 
-/// Logs in: sets the session cookie and returns the CSRF token.
+/// Logs in: sets the session cookie and returns the CSRF token. An e-mail
+/// address whose logins failed `LOGIN_FAILURES_BEFORE_DELAY` times in a
+/// row waits (429), whether an account has it or not.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Credentials,
     responses((status = 200, body = LoginResponse), (status = 401, description = "wrong e-mail or password")))]
 pub async fn login(
@@ -112,6 +125,16 @@ pub async fn login(
         #[sqlx(flatten)]
         account: Account,
     }
+    // A login with no room to check its password is no attempt: it is
+    // refused before anything counts it.
+    let turn = state.passwords.admit()?;
+    let subject = backoff::Subject::of(&body.email);
+    backoff::attempt(
+        &state.db,
+        &subject,
+        state.config.login_failures_before_delay,
+    )
+    .await?;
     let row: Option<Row> = match Email::parse(&body.email) {
         Ok(email) => {
             sqlx::query_as(&format!(
@@ -125,11 +148,12 @@ pub async fn login(
         Err(_) => None,
     };
     let stored = row.as_ref().and_then(|r| r.password_hash.clone());
-    let ok = body.password.len() <= Password::MAX_BYTES
-        && state.passwords.verify(body.password, stored).await?;
+    let ok =
+        body.password.len() <= Password::MAX_BYTES && turn.verify(body.password, stored).await?;
     let (true, Some(row)) = (ok, row) else {
         return Err(ApiError::Unauthorized("wrong e-mail or password".into()));
     };
+    backoff::succeeded(&state.db, &subject).await?;
     let new = session::create(
         &state.db,
         &state.jwt,
@@ -160,6 +184,25 @@ pub async fn logout(
     auth: SessionAccount,
 ) -> Result<Response, ApiError> {
     session::revoke(&state.db, auth.session_id).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            session::clear_cookie(state.config.cookie_secure),
+        )],
+    )
+        .into_response())
+}
+
+/// Ends every session of the account, this one included (needs
+/// `X-CSRF-Token`). API keys are not sessions and keep working.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("session" = [])),
+    responses((status = 204, description = "every session of the account revoked"), (status = 401), (status = 403)))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    auth: SessionAccount,
+) -> Result<Response, ApiError> {
+    session::revoke_all(&state.db, auth.account.id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         [(

@@ -1,5 +1,7 @@
 //! Login sessions: a row in `sessions`, named by the `sid` of a JWT that the
-//! `intake_session` cookie carries, so logout and revocation are real.
+//! `intake_session` cookie carries, so logout and revocation are real. A
+//! session ends at its lifetime's end, when revoked, or once idle for
+//! `SESSION_IDLE_TIMEOUT_SECS`; the reaper deletes ended ones.
 
 use std::time::Duration;
 
@@ -115,25 +117,78 @@ pub async fn create(
     })
 }
 
-/// The account of a valid, unrevoked, unexpired session token.
+/// Whether the session row `sessions` is live: not revoked, within its
+/// lifetime, seen within the idle timeout (`$3`, in seconds).
+const LIVE: &str = "sessions.revoked_at IS NULL AND sessions.expires_at > now()
+    AND sessions.last_seen_at > now() - make_interval(secs => $3)";
+
+/// The statement of [`authenticate`]: the account of a live session, and
+/// its `last_seen_at` moved to now when it is older than `$4` seconds.
+static AUTHENTICATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH seen AS (
+           UPDATE sessions SET last_seen_at = now()
+           WHERE sessions.id = $1 AND sessions.account_id = $2 AND {LIVE}
+             AND sessions.last_seen_at <= now() - make_interval(secs => $4)
+         )
+         SELECT {ACCOUNT_COLUMNS} FROM sessions JOIN accounts ON accounts.id = sessions.account_id
+         WHERE sessions.id = $1 AND sessions.account_id = $2 AND {LIVE}"
+    )
+});
+
+/// How stale a session's `last_seen_at` may grow before a request moves it:
+/// a minute, or a quarter of the idle timeout when that is shorter. A
+/// session in use is written at most once in that time rather than on
+/// every request, and ends between `idle - period` and `idle` after its
+/// last request.
+fn touch_period(idle: Duration) -> Duration {
+    (idle / 4).min(Duration::from_secs(60))
+}
+
+/// The account of a valid session token whose session is live (unrevoked,
+/// within its lifetime, used within `idle`), noting the use (see
+/// [`touch_period`]): one statement.
 pub async fn authenticate(
     db: &PgPool,
     keys: &JwtKeys,
     token: &str,
+    idle: Duration,
 ) -> Result<Option<(Account, Uuid)>, sqlx::Error> {
     let Some(claims) = keys.decode(token) else {
         return Ok(None);
     };
-    let account: Option<Account> = sqlx::query_as(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM sessions JOIN accounts ON accounts.id = sessions.account_id
-         WHERE sessions.id = $1 AND sessions.account_id = $2
-           AND sessions.revoked_at IS NULL AND sessions.expires_at > now()"
-    ))
-    .bind(claims.sid)
-    .bind(claims.sub)
-    .fetch_optional(db)
-    .await?;
+    let account: Option<Account> = sqlx::query_as(&AUTHENTICATE)
+        .bind(claims.sid)
+        .bind(claims.sub)
+        .bind(idle.as_secs_f64())
+        .bind(touch_period(idle).as_secs_f64())
+        .fetch_optional(db)
+        .await?;
     Ok(account.map(|a| (a, claims.sid)))
+}
+
+/// Revokes every session of the account; returns how many were live.
+pub async fn revoke_all(db: &PgPool, account_id: Uuid) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = now() WHERE account_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(account_id)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes the sessions that have ended (revoked, past their lifetime, or
+/// idle for `idle`); returns how many.
+pub async fn prune(db: &PgPool, idle: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM sessions WHERE revoked_at IS NOT NULL OR expires_at <= now()
+           OR last_seen_at <= now() - make_interval(secs => $1)",
+    )
+    .bind(idle.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// Revokes a session.
@@ -169,4 +224,18 @@ pub fn set_cookie(token: &str, max_age_secs: u64, secure: bool) -> String {
 /// The `Set-Cookie` value that removes the session cookie.
 pub fn clear_cookie(secure: bool) -> String {
     set_cookie("", 0, secure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_noted_in_use_once_a_minute_or_four_times_per_timeout() {
+        let secs = |n| Duration::from_secs(n);
+        assert_eq!(touch_period(secs(86_400)), secs(60));
+        assert_eq!(touch_period(secs(240)), secs(60));
+        assert_eq!(touch_period(secs(120)), secs(30));
+        assert_eq!(touch_period(secs(2)), Duration::from_millis(500));
+    }
 }

@@ -92,6 +92,8 @@ pub struct Config {
     pub cookie_secure: bool,
     /// Lifetime of a login session.
     pub session_ttl: Duration,
+    /// How long a login session may go unused before it ends.
+    pub session_idle_timeout: Duration,
     /// Password hashes (argon2, 19 MiB each) computed at once.
     pub password_hash_concurrency: usize,
     /// Password hashes that may wait for a free slot; past it, 503.
@@ -100,6 +102,12 @@ pub struct Config {
     // Rate limits.
     /// Requests per minute allowed to one anonymous client IP.
     pub anon_rate_limit_per_minute: u32,
+    /// Sign-ups per hour allowed to one client IP (IPv6: one /64), beside
+    /// the anonymous per-minute limit.
+    pub signup_rate_limit_per_hour: u32,
+    /// Failed logins in a row of one e-mail address after which its logins
+    /// wait (a minute, doubling with each further failure).
+    pub login_failures_before_delay: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Let requests through when the rate limiter's store fails.
@@ -199,11 +207,14 @@ impl Config {
             metrics_token: env.opt_strong_secret("METRICS_TOKEN")?,
             cookie_secure: env.parse_or("COOKIE_SECURE", true)?,
             session_ttl: env.secs("SESSION_TTL_SECS", 7 * 24 * 3600)?,
+            session_idle_timeout: env.positive_secs("SESSION_IDLE_TIMEOUT_SECS", 86_400)?,
             password_hash_concurrency,
             password_hash_queue: env
                 .parse_or("PASSWORD_HASH_QUEUE", 4 * password_hash_concurrency)?,
 
             anon_rate_limit_per_minute: env.parse_or("ANON_RATE_LIMIT_PER_MINUTE", 60)?,
+            signup_rate_limit_per_hour: env.positive_as("SIGNUP_RATE_LIMIT_PER_HOUR", 5)?,
+            login_failures_before_delay: env.positive_as("LOGIN_FAILURES_BEFORE_DELAY", 10)?,
             trusted_proxies: env.list("TRUSTED_PROXIES", parse_net)?,
             rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
             rate_limit_enabled: env.parse_or("RATE_LIMIT_ENABLED", true)?,
@@ -282,6 +293,9 @@ mod tests {
         assert_eq!(c.upload_part_bytes, 8 * MB);
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
+        assert_eq!(c.signup_rate_limit_per_hour, 5);
+        assert_eq!(c.login_failures_before_delay, 10);
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(86_400));
         assert!(c.rate_limit_fail_open && c.cookie_secure);
         assert!(matches!(c.storage, StorageConfig::Fs { .. }));
     }

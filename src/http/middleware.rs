@@ -27,6 +27,11 @@ const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// they carry, so that a session cannot lift the per-IP guessing limit.
 const ALWAYS_ANONYMOUS: [&str; 2] = ["/auth/signup", "/auth/login"];
 
+/// Where a limiter that cannot decide refuses whatever
+/// `RATE_LIMIT_FAIL_OPEN` says: letting sign-ups and password guesses
+/// through unlimited is what an outage of the limiter must not allow.
+const FAILS_CLOSED: &str = "/auth/";
+
 /// The client's address: the socket peer, or behind trusted proxies the
 /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -126,24 +131,18 @@ pub async fn authenticate_and_limit(
         }
         Some((kind, Err(e))) => {
             metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind).increment(1);
-            if state.config.rate_limit_fail_open {
+            if state.config.rate_limit_fail_open && !path.starts_with(FAILS_CLOSED) {
                 tracing::error!(error = %e, "rate limiter store failed; letting the request through");
                 None
             } else {
-                tracing::error!(error = %e, "rate limiter store failed; refusing the request");
-                return ApiError::ServiceUnavailable(
-                    "the rate limiter is unavailable; retry shortly".into(),
-                )
-                .into_response();
+                return ApiError::from(e).into_response();
             }
         }
     };
-    if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
-        let mut response = ApiError::RateLimited {
-            limit: u64::from(d.limit),
-            retry_after: d.retry_after.unwrap_or(1),
-        }
-        .into_response();
+    if let Some(d) = &decision
+        && let Some(refusal) = d.refusal("requests per minute")
+    {
+        let mut response = refusal.into_response();
         d.apply(response.headers_mut());
         return response;
     }
@@ -169,6 +168,7 @@ pub async fn authenticate_and_limit(
         _ => None,
     };
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(auth::ClientIp(ip));
     let mut response = next.run(req).await;
     if let Some(d) = &decision {
         d.apply(response.headers_mut());

@@ -70,6 +70,7 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::signup))
         .routes(routes!(auth::routes::login))
         .routes(routes!(auth::routes::logout))
+        .routes(routes!(auth::routes::logout_all))
         .routes(routes!(auth::routes::session))
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::routes::create_key, auth::routes::list_keys))

@@ -5,14 +5,15 @@
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::policy::{Policy, WINDOW_NANOS};
+use super::policy::Policy;
+use crate::error::ApiError;
 
 /// The outcome of one check, with everything the headers report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// Whether the request may proceed.
     pub allowed: bool,
-    /// Requests per minute.
+    /// Requests per window.
     pub limit: u32,
     /// Requests that would be allowed right now, after this one.
     pub remaining: u32,
@@ -38,14 +39,15 @@ impl Decision {
         now: DateTime<Utc>,
     ) -> Self {
         let t = policy.interval_nanos();
+        let window = policy.window_nanos;
         let limit = i64::from(policy.limit.max(1));
         // How far the subject is ahead of its allowance.
         let backlog = (tat - now).num_nanoseconds().unwrap_or(i64::MAX / 4).max(0);
         // A further request is allowed while backlog + T <= the window.
-        let remaining = ((WINDOW_NANOS - backlog) / t).clamp(0, limit);
+        let remaining = ((window - backlog) / t).clamp(0, limit);
         let retry_after = (!allowed).then(|| {
             // The refused request would be allowed once backlog + T <= the window.
-            ceil_div(backlog + t - WINDOW_NANOS, NANOS_PER_SEC).max(1) as u64
+            ceil_div(backlog + t - window, NANOS_PER_SEC).max(1) as u64
         });
         let reset_nanos = now.timestamp_micros() * 1_000 + backlog;
         Self {
@@ -58,8 +60,19 @@ impl Decision {
         }
     }
 
+    /// The 429 `rate_limited` of a refused request, `None` for an allowed
+    /// one; `what` names what the limit counts, per what.
+    pub fn refusal(&self, what: &'static str) -> Option<ApiError> {
+        (!self.allowed).then(|| ApiError::RateLimited {
+            limit: u64::from(self.limit),
+            what,
+            retry_after: self.retry_after.unwrap_or(1),
+        })
+    }
+
     /// Writes `X-RateLimit-*`, `RateLimit-Policy`, `RateLimit` and, when
-    /// refused, `Retry-After`.
+    /// refused, `Retry-After`: the headers of a per-minute policy, the one
+    /// limit they describe on every response.
     pub fn apply(&self, headers: &mut HeaderMap) {
         let mut set = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -131,6 +144,18 @@ mod tests {
         assert_eq!(Decision::compute(&p, true, at(t), at(0)).remaining, 6);
         assert_eq!(Decision::compute(&p, true, at(6 * t), at(0)).remaining, 1);
         assert_eq!(Decision::compute(&p, true, at(7 * t), at(0)).remaining, 0);
+    }
+
+    #[test]
+    fn a_spent_hourly_burst_waits_one_interval_of_the_hour() {
+        let p = Policy::signup("192.0.2.1".parse().unwrap(), 5);
+        // Five at once: tat = now + 60 min; the next is due in 12 min.
+        let d = Decision::compute(&p, false, at(3_600_000_000), at(0));
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.retry_after, Some(720));
+        assert_eq!(d.reset_after, 3_600);
+        let d = Decision::compute(&p, true, at(720_000_000), at(0));
+        assert_eq!(d.remaining, 4);
     }
 
     #[test]

@@ -9,16 +9,17 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{
     decision::Decision,
-    policy::{Policy, interval_sql},
+    policy::{MINUTE_NANOS, Policy, interval_sql},
 };
 
 /// The GCRA step on a set of subjects, as an upsert over a CTE
-/// `req(key, k, t)` that the statement defines first: `k` requests of
-/// interval `t` nanoseconds each on subject `key` (distinct keys, `k` at most
-/// the burst). It returns `(key, granted, tat)` for every subject.
+/// `req(key, k, t, w)` that the statement defines first: `k` requests of
+/// interval `t` nanoseconds each on subject `key`, whose window is `w`
+/// nanoseconds (distinct keys, `k` at most the burst). It returns
+/// `(key, granted, tat)` for every subject.
 ///
 /// For `k` requests on a subject whose state is `tat`:
-/// `granted = min(k, (window - max(tat - now, 0)) / T)` and the new state is
+/// `granted = min(k, (w - max(tat - now, 0)) / T)` and the new state is
 /// `max(tat, now) + granted·T`; a new subject is granted all `k`. The SET
 /// expressions all read the old row and the row lock serialises callers on
 /// every instance, so the limit is exact; a subject another instance is
@@ -32,17 +33,18 @@ use super::{
 /// third of its throughput in about half of the runs. Subjects are taken
 /// in key order, so two instances' statements lock their rows in the same
 /// order and cannot deadlock.
-const GCRA_UPSERT: &str = "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns)
-   SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t FROM req ORDER BY key
+const GCRA_UPSERT: &str = "INSERT INTO rate_limits AS r (key, tat, granted, interval_ns, window_ns)
+   SELECT key, now() + make_interval(secs => (k * t)::float8 / 1e9), k, t, w FROM req ORDER BY key
    ON CONFLICT (key) DO UPDATE SET
      granted = least(excluded.granted, greatest(0,
-                 (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                 (excluded.window_ns - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
                  / excluded.interval_ns)),
      tat = greatest(r.tat, now()) + make_interval(secs =>
              (least(excluded.granted, greatest(0,
-                (60000000000 - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
+                (excluded.window_ns - greatest(0, (extract(epoch FROM r.tat - now()) * 1e9)::int8))
                 / excluded.interval_ns)) * excluded.interval_ns)::float8 / 1e9),
-     interval_ns = excluded.interval_ns
+     interval_ns = excluded.interval_ns,
+     window_ns = excluded.window_ns
    RETURNING r.key, r.granted, r.tat";
 
 /// The decisions of `count` requests on one subject, in their order, from
@@ -95,7 +97,7 @@ fn by_subject<P: std::borrow::Borrow<Policy>, T>(
 static DECIDE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH req AS (
-           SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) AS x(key, k, t)
+           SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) AS x(key, k, t, w)
          ), upd AS ({GCRA_UPSERT})
          SELECT key, granted, tat, now() FROM upd"
     )
@@ -121,10 +123,12 @@ pub(super) async fn decide_batch(
         .map(|(p, pos, _)| (pos.len() as i64).min(i64::from(p.limit.max(1))))
         .collect();
     let intervals: Vec<i64> = subjects.iter().map(|(p, ..)| p.interval_nanos()).collect();
+    let windows: Vec<i64> = subjects.iter().map(|(p, ..)| p.window_nanos).collect();
     let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(&DECIDE)
         .bind(&keys)
         .bind(&wanted)
         .bind(&intervals)
+        .bind(&windows)
         .fetch_all(&mut *db)
         .await?;
     let mut decisions: Vec<Option<Decision>> = vec![None; policies.len()];
@@ -162,8 +166,9 @@ pub struct Step {
 /// lookup the request needs anyway (the API key's) carries the GCRA step
 /// and costs no round trip of its own. The limiter knows nothing of the
 /// lookup: it reads two columns of the caller's relation, `subject` (a
-/// [`Policy`] key) and `rpm` (the limit to count with, `NULL` when the row
-/// is not counted), and returns every column of it followed by [`Step`]'s.
+/// [`Policy`] key) and `rpm` (the per-minute limit to count with, `NULL`
+/// when the row is not counted), and returns every column of it followed
+/// by [`Step`]'s.
 #[derive(Debug, Clone)]
 pub struct Counting {
     /// For a batch in which no row is counted: the lookup alone.
@@ -183,7 +188,8 @@ impl Counting {
         );
         let counted = format!(
             "WITH {ctes}, req AS (
-               SELECT subject AS key, least(count(*), min(rpm)) AS k, {t} AS t
+               SELECT subject AS key, least(count(*), min(rpm)) AS k, {t} AS t,
+                      {MINUTE_NANOS}::int8 AS w
                FROM {source} WHERE rpm IS NOT NULL GROUP BY subject
              ), upd AS ({GCRA_UPSERT})
              SELECT {source}.*, upd.granted, upd.tat, now() AS now

@@ -8,6 +8,7 @@ use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{decision::Decision, gcra::decide_batch, policy::Policy};
+use crate::error::ApiError;
 
 /// Why the limiter could not decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,6 +35,14 @@ impl From<&sqlx::Error> for LimiterError {
             message: e.to_string(),
             unavailable: crate::error::database_unavailable(e),
         }
+    }
+}
+
+/// A limiter that cannot decide refuses the request: 503, logged.
+impl From<LimiterError> for ApiError {
+    fn from(e: LimiterError) -> Self {
+        tracing::error!(error = %e, "rate limiter store failed; refusing the request");
+        Self::ServiceUnavailable("the rate limiter is unavailable; retry shortly".into())
     }
 }
 
@@ -127,6 +136,25 @@ impl Limiter {
             (h.finish() as usize) % self.lanes.len()
         };
         self.lanes[lane].submit(policy).await
+    }
+
+    /// Counts one request against a policy a handler applies beside the
+    /// per-minute one: refused, it is 429 `rate_limited` naming `what`
+    /// (whose headers stay the per-minute limit's); a limiter that cannot
+    /// decide refuses it too (503), whatever `RATE_LIMIT_FAIL_OPEN` says.
+    pub async fn admit(&self, policy: Policy, what: &'static str) -> Result<(), ApiError> {
+        let kind = policy.kind;
+        let decision = self.check(policy).await.inspect_err(|_| {
+            metrics::counter!("intake_ratelimit_store_errors_total", "policy" => kind).increment(1);
+        })?;
+        let result = if decision.allowed {
+            "allowed"
+        } else {
+            "refused"
+        };
+        metrics::counter!("intake_ratelimit_decisions_total", "policy" => kind, "result" => result)
+            .increment(1);
+        decision.refusal(what).map_or(Ok(()), Err)
     }
 }
 

@@ -1,11 +1,13 @@
-//! Per-minute rate limits: GCRA with its state in Postgres, decided by one
-//! statement on the database clock, so every instance on the database
-//! enforces one limit and instance clocks do not matter.
+//! Rate limits: GCRA with its state in Postgres, decided by one statement
+//! on the database clock, so every instance on the database enforces one
+//! limit and instance clocks do not matter. Requests are limited per
+//! minute; sign-ups per hour.
 //!
-//! For a limit of `L` requests per minute the emission interval is
-//! `T = 60 s / L` and the burst is `L`: a subject may send `L` requests at
-//! once, then one every `T`. The state is the theoretical arrival time `tat`;
-//! a request at `now` is allowed when `max(tat, now) + T <= now + L·T`.
+//! For a limit of `L` requests per window `W` (a minute, or an hour) the
+//! emission interval is `T = W / L` and the burst is `L`: a subject may
+//! send `L` requests at once, then one every `T`. The state is the
+//! theoretical arrival time `tat`; a request at `now` is allowed when
+//! `max(tat, now) + T <= now + L·T`.
 //!
 //! One job per file: [`policy`] (subjects, their keys and intervals),
 //! [`gcra`] (the step in SQL and the statements around it), [`decision`]

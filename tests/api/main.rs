@@ -7,6 +7,7 @@
 mod admin;
 mod ai;
 mod auth;
+mod auth_limits;
 mod cli;
 mod cluster;
 mod connections;
@@ -20,6 +21,7 @@ mod presign;
 mod ratelimit;
 mod reconcile;
 mod schema;
+mod sessions;
 mod soak;
 mod storage;
 mod tus;

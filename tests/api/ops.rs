@@ -225,6 +225,7 @@ async fn openapi_lists_every_route() {
         "POST /auth/signup",
         "POST /auth/login",
         "POST /auth/logout",
+        "POST /auth/logout-all",
         "GET /auth/session",
         "GET /me",
         "POST /api-keys",

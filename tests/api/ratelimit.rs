@@ -616,7 +616,7 @@ async fn subjects_are_found_by_their_key_whatever_the_statistics_say() {
         (
             "decide",
             decide,
-            "'{ip:192.0.2.1}'::text[], '{1}'::int8[], '{1000}'::int8[]",
+            "'{ip:192.0.2.1}'::text[], '{1}'::int8[], '{1000}'::int8[], '{60000000000}'::int8[]",
         ),
         (
             "counted",
