@@ -3,13 +3,16 @@
 //! run this, which starts intake (and what each bench compares it with),
 //! drives the load, repeats the timed runs, takes their medians and prints
 //! every figure beside its baseline from the same run. Other programs stay
-//! where a figure is about them (the tus reference server and the tus
-//! client); this runs them as processes and reads their output.
+//! where a figure is about them (wrk as the HTTP load generator, the tus
+//! reference server and the tus client); this runs them as processes and
+//! reads their output.
 //!
 //!   bench upload                 every case CASES names (`upload/mod.rs`)
 //!   bench upload CASE COUNT MIB  one timed run of one upload case, printed
 //!                                as `CASE count=… seconds=… mib_per_s=…`
 //!   bench tus                    the tus reference server alone
+//!   bench ratelimit              the limiter on and off, in pairs
+//!   bench cpu BIN...             CPU per request of builds side by side
 //!
 //! Settings come from the environment (each subcommand's `--help` names
 //! them); S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY
@@ -21,11 +24,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod admin;
+mod cpu;
 mod form;
+mod ratelimit;
 mod servers;
 mod stats;
 mod tus;
 mod upload;
+mod wrk;
 
 #[path = "../shared/proc.rs"]
 mod proc;
@@ -55,6 +61,10 @@ enum Bench {
     },
     /// The tus reference server alone (TUS_BENCH_FILE: the file to send).
     Tus,
+    /// The per-minute limiter on and off, measured back to back in pairs.
+    Ratelimit(ratelimit::Settings),
+    /// CPU per request of intake builds, side by side.
+    Cpu(cpu::Settings),
 }
 
 /// Creates the bucket S3_BUCKET names on the S3 server; its name.
@@ -79,6 +89,8 @@ async fn main() {
     match Args::parse().bench {
         Bench::Upload { one } => upload_command(&one).await,
         Bench::Tus => tus::run(part_bytes()).await,
+        Bench::Ratelimit(settings) => ratelimit::run(&settings).await,
+        Bench::Cpu(settings) => cpu::run(&settings).await,
     }
 }
 

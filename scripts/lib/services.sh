@@ -330,6 +330,11 @@ bench_build() {
     BENCH=$CARGO_TARGET_DIR/release/examples/bench
 }
 
+# ensure_wrk: the HTTP load generator of the request benches.
+ensure_wrk() {
+    command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
+}
+
 # tus_reference_install DIR: the tus reference server (@tus/server and
 # @tus/s3-store from npm) in DIR, installed once per folder, with the bench's
 # server script beside its node_modules (ES module imports resolve from the
