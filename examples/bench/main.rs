@@ -4,8 +4,8 @@
 //! drives the load, repeats the timed runs, takes their medians and prints
 //! every figure beside its baseline from the same run. Other programs stay
 //! where a figure is about them (wrk as the HTTP load generator, the tus
-//! reference server and the tus client); this runs them as processes and
-//! reads their output.
+//! reference server and the tus client, boto3 as the direct S3 baseline);
+//! this runs them as processes and reads their output.
 //!
 //!   bench upload                 every case CASES names (`upload/mod.rs`)
 //!   bench upload CASE COUNT MIB  one timed run of one upload case, printed
@@ -13,6 +13,7 @@
 //!   bench tus                    the tus reference server alone
 //!   bench ratelimit              the limiter on and off, in pairs
 //!   bench cpu BIN...             CPU per request of builds side by side
+//!   bench presign                presigned multipart against boto3
 //!
 //! Settings come from the environment (each subcommand's `--help` names
 //! them); S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY
@@ -26,6 +27,7 @@
 mod admin;
 mod cpu;
 mod form;
+mod presign;
 mod ratelimit;
 mod servers;
 mod stats;
@@ -65,6 +67,8 @@ enum Bench {
     Ratelimit(ratelimit::Settings),
     /// CPU per request of intake builds, side by side.
     Cpu(cpu::Settings),
+    /// Presigned multipart against boto3, and issue/complete latency.
+    Presign(presign::Settings),
 }
 
 /// Creates the bucket S3_BUCKET names on the S3 server; its name.
@@ -91,6 +95,7 @@ async fn main() {
         Bench::Tus => tus::run(part_bytes()).await,
         Bench::Ratelimit(settings) => ratelimit::run(&settings).await,
         Bench::Cpu(settings) => cpu::run(&settings).await,
+        Bench::Presign(settings) => presign::run(&settings).await,
     }
 }
 
