@@ -22,6 +22,12 @@ impl Kind {
         media_type: "video/mp4",
         header: b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom",
     };
+    /// A PNG (signature and a 1 × 1 IHDR).
+    pub const PNG: Kind = Kind {
+        ext: "png",
+        media_type: "image/png",
+        header: b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89",
+    };
 
     /// `len` bytes: this type's header, then random bytes.
     pub fn random(&self, len: usize) -> Bytes {

@@ -2,10 +2,10 @@
 //! install the tools and start the services (Postgres, the S3 server), then
 //! run this, which starts intake (and what each bench compares it with),
 //! drives the load, repeats the timed runs, takes their medians and prints
-//! every figure beside its baseline from the same run. Other programs stay
-//! where a figure is about them (wrk as the HTTP load generator, the tus
-//! reference server and the tus client, boto3 as the direct S3 baseline);
-//! this runs them as processes and reads their output.
+//! every figure beside its baseline from the same run. Stock tools stay
+//! where they are what a figure is about (wrk as the HTTP load generator,
+//! the tus reference server and the tus client, boto3 as the direct S3
+//! baseline); this runs them as processes and reads their output.
 //!
 //!   bench upload                 every case CASES names (`upload/mod.rs`)
 //!   bench upload CASE COUNT MIB  one timed run of one upload case, printed
@@ -14,6 +14,7 @@
 //!   bench ratelimit              the limiter on and off, in pairs
 //!   bench cpu BIN...             CPU per request of builds side by side
 //!   bench presign                presigned multipart against boto3
+//!   bench statements             SQL statements per operation
 //!
 //! Settings come from the environment (each subcommand's `--help` names
 //! them); S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY
@@ -30,6 +31,7 @@ mod form;
 mod presign;
 mod ratelimit;
 mod servers;
+mod statements;
 mod stats;
 mod tus;
 mod upload;
@@ -69,6 +71,8 @@ enum Bench {
     Cpu(cpu::Settings),
     /// Presigned multipart against boto3, and issue/complete latency.
     Presign(presign::Settings),
+    /// SQL statements per operation (pg_stat_statements).
+    Statements(statements::Settings),
 }
 
 /// Creates the bucket S3_BUCKET names on the S3 server; its name.
@@ -96,6 +100,7 @@ async fn main() {
         Bench::Ratelimit(settings) => ratelimit::run(&settings).await,
         Bench::Cpu(settings) => cpu::run(&settings).await,
         Bench::Presign(settings) => presign::run(&settings).await,
+        Bench::Statements(settings) => statements::run(&settings).await,
     }
 }
 
