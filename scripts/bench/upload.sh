@@ -36,9 +36,13 @@
 #   INTAKE_BIN=path scripts/bench/upload.sh   runs that intake binary (another
 #                                    build, to compare two in the same setup)
 #
-# This script installs and starts the services (Postgres, s3s-fs); the
-# cases, their repeats, medians and figures are examples/upload_bench/,
-# which starts intake and the relays as each case needs them. A run that
+#   TUS_BENCH_DIR=dir scripts/bench/upload.sh   keeps the tus reference's
+#                                    npm packages in dir between runs
+#
+# This script installs and starts the services (Postgres, s3s-fs) and the
+# tus reference's packages; the cases, their repeats, medians and figures
+# are `bench upload` (examples/bench/upload/), which starts intake, the
+# relays and the tus reference server as each case needs them. A run that
 # fails ends the bench with an error rather than leave a figure without it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,9 +53,7 @@ ensure_s3s_fs
 if [ "${CASES:-all}" = profile ]; then
     command -v valgrind >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq valgrind; }
 fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
-cargo build --release --locked --bin intake --example upload_bench --example relay_floor --example put_relay --example tus_relay >/dev/null 2>&1
-export INTAKE_BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
+bench_build --example relay_floor --example put_relay --example tus_relay
 
 bench_database bench_upload
 
@@ -64,12 +66,13 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+case ${CASES:-all} in
+all | tus) tus_reference_install "${TUS_BENCH_DIR:-$WORK/node}" ;;
+esac
 s3_start "$WORK/s3" "$S3_PORT" bench-key bench-secret
 
 export S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3_BUCKET=bench S3_ACCESS_KEY_ID=bench-key S3_SECRET_ACCESS_KEY=bench-secret
 export STORAGE_BACKEND=s3 S3_REGION=us-east-1
 export UPLOAD_PART_BYTES=${PART_BYTES:-8388608} PART_BYTES=${PART_BYTES:-8388608} RUST_LOG=warn
-PORT=$(free_port)
-export BIND_ADDR=127.0.0.1:$PORT INTAKE_URL=http://127.0.0.1:$PORT
 export BENCH_WORK=$WORK BENCH_S3_ROOT=$WORK/s3
-"$CARGO_TARGET_DIR/release/examples/upload_bench"
+"$BENCH" upload

@@ -1,5 +1,6 @@
-# Shared by scripts/run.sh and scripts/test.sh: start the Postgres cluster
-# and the S3 test server that intake needs, installing what is missing.
+# Shared by scripts/run.sh, scripts/test.sh and the benches: start the
+# Postgres cluster and the S3 test server that intake needs, installing what
+# is missing, and install the tools the benches drive.
 # shellcheck shell=bash
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -315,4 +316,40 @@ bench_database_drop() {
     if [ -n "${SCHEMA:-}" ]; then
         "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
     fi
+}
+
+# bench_build [cargo build arguments]: release builds of the bench tool
+# (examples/bench) and, unless INTAKE_BIN names another binary, of intake;
+# sets BENCH (the tool) and exports INTAKE_BIN.
+bench_build() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/intake-target}
+    local intake=()
+    [ -n "${INTAKE_BIN:-}" ] || intake=(--bin intake)
+    cargo build --quiet --release --locked --example bench "${intake[@]}" "$@"
+    export INTAKE_BIN=${INTAKE_BIN:-$CARGO_TARGET_DIR/release/intake}
+    BENCH=$CARGO_TARGET_DIR/release/examples/bench
+}
+
+# ensure_wrk: the HTTP load generator of the request benches.
+ensure_wrk() {
+    command -v wrk >/dev/null 2>&1 || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk; }
+}
+
+# tus_reference_install DIR: the tus reference server (@tus/server and
+# @tus/s3-store from npm) in DIR, installed once per folder, with the bench's
+# server script beside its node_modules (ES module imports resolve from the
+# script's place); exports TUS_NODE_DIR.
+tus_reference_install() {
+    local dir=$1 pkg
+    mkdir -p "$dir"
+    if [ ! -f "$dir/node_modules/@tus/s3-store/package.json" ] || [ ! -f "$dir/node_modules/@tus/server/package.json" ]; then
+        log "installing @tus/server and @tus/s3-store into $dir"
+        ( cd "$dir" && { [ -f package.json ] || echo '{"private":true}' >package.json; } \
+            && npm install --no-audit --no-fund --loglevel=error '@tus/server@^2' '@tus/s3-store@^2' ) >&2
+    fi
+    cp scripts/bench/tus/server.mjs "$dir/"
+    for pkg in @tus/server @tus/s3-store @tus/utils @aws-sdk/client-s3; do
+        echo "$pkg $(node -p "require('$dir/node_modules/$pkg/package.json').version")" >&2
+    done
+    export TUS_NODE_DIR=$dir
 }

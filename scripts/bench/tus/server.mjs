@@ -1,8 +1,6 @@
 // tus server (@tus/server + @tus/s3-store) for the upload benchmark.
-// Config comes from the environment; it listens on a free loopback port and
-// writes that port to $TUS_PORT_FILE once it accepts connections.
+// Config comes from the environment; it listens on 127.0.0.1:$TUS_PORT.
 import http from 'node:http';
-import fs from 'node:fs';
 import { Server } from '@tus/server';
 import { S3Store } from '@tus/s3-store';
 
@@ -39,6 +37,4 @@ const tus = new Server({
   },
 });
 const server = http.createServer((req, res) => tus.handle(req, res));
-server.listen(0, '127.0.0.1', () => {
-  fs.writeFileSync(env('TUS_PORT_FILE'), String(server.address().port));
-});
+server.listen(Number(env('TUS_PORT')), '127.0.0.1');

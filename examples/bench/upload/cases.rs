@@ -10,10 +10,10 @@ use aws_sdk_s3::{
 };
 use bytes::Bytes;
 
-use crate::s3::{self, env};
-
-/// One MiB.
-pub const MIB: usize = 1024 * 1024;
+use crate::{
+    form::{Kind, MIB, form},
+    s3::{self, env},
+};
 
 /// Where a run sends its bytes.
 pub struct Target {
@@ -30,7 +30,7 @@ pub struct Target {
 
 /// Bytes that look like an MP4 to the type check and do not compress.
 fn payload(len: usize) -> Bytes {
-    let mut v = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
+    let mut v = Kind::MP4.header.to_vec();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while v.len() < len {
         x ^= x << 13;
@@ -42,18 +42,27 @@ fn payload(len: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// Sends an S3 request with its payload unsigned (as intake sends its
+/// own); a failure ends the bench.
+macro_rules! send_unsigned {
+    ($request:expr, $what:literal) => {
+        $request
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .expect($what)
+    };
+}
+
 async fn direct_put(client: &aws_sdk_s3::Client, key: &str, data: Bytes) {
-    client
+    let request = client
         .put_object()
         .bucket(env("S3_BUCKET"))
         .key(key)
         .content_length(data.len() as i64)
-        .body(ByteStream::from(data))
-        .customize()
-        .disable_payload_signing()
-        .send()
-        .await
-        .expect("put_object");
+        .body(ByteStream::from(data));
+    send_unsigned!(request, "put_object");
 }
 
 /// Multipart upload with parts sent one after another, as intake does.
@@ -71,19 +80,15 @@ async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, data: Bytes, p
     for (i, start) in (0..data.len()).step_by(part).enumerate() {
         let chunk = data.slice(start..(start + part).min(data.len()));
         let n = i as i32 + 1;
-        let out = client
+        let request = client
             .upload_part()
             .bucket(&bucket)
             .key(key)
             .upload_id(&id)
             .part_number(n)
             .content_length(chunk.len() as i64)
-            .body(ByteStream::from(chunk))
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .expect("upload_part");
+            .body(ByteStream::from(chunk));
+        let out = send_unsigned!(request, "upload_part");
         parts.push(
             CompletedPart::builder()
                 .part_number(n)
@@ -91,42 +96,17 @@ async fn direct_multipart(client: &aws_sdk_s3::Client, key: &str, data: Bytes, p
                 .build(),
         );
     }
-    client
-        .complete_multipart_upload()
+    let done = CompletedMultipartUpload::builder()
+        .set_parts(Some(parts))
+        .build();
+    let request = client.complete_multipart_upload().multipart_upload(done);
+    request
         .bucket(&bucket)
         .key(key)
         .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
         .send()
         .await
         .expect("complete");
-}
-
-/// A multipart/form-data body streamed in 1 MiB chunks, never copied whole.
-fn form(field: &str, files: &[Bytes]) -> (String, u64, reqwest::Body) {
-    let boundary = "benchboundary7d3a";
-    let mut pieces: Vec<Bytes> = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        pieces.push(Bytes::from(format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"clip{i}.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
-        )));
-        for start in (0..f.len()).step_by(MIB) {
-            pieces.push(f.slice(start..(start + MIB).min(f.len())));
-        }
-        pieces.push(Bytes::from_static(b"\r\n"));
-    }
-    pieces.push(Bytes::from(format!("--{boundary}--\r\n")));
-    let len = pieces.iter().map(|p| p.len() as u64).sum();
-    let stream = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
-    (
-        format!("multipart/form-data; boundary={boundary}"),
-        len,
-        reqwest::Body::wrap_stream(stream),
-    )
 }
 
 async fn intake(
@@ -136,7 +116,7 @@ async fn intake(
     field: &str,
     files: &[Bytes],
 ) -> reqwest::StatusCode {
-    let (ct, len, body) = form(field, files);
+    let (ct, len, body) = form(field, files, &Kind::MP4);
     let resp = client
         .post(format!("{}{path}", to.intake_url))
         .bearer_auth(&to.intake_key)
@@ -166,6 +146,10 @@ pub async fn timed(case: &str, count: usize, mib: usize, to: &Target) -> f64 {
     let s3 = s3::client_at(&to.s3_endpoint);
     let http = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let stream_one = || {
+        let file = std::slice::from_ref(&data);
+        intake(to, &http, "/upload/stream", "file", file)
+    };
     let start = Instant::now();
     match case {
         "direct-multipart" => {
@@ -178,26 +162,10 @@ pub async fn timed(case: &str, count: usize, mib: usize, to: &Target) -> f64 {
             }
         }
         "intake" => {
-            intake(
-                to,
-                &http,
-                "/upload/stream",
-                "file",
-                std::slice::from_ref(&data),
-            )
-            .await;
+            stream_one().await;
         }
         "intake-concurrent" => {
-            let uploads = (0..count).map(|_| {
-                intake(
-                    to,
-                    &http,
-                    "/upload/stream",
-                    "file",
-                    std::slice::from_ref(&data),
-                )
-            });
-            futures_util::future::join_all(uploads).await;
+            futures_util::future::join_all((0..count).map(|_| stream_one())).await;
         }
         "intake-batch" => {
             let files = vec![data.clone(); count];

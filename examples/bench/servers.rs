@@ -1,7 +1,8 @@
-//! The processes the upload bench starts, stops and measures: intake
-//! (afresh for the cases that need a fresh server, with the read buffer or
-//! the wrapper a case asks for), the bare relays, the relay floor, the tus
-//! reference server's own script and the tus client.
+//! The processes every bench starts, stops and measures: intake (as many
+//! instances as a bench compares, each on its own port and settings), the
+//! relays, the tus reference server; each stopped with SIGTERM and waited
+//! for, or on drop when a bench fails half-way, so no run leaves a server
+//! behind.
 
 use std::{
     fs::File,
@@ -127,6 +128,9 @@ impl Server {
 
     fn end(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if child.try_wait().is_ok_and(|status| status.is_some()) {
+                return;
+            }
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -141,20 +145,48 @@ impl Drop for Server {
     }
 }
 
-/// The relay floor (`examples/relay_floor.rs`) over 2 GiB read `read_kib`
-/// KiB at a time: its relay's CPU seconds per GiB and SHA-256's alone.
-pub fn relay_floor(read_kib: usize) -> (String, String) {
-    let out = Command::new(sibling("relay_floor"))
-        .args(["2", &read_kib.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run relay_floor");
-    assert!(out.status.success(), "relay_floor failed");
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        field(&line, "relay_cpu_s_per_gib"),
-        field(&line, "sha256_cpu_s_per_gib"),
-    )
+/// Starts `bin serve` listening on `addr` (`127.0.0.1:<port>`), with
+/// `vars` beside the environment it inherits, under `wrap` (a command and
+/// its arguments, e.g. a profiler) when that is not empty, its output in
+/// `log`, and waits up to a minute for its `/healthz`.
+pub async fn start_intake(
+    bin: &str,
+    addr: &str,
+    vars: &[(&str, String)],
+    wrap: &[String],
+    log: &Path,
+) -> Server {
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
+        .arg("serve")
+        .env("BIND_ADDR", addr)
+        .envs(vars.iter().cloned());
+    let health = Ready::Healthy(format!("http://{addr}/healthz"));
+    Server::start(command, log, health, Duration::from_secs(60)).await
+}
+
+/// The JSON line a tool printed, once it has exited with success; `what`
+/// names the tool in the error that ends the bench otherwise.
+pub fn json_report(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert!(out.status.success(), "{what} failed");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}'s JSON line: {e}"))
+}
+
+/// The strings of the list `key` of a tool's JSON report.
+pub fn strings(report: &serde_json::Value, key: &str) -> Vec<String> {
+    let list = report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list {key} in {report}"));
+    list.iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
 }
 
 /// The value of `name=value` in a tool's output line.
@@ -163,84 +195,4 @@ pub fn field(line: &str, name: &str) -> String {
         .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
         .to_owned()
-}
-
-/// The tus reference server's figures from its own script
-/// (`scripts/bench/tus.sh`), over `file`: seconds and peak RSS of one
-/// 100 MiB upload and of 10 × 20 MiB.
-pub struct TusReference {
-    /// Seconds of one 100 MiB upload.
-    pub single: String,
-    /// The server's peak RSS in MiB during it.
-    pub single_rss: String,
-    /// Seconds of 10 concurrent 20 MiB uploads.
-    pub c10: String,
-    /// The server's peak RSS in MiB during them.
-    pub c10_rss: String,
-}
-
-impl TusReference {
-    /// Runs the script against the bench's S3 server and bucket.
-    pub fn measure(file: &Path, s3_endpoint: &str, bucket: &str, part: usize) -> TusReference {
-        let out = Command::new("scripts/bench/tus.sh")
-            .args([
-                s3_endpoint,
-                &crate::s3::env("S3_ACCESS_KEY_ID"),
-                &crate::s3::env("S3_SECRET_ACCESS_KEY"),
-                bucket,
-                &part.to_string(),
-            ])
-            .env("TUS_BENCH_FILE", file)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/bench/tus.sh");
-        assert!(out.status.success(), "scripts/bench/tus.sh failed");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = |case: &str| {
-            text.lines()
-                .find(|l| l.starts_with(case))
-                .unwrap_or_else(|| panic!("no {case:?} line from tus.sh:\n{text}"))
-                .to_owned()
-        };
-        let (single, c10) = (line("tus single"), line("tus 10x20"));
-        TusReference {
-            single: field(&single, "seconds"),
-            single_rss: field(&single, "peak_rss_mib"),
-            c10: field(&c10, "seconds"),
-            c10_rss: field(&c10, "peak_rss_mib"),
-        }
-    }
-}
-
-/// The bench's tus client (`scripts/bench/tus/client.mjs`): `count`
-/// concurrent uploads of the first `mib` MiB of `file`, created at `url`,
-/// in PATCHes of `part` bytes; the seconds it reports.
-pub fn tus_load(
-    url: &str,
-    file: &Path,
-    count: usize,
-    mib: usize,
-    part: usize,
-    authorization: Option<&str>,
-) -> f64 {
-    let mut node = Command::new("node");
-    node.arg("scripts/bench/tus/client.mjs")
-        .arg(url)
-        .arg(file)
-        .args([
-            (mib * crate::cases::MIB).to_string(),
-            count.to_string(),
-            part.to_string(),
-        ])
-        .stderr(Stdio::inherit());
-    if let Some(auth) = authorization {
-        node.env("TUS_AUTHORIZATION", auth);
-    }
-    let out = node.output().expect("run the tus client");
-    assert!(out.status.success(), "the tus client failed");
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("the tus client's JSON line");
-    report["seconds"]
-        .as_f64()
-        .expect("seconds in the tus client's line")
 }

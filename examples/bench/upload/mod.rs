@@ -6,24 +6,29 @@
 //! From the environment (`scripts/bench/upload.sh` sets them): CASES (`all`,
 //! `stream`, `batch`, `tus` or `profile`), REPEAT (3), PROFILE_MIB (100),
 //! INTAKE_WRAP (a command intake runs under, e.g. a profiler),
-//! INTAKE_BIN, INTAKE_URL (where intake listens: its BIND_ADDR),
-//! ADMIN_TOKEN, DATABASE_URL, BENCH_WORK (a scratch folder) and
+//! INTAKE_BIN, ADMIN_TOKEN, DATABASE_URL, BENCH_WORK (a scratch folder),
 //! BENCH_S3_ROOT (the S3 server's folder, emptied between cases so the disk
-//! does not fill). intake inherits the rest of the environment.
+//! does not fill) and, for the tus cases, TUS_NODE_DIR (see `tus.rs`).
+//! intake listens on a free port, the same one each time it restarts, and
+//! inherits the rest of the environment.
+
+pub mod cases;
 
 use std::{
-    io::{Read, Write},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use sqlx::Connection;
 
+use self::cases::Target;
 use crate::{
-    cases::{self, MIB, Target},
-    s3::{self, env},
-    servers::{self, Ready, Server, TusReference},
+    admin::Admin,
+    form::{Kind, MIB},
+    s3::env,
+    servers::{self, Ready, Server, field},
+    stats, tus,
 };
 
 /// The read buffer (READ_BUFFER_BYTES) of the second measurement of CPU per
@@ -76,6 +81,8 @@ struct Bench {
     repeat: usize,
     part: usize,
     to: Target,
+    /// Where intake listens (its BIND_ADDR).
+    addr: String,
     intake: Option<Server>,
 }
 
@@ -91,21 +98,12 @@ impl Bench {
             .map(str::to_owned)
             .collect();
         let wrap = if wrap.is_empty() { &from_env } else { wrap };
-        let mut command = match wrap.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
-        command.arg("serve");
-        if let Some(bytes) = read_buffer {
-            command.env("READ_BUFFER_BYTES", bytes.to_string());
-        }
-        let health = Ready::Healthy(format!("{}/healthz", self.to.intake_url));
+        let vars: Vec<(&str, String)> = read_buffer
+            .map(|bytes| ("READ_BUFFER_BYTES", bytes.to_string()))
+            .into_iter()
+            .collect();
         let log = self.work.join("intake.log");
-        self.intake = Some(Server::start(command, &log, health, Duration::from_secs(60)).await);
+        self.intake = Some(servers::start_intake(&self.bin, &self.addr, &vars, wrap, &log).await);
     }
 
     fn stop_intake(&mut self) {
@@ -156,8 +154,7 @@ impl Bench {
             times.push(cases::timed(case, count, mib, &to).await);
             self.empty_bucket();
         }
-        times.sort_by(f64::total_cmp);
-        format!("{:.3}", times[times.len().div_ceil(2) - 1])
+        format!("{:.3}", stats::median(&times))
     }
 
     /// The median of `case` against the S3 server itself.
@@ -188,42 +185,27 @@ impl Bench {
 /// Creates the bench's account (enterprise, limits lifted so that only the
 /// upload path is measured) through intake's admin API; its API key.
 async fn bench_key(intake_url: &str) -> String {
-    let http = reqwest::Client::new();
-    let admin = env("ADMIN_TOKEN");
-    let call = |method: reqwest::Method, path: String, body: serde_json::Value| {
-        let request = http
-            .request(method, format!("{intake_url}{path}"))
-            .bearer_auth(&admin)
-            .json(&body);
-        async move {
-            let resp = request.send().await.expect("admin call");
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await.expect("admin JSON");
-            assert!(status.is_success(), "admin {path}: {status} {body}");
-            body
-        }
-    };
-    let account = call(
-        reqwest::Method::POST,
-        "/admin/accounts".into(),
-        serde_json::json!({"email": "bench@example.com", "tier": "enterprise"}),
+    let limits = serde_json::json!({"concurrent_uploads": 64, "batch_size": 64,
+        "requests_per_minute": 100000, "storage_bytes": null});
+    Admin::new(intake_url)
+        .key("bench@example.com", "enterprise", Some(limits))
+        .await
+}
+
+/// The relay floor (`examples/relay_floor.rs`) over 2 GiB read `read_kib`
+/// KiB at a time: its relay's CPU seconds per GiB and SHA-256's alone.
+fn relay_floor(read_kib: usize) -> (String, String) {
+    let out = Command::new(servers::sibling("relay_floor"))
+        .args(["2", &read_kib.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run relay_floor");
+    assert!(out.status.success(), "relay_floor failed");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        field(&line, "relay_cpu_s_per_gib"),
+        field(&line, "sha256_cpu_s_per_gib"),
     )
-    .await;
-    let id = account["id"].as_str().expect("account id").to_owned();
-    call(
-        reqwest::Method::PATCH,
-        format!("/admin/accounts/{id}"),
-        serde_json::json!({"custom_limits": {"concurrent_uploads": 64, "batch_size": 64,
-            "requests_per_minute": 100000, "storage_bytes": null}}),
-    )
-    .await;
-    let key = call(
-        reqwest::Method::POST,
-        format!("/admin/accounts/{id}/api-keys"),
-        serde_json::json!({"name": "bench"}),
-    )
-    .await;
-    key["key"].as_str().expect("the API key").to_owned()
 }
 
 /// Runs the cases CASES names and prints their lines.
@@ -231,13 +213,8 @@ pub async fn all(part: usize) {
     let cases = std::env::var("CASES").unwrap_or_else(|_| "all".into());
     let repeat: usize = std::env::var("REPEAT").map_or(3, |r| r.parse().expect("REPEAT"));
     assert!(repeat > 0, "REPEAT must be at least 1");
-    let bucket = env("S3_BUCKET");
-    s3::client()
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create the bench bucket");
+    let bucket = crate::bench_bucket().await;
+    let addr = format!("127.0.0.1:{}", servers::free_port());
     let mut b = Bench {
         bin: env("INTAKE_BIN"),
         work: PathBuf::from(env("BENCH_WORK")),
@@ -246,11 +223,12 @@ pub async fn all(part: usize) {
         repeat,
         part,
         to: Target {
-            intake_url: env("INTAKE_URL"),
+            intake_url: format!("http://{addr}"),
             intake_key: String::new(),
             s3_endpoint: env("S3_ENDPOINT"),
             part,
         },
+        addr,
         intake: None,
     };
     b.start_intake(None, &[]).await;
@@ -395,8 +373,8 @@ async fn streams(b: &mut Bench, cases: &str, shared: &str) {
         b.empty_bucket();
         // The least any server spends per GiB that receives, hashes and
         // sends on (examples/relay_floor.rs), on this machine, now.
-        (stream.floor_64, stream.floor_sha) = servers::relay_floor(64);
-        stream.floor_1m = servers::relay_floor(1024).0;
+        (stream.floor_64, stream.floor_sha) = relay_floor(64);
+        stream.floor_1m = relay_floor(1024).0;
     }
     if cases == "stream" {
         println!("\ncase                                   seconds    MiB/s");
@@ -454,8 +432,15 @@ async fn streams(b: &mut Bench, cases: &str, shared: &str) {
     // client and the same file (an MP4 header, so that intake accepts it,
     // then random bytes).
     let tus_file = b.work.join("clip.bin");
-    write_clip(&tus_file, 100 * MIB);
-    let reference = TusReference::measure(&tus_file, &b.to.s3_endpoint, &b.bucket, b.part);
+    std::fs::write(&tus_file, Kind::MP4.random(100 * MIB)).expect("write the tus file");
+    let reference = tus::Reference::measure(&tus::Setup {
+        file: &tus_file,
+        s3_endpoint: &b.to.s3_endpoint,
+        bucket: &b.bucket,
+        part: b.part,
+        work: &b.work,
+    })
+    .await;
     b.start_intake(None, &[]).await;
     b.once("intake", 1, 100).await;
     let rss_single = b.intake().peak_rss_mib();
@@ -504,11 +489,16 @@ async fn streams(b: &mut Bench, cases: &str, shared: &str) {
         );
         println!(
             "{}",
-            row("tus, 100 MiB", &r.single, 100, Some(&r.single_rss))
+            row("tus, 100 MiB", &r.single.secs, 100, Some(&r.single.rss))
         );
         println!(
             "{}",
-            row("tus 10 x 20 MiB concurrent", &r.c10, 200, Some(&r.c10_rss))
+            row(
+                "tus 10 x 20 MiB concurrent",
+                &r.c10.secs,
+                200,
+                Some(&r.c10.rss)
+            )
         );
         println!("{}", tus.summary());
         println!(
@@ -538,10 +528,15 @@ async fn streams(b: &mut Bench, cases: &str, shared: &str) {
             100,
             Some(&rss_single),
         ),
-        row("tus, 100 MiB", &r.single, 100, Some(&r.single_rss)),
+        row("tus, 100 MiB", &r.single.secs, 100, Some(&r.single.rss)),
         row("intake 20 x 100 MiB concurrent", &c20, 2000, Some(&rss20)),
         row("intake 10 x 20 MiB concurrent", &c10, 200, Some(&rss10)),
-        row("tus 10 x 20 MiB concurrent", &r.c10, 200, Some(&r.c10_rss)),
+        row(
+            "tus 10 x 20 MiB concurrent",
+            &r.c10.secs,
+            200,
+            Some(&r.c10.rss),
+        ),
         batch.rows(),
     ] {
         println!("{line}");
@@ -559,11 +554,11 @@ async fn streams(b: &mut Bench, cases: &str, shared: &str) {
     println!("  the same with 1 MiB reads (READ_BUFFER_BYTES={BIG_READS}): {rss10_1m} MiB");
     println!(
         "intake / tus throughput, 100 MiB:      {}   goal >= 2",
-        ratio(&r.single, &stream.intake_one)
+        ratio(&r.single.secs, &stream.intake_one)
     );
     println!(
         "intake / tus throughput, 10 x 20 MiB:  {}   goal >= 3",
-        ratio(&r.c10, &c10)
+        ratio(&r.c10.secs, &c10)
     );
     println!("{}", batch.summary());
     println!("{}", tus.summary());
@@ -583,7 +578,7 @@ struct TusRun {
 struct Tus {
     intake: Option<[TusRun; 2]>,
     relay: [TusRun; 2],
-    reference: TusReference,
+    reference: tus::Reference,
     intake_one: String,
 }
 
@@ -613,10 +608,10 @@ impl Tus {
                  intake-tus / tus-reference throughput, 10 x 20 MiB: {}   goal >= 2\n\
                  intake-tus / tus-reference peak RSS, 100 MiB:       {}   goal < 0.5\n\
                  intake-tus / tus-reference peak RSS, 10 x 20 MiB:   {}   goal < 0.5",
-                ratio(&r.single, &is.secs),
-                ratio(&r.c10, &ic.secs),
-                ratio(&is.rss, &r.single_rss),
-                ratio(&ic.rss, &r.c10_rss),
+                ratio(&r.single.secs, &is.secs),
+                ratio(&r.c10.secs, &ic.secs),
+                ratio(&is.rss, &r.single.rss),
+                ratio(&ic.rss, &r.c10.rss),
             ),
             format!(
                 "intake-tus / intake-stream throughput, 100 MiB:     {}",
@@ -626,8 +621,8 @@ impl Tus {
                 .into(),
             format!(
                 "    100 MiB: {}   10 x 20 MiB: {}",
-                ratio(&r.single, &rs.secs),
-                ratio(&r.c10, &rc.secs)
+                ratio(&r.single.secs, &rs.secs),
+                ratio(&r.c10.secs, &rc.secs)
             ),
             "  server CPU seconds, intake-tus / bare tus relay:".into(),
             format!(
@@ -637,18 +632,6 @@ impl Tus {
         ]
         .join("\n")
     }
-}
-
-/// The tus bench's file: an MP4 header (so that intake accepts it), then
-/// random bytes, `len` in all.
-fn write_clip(path: &Path, len: usize) {
-    let header = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom";
-    let mut out = std::fs::File::create(path).expect("create the tus file");
-    out.write_all(header).unwrap();
-    let mut random = std::fs::File::open("/dev/urandom")
-        .expect("/dev/urandom")
-        .take((len - header.len()) as u64);
-    std::io::copy(&mut random, &mut out).expect("write the tus file");
 }
 
 /// Removes intake's tus bench files (rows and objects).
@@ -670,11 +653,11 @@ async fn intake_tus(b: &mut Bench, file: &Path, count: usize, mib: usize) -> Tus
     let url = format!("{}/upload/tus", b.to.intake_url);
     let auth = format!("Bearer {}", b.to.intake_key);
     b.start_intake(None, &[]).await;
-    servers::tus_load(&url, file, count, mib, b.part, Some(&auth));
+    tus::load(&url, file, count, mib, b.part, Some(&auth));
     drop_tus_files(b, &mut db).await;
     b.intake().reset_peak_rss();
     let t0 = b.intake().cpu_ticks();
-    let secs = servers::tus_load(&url, file, count, mib, b.part, Some(&auth));
+    let (secs, _) = tus::load(&url, file, count, mib, b.part, Some(&auth));
     let rss = b.intake().peak_rss_mib();
     let cpu = b.intake().cpu_seconds_since(t0);
     b.stop_intake();
@@ -704,10 +687,10 @@ async fn intake_tus(b: &mut Bench, file: &Path, count: usize, mib: usize) -> Tus
 async fn relay_tus(b: &Bench, file: &Path, count: usize, mib: usize) -> TusRun {
     let (url, relay) = b.start_relay("tus_relay", &[&b.bucket]).await;
     let url = format!("{url}/files");
-    servers::tus_load(&url, file, count, mib, b.part, None);
+    tus::load(&url, file, count, mib, b.part, None);
     b.empty_bucket();
     let t0 = relay.cpu_ticks();
-    let secs = servers::tus_load(&url, file, count, mib, b.part, None);
+    let (secs, _) = tus::load(&url, file, count, mib, b.part, None);
     let cpu = relay.cpu_seconds_since(t0);
     relay.stop();
     let full = (mib * MIB) as u64;
