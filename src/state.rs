@@ -60,7 +60,11 @@ impl AppState {
         db::migrate(&db).await?;
         let store = storage::from_config(&config).await?;
         let ai = match &config.ai.provider {
-            Some(provider) => Some(AiClient::new(provider, config.ai.timeout)?),
+            Some(provider) => Some(AiClient::new(
+                provider,
+                config.ai.timeout,
+                config.ai.max_output_tokens,
+            )?),
             None => None,
         };
         Ok(Self(Arc::new(Inner {

@@ -725,6 +725,34 @@ async fn a_client_gone_midway_is_refunded() {
 }
 
 #[tokio::test]
+async fn every_provider_request_carries_max_tokens() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let (_, auth) = keyed(&app, "starter").await;
+    let id = upload(&app, &auth, "a.png", "image/png", &png(40, 30)).await;
+    assert_eq!(describe(&app, &auth, &id).await.status(), StatusCode::OK);
+    assert_eq!(
+        chat(&app, &auth, json!({"message": "hi"})).await.status(),
+        StatusCode::OK
+    );
+    let capped = ai_app(&provider, &[("AI_MAX_OUTPUT_TOKENS", "256")]).await;
+    let (_, other) = keyed(&capped, "starter").await;
+    assert_eq!(
+        chat(&capped, &other, json!({"message": "hi"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let sent: Vec<Value> = provider
+        .requests()
+        .iter()
+        .map(|r| r.body["max_tokens"].clone())
+        .collect();
+    assert_eq!(sent, [json!(1024), json!(1024), json!(256)]);
+    assert_eq!(used(&app, &auth).await, (1, 1));
+}
+
+#[tokio::test]
 async fn provider_429_then_200_succeeds_after_one_retry_honouring_retry_after() {
     let provider = Provider::start().await;
     let app = ai_app(&provider, &[]).await;
