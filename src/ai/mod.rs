@@ -15,12 +15,15 @@ use crate::{
     error::ApiError,
     extract::{Json, Path},
     files::{self, FileView},
-    quota::monthly::{Charge, Counter},
+    quota::{
+        ai_calls::AiCall,
+        monthly::{Charge, Counter},
+    },
     state::AppState,
 };
 
 use client::{AiClient, Completion, Part, Prompt, ProviderError};
-use extract::{ExtractError, Input};
+use extract::{ExtractError, Input, Source};
 
 /// Longest chat message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 8_000;
@@ -74,8 +77,8 @@ pub struct Described {
 
 /// Describes one of the account's files and stores the description on it.
 /// Refusals that need no reading (another account's file, a video, no
-/// provider) come before the quota is touched; once a unit is taken, any
-/// failure gives it back.
+/// provider, the account's AI calls all running) come before the quota is
+/// touched; once a unit is taken, any failure gives it back.
 pub async fn describe_file(
     state: &AppState,
     account: &Account,
@@ -84,6 +87,27 @@ pub async fn describe_file(
     let (file, key) = files::find(&state.db, account.id, file_id).await?;
     let source = extract::plan(&file, &state.config.ai)?;
     let ai = provider(state)?;
+    let call = AiCall::begin(
+        &state.db,
+        account.id,
+        state.config.ai.concurrency_per_account,
+    )
+    .await?;
+    let described = describe_counted(state, account, &file, &key, source, ai).await;
+    call.end().await;
+    described
+}
+
+/// A describe holding its AI call: counted, read, asked, stored.
+async fn describe_counted(
+    state: &AppState,
+    account: &Account,
+    file: &FileView,
+    key: &str,
+    source: Source,
+    ai: &AiClient,
+) -> Result<Described, ApiError> {
+    let file_id = file.id;
     let charge = Charge::take(
         &state.db,
         account.id,
@@ -94,9 +118,9 @@ pub async fn describe_file(
     let size = u64::try_from(file.size).unwrap_or(0);
     let described = async {
         let input =
-            extract::read(state.store.as_ref(), &key, size, source, &state.config.ai).await?;
+            extract::read(state.store.as_ref(), key, size, source, &state.config.ai).await?;
         Ok::<_, ApiError>(
-            ai.complete("describe", &describe_prompt(&file, input))
+            ai.complete("describe", &describe_prompt(file, input))
                 .await?,
         )
     };
@@ -149,7 +173,7 @@ fn describe_prompt(file: &FileView, input: Input) -> Prompt {
         (status = 404, description = "not_found: no such file of the caller's"),
         (status = 415, description = "unsupported_media_type: a video, or a document whose text cannot be extracted (nothing counted)"),
         (status = 422, description = "invalid_request: the file is past a decoding bound (size, 100 megapixels, time); nothing counted"),
-        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month) or rate_limited"),
+        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month), concurrent_request_limit (the account's AI calls all running; with Retry-After) or rate_limited"),
         (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted)"),
     ))]
 pub async fn describe(
@@ -213,8 +237,9 @@ impl ChatMessage {
 }
 
 /// Answers a chat message with the named files as context. Every file must
-/// be the caller's, and a provider must be configured, before the quota is
-/// touched; a provider failure gives the unit back.
+/// be the caller's, a provider must be configured and one of the account's
+/// AI calls free before the quota is touched; a provider failure gives the
+/// unit back.
 pub async fn reply(
     state: &AppState,
     account: &Account,
@@ -225,6 +250,25 @@ pub async fn reply(
         files.push(files::find(&state.db, account.id, *id).await?);
     }
     let ai = provider(state)?;
+    let call = AiCall::begin(
+        &state.db,
+        account.id,
+        state.config.ai.concurrency_per_account,
+    )
+    .await?;
+    let answered = reply_counted(state, account, msg, &files, ai).await;
+    call.end().await;
+    answered
+}
+
+/// A chat holding its AI call: counted, asked.
+async fn reply_counted(
+    state: &AppState,
+    account: &Account,
+    msg: ChatMessage,
+    files: &[(FileView, String)],
+    ai: &AiClient,
+) -> Result<Completion, ApiError> {
     let charge = Charge::take(
         &state.db,
         account.id,
@@ -233,7 +277,7 @@ pub async fn reply(
     )
     .await?;
     let answered = async {
-        let context = chat_context(state, &files).await?;
+        let context = chat_context(state, files).await?;
         let prompt = Prompt {
             system: format!("{CHAT_INSTRUCTION}{context}"),
             user: vec![Part::Text(msg.message)],
@@ -290,7 +334,7 @@ async fn chat_context(state: &AppState, files: &[(FileView, String)]) -> Result<
         (status = 413, description = "payload_too_large: a body above 64 KiB"),
         (status = 415, description = "unsupported_media_type: not a JSON body"),
         (status = 422, description = "invalid_request: an empty or too long message, more than 10 file_ids, a missing field"),
-        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month) or rate_limited"),
+        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month), concurrent_request_limit (the account's AI calls all running; with Retry-After) or rate_limited"),
         (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted)"),
     ))]
 pub async fn chat(

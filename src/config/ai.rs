@@ -38,6 +38,9 @@ pub struct AiConfig {
     pub max_file_bytes: u64,
     /// `max_tokens` of every provider request: what one call can cost.
     pub max_output_tokens: u32,
+    /// AI calls (describes and chats) of one account running at once,
+    /// across every instance.
+    pub concurrency_per_account: u32,
 }
 
 /// The `AI_*` variables.
@@ -50,6 +53,7 @@ pub(super) fn ai(env: &Env<'_>) -> Result<AiConfig, ConfigError> {
         extract_timeout: env.positive_secs("AI_EXTRACT_TIMEOUT_SECS", 10)?,
         max_file_bytes: env.positive("AI_MAX_FILE_BYTES", 64 * MB)?,
         max_output_tokens: env.positive_as("AI_MAX_OUTPUT_TOKENS", 1024)?,
+        concurrency_per_account: env.positive_as("AI_CONCURRENCY_PER_ACCOUNT", 2)?,
     })
 }
 

@@ -17,9 +17,10 @@ use axum::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::helpers::{Form, Session, TestApp, assert_problem, fixtures, spawn};
+use crate::helpers::{Form, Session, TestApp, assert_problem, eventually, fixtures, spawn};
 
 const MODEL: &str = "test-vision-model";
 const API_KEY: &str = "sk-test-0123456789";
@@ -38,6 +39,26 @@ enum Reply {
     Hang,
     /// 200 with a body that is not a chat completion.
     Malformed,
+    /// 200 with this text once the test opens the gate it was made from.
+    Held(watch::Receiver<bool>, String),
+}
+
+/// Holds the answers made from it until the test opens it.
+struct Gate(watch::Sender<bool>);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(watch::channel(false).0)
+    }
+
+    /// An answer of `text` held until [`Gate::open`].
+    fn held(&self, text: &str) -> Reply {
+        Reply::Held(self.0.subscribe(), text.into())
+    }
+
+    fn open(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// A request the provider received.
@@ -106,19 +127,11 @@ async fn answer(
         .pop_front()
         .unwrap_or_else(|| Reply::Text("A stand-in description.".into()));
     match reply {
-        Reply::Text(text) => axum::Json(json!({
-            "id": "chatcmpl-standin",
-            "object": "chat.completion",
-            "created": 1_764_000_000,
-            "model": body["model"],
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"
-            }],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-        }))
-        .into_response(),
+        Reply::Text(text) => completion(&body, &text),
+        Reply::Held(mut open, text) => {
+            let _ = open.wait_for(|open| *open).await;
+            completion(&body, &text)
+        }
         Reply::Status(code, retry_after) => {
             let mut resp = (
                 AxStatus::from_u16(code).unwrap(),
@@ -141,6 +154,22 @@ async fn answer(
         )
             .into_response(),
     }
+}
+
+fn completion(request: &Value, text: &str) -> AxResponse {
+    axum::Json(json!({
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": 1_764_000_000,
+        "model": request["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------
@@ -750,6 +779,72 @@ async fn every_provider_request_carries_max_tokens() {
         .collect();
     assert_eq!(sent, [json!(1024), json!(1024), json!(256)]);
     assert_eq!(used(&app, &auth).await, (1, 1));
+}
+
+#[tokio::test]
+async fn a_third_ai_call_of_an_account_at_once_is_429_on_any_instance_and_counts_nothing() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let second = app.second_instance().await;
+    let (_, auth) = keyed(&app, "professional").await;
+    let (_, other) = keyed(&app, "professional").await;
+    let id = upload(&app, &auth, "a.txt", "text/plain", b"some text").await;
+    let gate = Gate::new();
+    provider
+        .then(gate.held("First."))
+        .then(gate.held("Second."));
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                call(&app, &auth, Method::POST, "/chat")
+                    .json(&json!({"message": "hello"}))
+                    .send(),
+            )
+        })
+        .collect();
+    eventually("the provider has both chats", || async {
+        provider.requests().len() == 2
+    })
+    .await;
+
+    for (what, resp) in [
+        (
+            "a chat",
+            chat(&second, &auth, json!({"message": "third"})).await,
+        ),
+        ("a describe", describe(&second, &auth, &id).await),
+        (
+            "a chat here",
+            chat(&app, &auth, json!({"message": "third"})).await,
+        ),
+    ] {
+        assert!(resp.headers().contains_key("retry-after"), "{what}");
+        let body = assert_problem(
+            resp,
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrent_request_limit",
+        )
+        .await;
+        assert_eq!(body["limit"], 2, "{what}");
+    }
+    assert_eq!(used(&app, &auth).await, (0, 2), "refusals count nothing");
+    assert_eq!(provider.requests().len(), 2, "nor reach the provider");
+
+    // Another account is not held back.
+    assert_eq!(
+        chat(&second, &other, json!({"message": "hi"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    gate.open();
+    for task in running {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // Both ended: the account may call again.
+    assert_eq!(describe(&second, &auth, &id).await.status(), StatusCode::OK);
+    assert_eq!(used(&app, &auth).await, (1, 2));
+    assert_eq!(used(&app, &other).await, (0, 1));
 }
 
 #[tokio::test]
