@@ -1,6 +1,12 @@
 //! AI descriptions of files and chat about them, through any
 //! OpenAI-compatible provider, each counted against a monthly quota that
-//! is taken before the provider is called and given back when it fails.
+//! is taken before the provider is called and given back when it fails,
+//! and each holding one of the account's concurrent AI calls while it runs.
+//!
+//! Once a request is handed to the provider its unit stays used unless the
+//! provider fails: the provider bills it whether or not the client waits.
+//! A describe runs to its end in the background when its client goes (its
+//! description is stored); a chat stops with its client.
 
 pub mod client;
 pub mod extract;
@@ -75,10 +81,40 @@ pub struct Described {
     pub model: String,
 }
 
+/// Counts, by operation, the AI requests whose client went away before
+/// their answer: a describe then finishes in the background, a chat stops.
+struct ClientWatch {
+    operation: &'static str,
+    answered: bool,
+}
+
+impl ClientWatch {
+    fn new(operation: &'static str) -> Self {
+        Self {
+            operation,
+            answered: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            metrics::counter!("intake_ai_clients_gone_total", "operation" => self.operation)
+                .increment(1);
+        }
+    }
+}
+
 /// Describes one of the account's files and stores the description on it.
 /// Refusals that need no reading (another account's file, a video, no
 /// provider, the account's AI calls all running) come before the quota is
-/// touched; once a unit is taken, any failure gives it back.
+/// touched. From the unit taken on, the describe runs to its end whether or
+/// not the caller waits for it.
 pub async fn describe_file(
     state: &AppState,
     account: &Account,
@@ -86,61 +122,90 @@ pub async fn describe_file(
 ) -> Result<Described, ApiError> {
     let (file, key) = files::find(&state.db, account.id, file_id).await?;
     let source = extract::plan(&file, &state.config.ai)?;
-    let ai = provider(state)?;
+    let ai = provider(state)?.clone();
     let call = AiCall::begin(
         &state.db,
         account.id,
         state.config.ai.concurrency_per_account,
     )
     .await?;
-    let described = describe_counted(state, account, &file, &key, source, ai).await;
-    call.end().await;
-    described
-}
-
-/// A describe holding its AI call: counted, read, asked, stored.
-async fn describe_counted(
-    state: &AppState,
-    account: &Account,
-    file: &FileView,
-    key: &str,
-    source: Source,
-    ai: &AiClient,
-) -> Result<Described, ApiError> {
-    let file_id = file.id;
-    let charge = Charge::take(
+    let charge = match Charge::take(
         &state.db,
         account.id,
         Counter::AiDescriptions,
         account.limits().ai_descriptions_per_month,
     )
-    .await?;
-    let size = u64::try_from(file.size).unwrap_or(0);
-    let described = async {
-        let input =
-            extract::read(state.store.as_ref(), key, size, source, &state.config.ai).await?;
-        Ok::<_, ApiError>(
-            ai.complete("describe", &describe_prompt(file, input))
-                .await?,
-        )
-    };
-    let answer = match described.await {
-        Ok(answer) => answer,
+    .await
+    {
+        Ok(charge) => charge,
         Err(e) => {
-            charge.refund().await;
-            return Err(e);
+            call.end().await;
+            return Err(e.into());
         }
     };
-    // The provider did the work: it counts even if the file went meanwhile.
-    charge.keep();
-    files::set_description(&state.db, account.id, file_id, &answer.text)
-        .await?
-        .ok_or_else(|| ApiError::not_found("file"))?;
-    Ok(Described {
-        file_id,
-        description: answer.text,
-        model: answer.model,
-    })
+    let taken = Taken {
+        state: state.clone(),
+        account_id: account.id,
+        file,
+        key,
+        source,
+        ai,
+    };
+    tokio::spawn(taken.describe(call, charge))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("a describe task failed: {e}")))?
+}
+
+/// A describe past its checks, with what it needs to run on its own.
+struct Taken {
+    state: AppState,
+    account_id: Uuid,
+    file: FileView,
+    key: String,
+    source: Source,
+    ai: AiClient,
+}
+
+impl Taken {
+    /// Reads the file, asks the provider, stores the answer; the unit goes
+    /// back if the reading or the provider fails, and the call ends last.
+    async fn describe(self, call: AiCall, mut charge: Charge) -> Result<Described, ApiError> {
+        let state = &self.state;
+        let answered = async {
+            let size = u64::try_from(self.file.size).unwrap_or(0);
+            let input = extract::read(
+                state.store.as_ref(),
+                &self.key,
+                size,
+                self.source,
+                &state.config.ai,
+            )
+            .await?;
+            let prompt = describe_prompt(&self.file, input);
+            charge.spend();
+            Ok::<_, ApiError>(self.ai.complete("describe", &prompt).await?)
+        }
+        .await;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                charge.refund().await;
+                call.end().await;
+                return Err(e);
+            }
+        };
+        // The provider did the work: it counts even if the file went meanwhile.
+        charge.keep();
+        let stored =
+            files::set_description(&state.db, self.account_id, self.file.id, &answer.text).await;
+        call.end().await;
+        stored?.ok_or_else(|| ApiError::not_found("file"))?;
+        Ok(Described {
+            file_id: self.file.id,
+            description: answer.text,
+            model: answer.model,
+        })
+    }
 }
 
 fn describe_prompt(file: &FileView, input: Input) -> Prompt {
@@ -181,7 +246,10 @@ pub async fn describe(
     auth: CurrentAccount,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Described>, ApiError> {
-    Ok(Json(describe_file(&state, &auth.account, id).await?))
+    let watch = ClientWatch::new("describe");
+    let described = describe_file(&state, &auth.account, id).await;
+    watch.answered();
+    Ok(Json(described?))
 }
 
 /// `POST /chat` body.
@@ -239,7 +307,7 @@ impl ChatMessage {
 /// Answers a chat message with the named files as context. Every file must
 /// be the caller's, a provider must be configured and one of the account's
 /// AI calls free before the quota is touched; a provider failure gives the
-/// unit back.
+/// unit back, and so does a client gone before the provider was asked.
 pub async fn reply(
     state: &AppState,
     account: &Account,
@@ -256,43 +324,36 @@ pub async fn reply(
         state.config.ai.concurrency_per_account,
     )
     .await?;
-    let answered = reply_counted(state, account, msg, &files, ai).await;
-    call.end().await;
-    answered
-}
-
-/// A chat holding its AI call: counted, asked.
-async fn reply_counted(
-    state: &AppState,
-    account: &Account,
-    msg: ChatMessage,
-    files: &[(FileView, String)],
-    ai: &AiClient,
-) -> Result<Completion, ApiError> {
-    let charge = Charge::take(
+    let mut charge = match Charge::take(
         &state.db,
         account.id,
         Counter::ChatMessages,
         account.limits().chat_messages_per_month,
     )
-    .await?;
+    .await
+    {
+        Ok(charge) => charge,
+        Err(e) => {
+            call.end().await;
+            return Err(e.into());
+        }
+    };
     let answered = async {
-        let context = chat_context(state, files).await?;
+        let context = chat_context(state, &files).await?;
         let prompt = Prompt {
             system: format!("{CHAT_INSTRUCTION}{context}"),
             user: vec![Part::Text(msg.message)],
         };
+        charge.spend();
         Ok::<_, ApiError>(ai.complete("chat", &prompt).await?)
-    };
-    let answer = match answered.await {
-        Ok(answer) => answer,
-        Err(e) => {
-            charge.refund().await;
-            return Err(e);
-        }
-    };
-    charge.keep();
-    Ok(answer)
+    }
+    .await;
+    match &answered {
+        Ok(_) => charge.keep(),
+        Err(_) => charge.refund().await,
+    }
+    call.end().await;
+    answered
 }
 
 /// Each file's name, type and description, and the text of text documents
@@ -343,7 +404,10 @@ pub async fn chat(
     Json(body): Json<ChatRequest>,
 ) -> Result<Json<ChatReply>, ApiError> {
     let msg = ChatMessage::parse(body)?;
-    let answer = reply(&state, &auth.account, msg).await?;
+    let watch = ClientWatch::new("chat");
+    let answer = reply(&state, &auth.account, msg).await;
+    watch.answered();
+    let answer = answer?;
     Ok(Json(ChatReply {
         reply: answer.text,
         model: answer.model,

@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::helpers::{Form, Session, TestApp, assert_problem, eventually, fixtures, spawn};
+use crate::helpers::{
+    Form, Session, TestApp, assert_problem, eventually, fixtures, poll::poll, spawn,
+};
 
 const MODEL: &str = "test-vision-model";
 const API_KEY: &str = "sk-test-0123456789";
@@ -725,32 +727,88 @@ async fn provider_500_timeout_and_malformed_answers_each_refund_and_answer_503()
     }
 }
 
+/// Waits until the server has seen the client of an `operation` request go
+/// away before its answer.
+async fn client_gone_seen(
+    app: &TestApp,
+    before: &crate::helpers::metrics::Metrics,
+    operation: &str,
+) {
+    eventually("the server sees the client gone", || async {
+        app.metrics().await.grew(
+            before,
+            "intake_ai_clients_gone_total",
+            &[("operation", operation)],
+        ) >= 1.0
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_client_gone_midway_is_refunded() {
+async fn a_chat_whose_client_went_away_once_the_provider_had_it_stays_counted() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[("AI_CONCURRENCY_PER_ACCOUNT", "1")]).await;
+    let (_, auth) = keyed(&app, "starter").await;
+    provider.then(Reply::Hang);
+    let before = app.metrics().await;
+    let client = tokio::spawn(
+        call(&app, &auth, Method::POST, "/chat")
+            .json(&json!({"message": "hello"}))
+            .send(),
+    );
+    eventually("the provider has the chat", || async {
+        provider.requests().len() == 1
+    })
+    .await;
+    client.abort();
+    client_gone_seen(&app, &before, "chat").await;
+    assert_eq!(
+        used(&app, &auth).await,
+        (0, 1),
+        "the unit stays used once the provider has the request"
+    );
+    // The call ended with its request: the account's one AI call is free.
+    let next = poll(Duration::from_secs(10), || async {
+        let resp = chat(&app, &auth, json!({"message": "again"})).await;
+        (resp.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(next.is_some(), "the next chat is served");
+    assert_eq!(used(&app, &auth).await, (0, 2));
+}
+
+#[tokio::test]
+async fn a_describe_whose_client_went_away_still_stores_its_description() {
     let provider = Provider::start().await;
     let app = ai_app(&provider, &[]).await;
     let (_, auth) = keyed(&app, "starter").await;
-    let id = upload(&app, &auth, "a.txt", "text/plain", b"some text").await;
-    provider.then(Reply::Hang);
-    let gone = call(&app, &auth, Method::POST, &format!("/files/{id}/describe"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client gave up");
-    assert_eq!(
-        provider.requests().len(),
-        1,
-        "the unit was taken and the call made"
-    );
-    let mut refunded = false;
-    for _ in 0..100 {
-        if used(&app, &auth).await == (0, 0) {
-            refunded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(refunded, "the unit came back once the request was dropped");
+    let id = upload(
+        &app,
+        &auth,
+        "minutes.txt",
+        "text/plain",
+        b"The rowing club met.",
+    )
+    .await;
+    let gate = Gate::new();
+    provider.then(gate.held("Minutes of a rowing club meeting."));
+    let before = app.metrics().await;
+    let client =
+        tokio::spawn(call(&app, &auth, Method::POST, &format!("/files/{id}/describe")).send());
+    eventually("the provider has the describe", || async {
+        provider.requests().len() == 1
+    })
+    .await;
+    client.abort();
+    client_gone_seen(&app, &before, "describe").await;
+    gate.open();
+    eventually("the description is stored", || async {
+        file(&app, &auth, &id).await["description"] == "Minutes of a rowing club meeting."
+    })
+    .await;
+    assert_eq!(search(&app, &auth, "rowing%20club").await, [id.as_str()]);
+    assert_eq!(used(&app, &auth).await, (1, 0), "counted once");
+    assert_eq!(provider.requests().len(), 1);
 }
 
 #[tokio::test]
