@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod extract;
+mod pdf;
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};

@@ -348,11 +348,19 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 /// A PDF of the given objects (numbered from 1, the first the catalog),
 /// with a correct cross-reference table.
 fn pdf(objects: &[String]) -> Vec<u8> {
+    let objects: Vec<Vec<u8>> = objects.iter().map(|o| o.clone().into_bytes()).collect();
+    binary_pdf(&objects)
+}
+
+/// [`pdf`] of objects that may hold binary streams.
+fn binary_pdf(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
     let mut offsets = Vec::new();
     for (i, obj) in objects.iter().enumerate() {
         offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{obj}\nendobj\n", i + 1).as_bytes());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(obj);
+        out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend_from_slice(
@@ -1242,6 +1250,80 @@ async fn hostile_pdfs_are_handled_within_a_bound_and_refunded() {
     )
     .await;
     assert_eq!(describe(&app, &auth, &id).await.status(), StatusCode::OK);
+}
+
+/// A Flate-compressed stream object of `content`.
+fn deflated(content: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(content).unwrap();
+    let packed = z.finish().unwrap();
+    let mut out = format!(
+        "<< /Length {} /Filter /FlateDecode >>\nstream\n",
+        packed.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&packed);
+    out.extend_from_slice(b"\nendstream");
+    out
+}
+
+#[tokio::test]
+async fn pdfs_past_their_object_or_inflation_bound_are_422_and_refunded() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let (_, auth) = keyed(&app, "professional").await;
+    let head = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".into(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".into(),
+        stream("BT /F1 12 Tf 72 720 Td (Hello) Tj ET"),
+    ];
+    let mut crowded = head.to_vec();
+    crowded.extend((0..200_000).map(|_| "null".to_string()));
+    // Forty pages, each a stream of 4 MiB of blanks packed into a few KiB:
+    // each is under the bound of one stream, together far past the total.
+    let pages = 40;
+    let mut inflating = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            (0..pages)
+                .map(|i| format!("{} 0 R", 3 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+        .into_bytes(),
+    ];
+    let blanks = vec![b' '; 4 * 1024 * 1024];
+    for i in 0..pages {
+        inflating.push(
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R >>",
+                4 + 2 * i
+            )
+            .into_bytes(),
+        );
+        inflating.push(deflated(&blanks));
+    }
+    for (name, bytes, bound) in [
+        ("crowded.pdf", pdf(&crowded), "objects"),
+        ("inflating.pdf", binary_pdf(&inflating), "inflate"),
+    ] {
+        let id = upload(&app, &auth, name, "application/pdf", &bytes).await;
+        let body = assert_problem(
+            describe(&app, &auth, &id).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(bound),
+            "{name}: {body}"
+        );
+        assert_eq!(used(&app, &auth).await, (0, 0), "{name}: refunded");
+    }
+    assert!(provider.requests().is_empty());
 }
 
 #[tokio::test]
