@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ai::client::AiClient, auth::KeyLane, auth::password::Hasher, auth::session::JwtKeys,
-    config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
+    ai::client::AiClient, ai::workers::Workers, auth::KeyLane, auth::password::Hasher,
+    auth::session::JwtKeys, config::Config, db, ratelimit::Limiter, storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -32,6 +32,9 @@ pub struct Inner {
     pub keys: KeyLane,
     /// The AI provider; `None` when none is configured.
     pub ai: Option<AiClient>,
+    /// The workers that decode and extract files to describe, taken in
+    /// turn by accounts.
+    pub ai_workers: Workers,
     /// Cancelled when graceful shutdown's grace period is over: uploads
     /// still running end cleanly then.
     pub shutdown: CancellationToken,
@@ -69,6 +72,7 @@ impl AppState {
         };
         Ok(Self(Arc::new(Inner {
             ai,
+            ai_workers: Workers::default(),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             passwords: Hasher::new(config.password_hash_concurrency, config.password_hash_queue),
             metrics: crate::telemetry::handle(),

@@ -1,16 +1,20 @@
 //! What a provider is shown of a file: an image decoded and downscaled, or
 //! the text of a document, every step bounded in memory and time so that a
 //! hostile file costs a bounded amount of the server and nothing more.
-//! The text of PDFs is [`super::pdf`]'s.
+//! Decodes and extractions take turns on the process's workers
+//! ([`super::workers`]); the text of PDFs is [`super::pdf`]'s.
 
-use std::{io::Cursor, time::Instant};
+use std::{
+    io::Cursor,
+    time::{Duration, Instant},
+};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::TryStreamExt;
 use image::{ImageFormat, ImageReader, codecs::jpeg::JpegEncoder, imageops::FilterType};
-use tokio::sync::Semaphore;
+use uuid::Uuid;
 
-use super::pdf::pdf_text;
+use super::{pdf::pdf_text, workers::Workers};
 use crate::{
     config::AiConfig,
     files::FileView,
@@ -24,10 +28,8 @@ pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 /// Decoded bytes one image may take (a 100-megapixel RGBA image is 400 MB).
 const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
 
-/// Decodes and extractions running at once in this process. Each holds a
-/// file and its decoded form in memory on a blocking thread, so their
-/// number bounds the memory and threads that AI requests can take.
-static WORKERS: Semaphore = Semaphore::const_new(2);
+/// How long a client is told to wait when no worker came free in time.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// Image types the decoder reads.
 const IMAGE_TYPES: &[&str] = &[
@@ -76,6 +78,9 @@ pub enum ExtractError {
     /// Past a bound of size, pixels or time (422).
     #[error("{0}")]
     Bound(String),
+    /// No worker came free within the bound (503, with `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// Storage failed reading the file.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -126,14 +131,35 @@ pub fn is_text(file: &FileView) -> bool {
     file.category == Category::Document && TEXT_TYPES.contains(&file.content_type.as_str())
 }
 
-/// Reads the file and turns it into what the provider is sent.
+/// Where a file is read from and who asks.
+#[derive(Clone, Copy)]
+pub struct Reading<'a> {
+    /// The store holding the file.
+    pub store: &'a dyn ObjectStore,
+    /// Its object key.
+    pub key: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The account asking: decodes and extractions queue per account.
+    pub account: Uuid,
+}
+
+/// Reads the file and turns it into what the provider is sent. An image or
+/// a PDF waits for its account's turn on a worker (at most
+/// `AI_EXTRACT_TIMEOUT_SECS`; past it the server is busy, 503), then is
+/// read and decoded within `AI_EXTRACT_TIMEOUT_SECS` from its turn.
 pub async fn read(
-    store: &dyn ObjectStore,
-    key: &str,
-    size: u64,
+    file: Reading<'_>,
     source: Source,
     config: &AiConfig,
+    workers: &Workers,
 ) -> Result<Input, ExtractError> {
+    let Reading {
+        store,
+        key,
+        size,
+        account,
+    } = file;
     match source {
         Source::Text => Ok(Input::Text(
             read_text(store, key, size, config.max_input_chars).await?,
@@ -141,16 +167,25 @@ pub async fn read(
         Source::Image | Source::Pdf => {
             let (max_side, max_chars) = (config.image_max_pixels, config.max_input_chars);
             let bound = config.extract_timeout;
+            let queued = Instant::now();
+            let turn = tokio::time::timeout(bound, workers.turn(account))
+                .await
+                .map_err(|_| {
+                    metrics::counter!("intake_ai_extraction_busy_total").increment(1);
+                    ExtractError::Busy(format!(
+                        "the server is busy reading other files to describe; no worker came free \
+                         within {} s, try again shortly",
+                        bound.as_secs()
+                    ))
+                })?;
+            metrics::histogram!("intake_ai_extraction_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
             let deadline = Instant::now() + bound;
             let work = async {
-                // The slot is taken before the bytes are read, so that the
+                // The turn is taken before the bytes are read, so that the
                 // files held in memory are as few as the workers.
-                let permit = WORKERS
-                    .acquire()
-                    .await
-                    .map_err(|e| ExtractError::Worker(e.to_string()))?;
                 let bytes = read_all(store, key, size.min(config.max_file_bytes)).await?;
-                // A worker past the bound keeps its slot until it ends (the
+                // A worker past the bound keeps its turn until it ends (the
                 // PDF reader stops at its next look at the clock), so
                 // runaway work cannot pile up threads.
                 tokio::task::spawn_blocking(move || {
@@ -158,18 +193,21 @@ pub async fn read(
                         Source::Image => image_data_url(&bytes, max_side).map(Input::Image),
                         _ => pdf_text(&bytes, max_chars, deadline).map(Input::Text),
                     };
-                    drop(permit);
+                    drop(turn);
                     result
                 })
                 .await
                 .map_err(|e| ExtractError::Worker(e.to_string()))?
             };
-            tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
-                Err(ExtractError::Bound(format!(
-                    "reading the file took longer than its {} s bound",
-                    bound.as_secs()
-                )))
-            })
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(left.max(Duration::from_millis(1)), work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ExtractError::Bound(format!(
+                        "reading the file took longer than its {} s bound",
+                        bound.as_secs()
+                    )))
+                })
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod extract;
 mod pdf;
+pub mod workers;
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ use crate::{
 };
 
 use client::{AiClient, Completion, Part, Prompt, ProviderError};
-use extract::{ExtractError, Input, Source};
+use extract::{ExtractError, Input, Reading, Source};
 
 /// Longest chat message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 8_000;
@@ -52,6 +53,10 @@ impl From<ExtractError> for ApiError {
         match e {
             ExtractError::Unsupported(detail) => ApiError::UnsupportedMediaType(detail),
             ExtractError::Bound(detail) => ApiError::unprocessable(detail),
+            ExtractError::Busy(detail) => ApiError::Busy {
+                detail,
+                retry_after: extract::BUSY_RETRY_AFTER_SECS,
+            },
             ExtractError::Storage(e) => ApiError::Internal(e.into()),
             ExtractError::Worker(detail) => ApiError::Internal(anyhow::anyhow!(detail)),
         }
@@ -173,15 +178,14 @@ impl Taken {
     async fn describe(self, call: AiCall, mut charge: Charge) -> Result<Described, ApiError> {
         let state = &self.state;
         let answered = async {
-            let size = u64::try_from(self.file.size).unwrap_or(0);
-            let input = extract::read(
-                state.store.as_ref(),
-                &self.key,
-                size,
-                self.source,
-                &state.config.ai,
-            )
-            .await?;
+            let reading = Reading {
+                store: state.store.as_ref(),
+                key: &self.key,
+                size: u64::try_from(self.file.size).unwrap_or(0),
+                account: self.account_id,
+            };
+            let input =
+                extract::read(reading, self.source, &state.config.ai, &state.ai_workers).await?;
             let prompt = describe_prompt(&self.file, input);
             charge.spend();
             Ok::<_, ApiError>(self.ai.complete("describe", &prompt).await?)
@@ -238,9 +242,9 @@ fn describe_prompt(file: &FileView, input: Input) -> Prompt {
         (status = 403, description = "csrf_token_required, api_access_not_in_tier"),
         (status = 404, description = "not_found: no such file of the caller's"),
         (status = 415, description = "unsupported_media_type: a video, or a document whose text cannot be extracted (nothing counted)"),
-        (status = 422, description = "invalid_request: the file is past a decoding bound (size, 100 megapixels, time); nothing counted"),
+        (status = 422, description = "invalid_request: the file is past a decoding bound (size, 100 megapixels, a PDF's objects or inflated bytes, time); nothing counted"),
         (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month), concurrent_request_limit (the account's AI calls all running; with Retry-After) or rate_limited"),
-        (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted)"),
+        (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted); service_unavailable: no worker came free to read the file in time (nothing counted, with Retry-After)"),
     ))]
 pub async fn describe(
     State(state): State<AppState>,

@@ -1252,6 +1252,30 @@ async fn hostile_pdfs_are_handled_within_a_bound_and_refunded() {
     assert_eq!(describe(&app, &auth, &id).await.status(), StatusCode::OK);
 }
 
+/// A PDF of `pages` pages that all show one content stream of about
+/// `content_bytes` bytes of line drawing and no text: each page costs its
+/// parse, so reading them all takes long.
+fn slow_pdf(pages: usize, content_bytes: usize) -> Vec<u8> {
+    let content = pages + 3;
+    let kids: Vec<String> = (3..3 + pages).map(|n| format!("{n} 0 R")).collect();
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            kids.join(" ")
+        ),
+    ];
+    objects.extend((0..pages).map(|_| {
+        format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R >>")
+    }));
+    let mut ops = String::new();
+    while ops.len() < content_bytes {
+        ops.push_str("0 0 m 612 792 l S\n");
+    }
+    objects.push(stream(&ops));
+    pdf(&objects)
+}
+
 /// A Flate-compressed stream object of `content`.
 fn deflated(content: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -1266,6 +1290,65 @@ fn deflated(content: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&packed);
     out.extend_from_slice(b"\nendstream");
     out
+}
+
+#[tokio::test]
+async fn one_accounts_slow_pdfs_do_not_fail_another_accounts_describe() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[("AI_EXTRACT_TIMEOUT_SECS", "3")]).await;
+    let (_, slow) = keyed(&app, "professional").await;
+    let (_, other) = keyed(&app, "professional").await;
+    let heavy = slow_pdf(2_000, 1024 * 1024);
+    let mut theirs = Vec::new();
+    for name in ["heavy-1.pdf", "heavy-2.pdf"] {
+        theirs.push(upload(&app, &slow, name, "application/pdf", &heavy).await);
+    }
+    let mine = upload(
+        &app,
+        &other,
+        "ok.pdf",
+        "application/pdf",
+        &text_pdf(&["Minutes of the harbour committee"]),
+    )
+    .await;
+
+    let running: Vec<_> = theirs
+        .iter()
+        .map(|id| {
+            tokio::spawn(call(&app, &slow, Method::POST, &format!("/files/{id}/describe")).send())
+        })
+        .collect();
+    // Both have taken their unit: they are reading their files.
+    eventually("the slow account's describes are under way", || async {
+        used(&app, &slow).await == (2, 0)
+    })
+    .await;
+    let resp = describe(&app, &other, &mine).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(used(&app, &other).await, (1, 0));
+    assert!(user_text(&provider.requests()[0]).contains("harbour committee"));
+
+    for task in running {
+        let resp = task.await.unwrap().unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            [
+                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::SERVICE_UNAVAILABLE
+            ]
+            .contains(&status),
+            "{status} {body}"
+        );
+        let code = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            "invalid_request"
+        } else {
+            "service_unavailable"
+        };
+        assert_eq!(body["code"], code, "{body}");
+    }
+    assert_eq!(used(&app, &slow).await, (0, 0), "both refunded");
+    assert_eq!(provider.requests().len(), 1, "only the good one was sent");
 }
 
 #[tokio::test]
