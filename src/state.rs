@@ -8,9 +8,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ai::client::AiClient, auth::KeyLane, auth::password::Hasher, auth::session::JwtKeys,
-    config::Config, db, http, ratelimit::Limiter, readiness::Readiness, storage,
-    storage::ObjectStore,
+    ai::client::AiClient, ai::workers::Workers, auth::KeyLane, auth::password::Hasher,
+    auth::session::JwtKeys, config::Config, db, http, ratelimit::Limiter, readiness::Readiness,
+    storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -35,6 +35,9 @@ pub struct Inner {
     pub keys: KeyLane,
     /// The AI provider; `None` when none is configured.
     pub ai: Option<AiClient>,
+    /// The workers that decode and extract files to describe, taken in
+    /// turn by accounts.
+    pub ai_workers: Workers,
     /// Cancelled when graceful shutdown's grace period is over: uploads
     /// still running end cleanly then.
     pub shutdown: CancellationToken,
@@ -67,11 +70,16 @@ impl AppState {
         db::migrate(&db).await?;
         let store = storage::from_config(&config).await?;
         let ai = match &config.ai.provider {
-            Some(provider) => Some(AiClient::new(provider, config.ai.timeout)?),
+            Some(provider) => Some(AiClient::new(
+                provider,
+                config.ai.timeout,
+                config.ai.max_output_tokens,
+            )?),
             None => None,
         };
         Ok(Self(Arc::new(Inner {
             ai,
+            ai_workers: Workers::default(),
             jwt: JwtKeys::new(config.jwt_secret.expose()),
             passwords: Hasher::new(config.password_hash_concurrency, config.password_hash_queue),
             metrics: crate::telemetry::handle(),

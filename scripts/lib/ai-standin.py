@@ -2,9 +2,10 @@
 OpenAI chat-completions protocol (POST {base}/chat/completions, where base
 ends in /v1), so that /files/{id}/describe and /chat answer as they do with
 a real provider. It checks the request's shape (model, system and user
-messages, stream false, the Bearer key) and answers 400 when that is wrong,
-which intake turns into 503 ai_unavailable: a malformed provider request
-then fails the fuzzing run instead of passing unseen.
+messages, a positive max_tokens, stream false, the Bearer key) and answers
+400 when that is wrong, which intake turns into 503 ai_unavailable: a
+malformed provider request then fails the fuzzing run instead of passing
+unseen.
 
 Usage: ai-standin.py PORT_FILE API_KEY (prints nothing; writes the port).
 """
@@ -22,6 +23,8 @@ def well_formed(body, api_key, authorization):
     return (
         isinstance(body.get("model"), str)
         and body.get("stream") is False
+        and type(body.get("max_tokens")) is int
+        and body["max_tokens"] > 0
         and isinstance(messages, list)
         and [m.get("role") for m in messages] == ["system", "user"]
         and isinstance(messages[0].get("content"), str)

@@ -80,12 +80,13 @@ pub struct AiClient {
     model: String,
     api_key: Option<Secret>,
     timeout: Duration,
+    max_tokens: u32,
 }
 
 impl AiClient {
     /// A client for `provider`, each call bounded by `timeout` (its retry
-    /// included).
-    pub fn new(provider: &AiProvider, timeout: Duration) -> anyhow::Result<Self> {
+    /// included) and asking for at most `max_tokens` tokens of answer.
+    pub fn new(provider: &AiProvider, timeout: Duration, max_tokens: u32) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("intake/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -96,6 +97,7 @@ impl AiClient {
             model: provider.model.clone(),
             api_key: provider.api_key.clone(),
             timeout,
+            max_tokens,
         })
     }
 
@@ -134,7 +136,7 @@ impl AiClient {
         prompt: &Prompt,
         deadline: Instant,
     ) -> Result<Completion, ProviderError> {
-        let body = request_body(&self.model, prompt);
+        let body = request_body(&self.model, self.max_tokens, prompt);
         let mut retried = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -195,8 +197,9 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Provid
 
 /// The chat-completions request. A user turn of text alone is sent as a
 /// string, which text-only models behind every server accept; with an image
-/// it is a list of content parts.
-fn request_body(model: &str, prompt: &Prompt) -> Value {
+/// it is a list of content parts. `max_tokens` bounds what the provider
+/// bills for the answer, whatever the prompt asks for.
+fn request_body(model: &str, max_tokens: u32, prompt: &Prompt) -> Value {
     let user = match prompt.user.as_slice() {
         [Part::Text(text)] => json!(text),
         parts => Value::Array(
@@ -215,6 +218,7 @@ fn request_body(model: &str, prompt: &Prompt) -> Value {
             {"role": "system", "content": prompt.system},
             {"role": "user", "content": user},
         ],
+        "max_tokens": max_tokens,
         "stream": false,
     })
 }
@@ -258,6 +262,7 @@ mod tests {
     fn text_only_turns_are_strings_and_images_are_parts() {
         let text = request_body(
             "m",
+            300,
             &Prompt {
                 system: "s".into(),
                 user: vec![Part::Text("hello".into())],
@@ -265,8 +270,10 @@ mod tests {
         );
         assert_eq!(text["messages"][1]["content"], "hello");
         assert_eq!(text["model"], "m");
+        assert_eq!(text["max_tokens"], 300);
         let image = request_body(
             "m",
+            300,
             &Prompt {
                 system: "s".into(),
                 user: vec![

@@ -1,14 +1,20 @@
 //! What a provider is shown of a file: an image decoded and downscaled, or
 //! the text of a document, every step bounded in memory and time so that a
 //! hostile file costs a bounded amount of the server and nothing more.
+//! Decodes and extractions take turns on the process's workers
+//! ([`super::workers`]); the text of PDFs is [`super::pdf`]'s.
 
-use std::{io::Cursor, time::Instant};
+use std::{
+    io::Cursor,
+    time::{Duration, Instant},
+};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::TryStreamExt;
 use image::{ImageFormat, ImageReader, codecs::jpeg::JpegEncoder, imageops::FilterType};
-use tokio::sync::Semaphore;
+use uuid::Uuid;
 
+use super::{pdf::pdf_text, workers::Workers};
 use crate::{
     config::AiConfig,
     files::FileView,
@@ -22,21 +28,8 @@ pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 /// Decoded bytes one image may take (a 100-megapixel RGBA image is 400 MB).
 const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
 
-/// Bytes one PDF stream may inflate to, so a small compressed stream
-/// cannot become gigabytes.
-const MAX_PDF_STREAM_BYTES: usize = 8 * 1024 * 1024;
-
-/// Pages of a PDF read at most: past them the text is long enough to
-/// describe, or the document is built to waste time.
-const MAX_PDF_PAGES: usize = 2_000;
-
-/// Pages extracted between two looks at the clock.
-const PDF_PAGES_PER_STEP: usize = 8;
-
-/// Decodes and extractions running at once in this process. Each holds a
-/// file and its decoded form in memory on a blocking thread, so their
-/// number bounds the memory and threads that AI requests can take.
-static WORKERS: Semaphore = Semaphore::const_new(2);
+/// How long a client is told to wait when no worker came free in time.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// Image types the decoder reads.
 const IMAGE_TYPES: &[&str] = &[
@@ -85,6 +78,9 @@ pub enum ExtractError {
     /// Past a bound of size, pixels or time (422).
     #[error("{0}")]
     Bound(String),
+    /// No worker came free within the bound (503, with `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// Storage failed reading the file.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -135,14 +131,35 @@ pub fn is_text(file: &FileView) -> bool {
     file.category == Category::Document && TEXT_TYPES.contains(&file.content_type.as_str())
 }
 
-/// Reads the file and turns it into what the provider is sent.
+/// Where a file is read from and who asks.
+#[derive(Clone, Copy)]
+pub struct Reading<'a> {
+    /// The store holding the file.
+    pub store: &'a dyn ObjectStore,
+    /// Its object key.
+    pub key: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The account asking: decodes and extractions queue per account.
+    pub account: Uuid,
+}
+
+/// Reads the file and turns it into what the provider is sent. An image or
+/// a PDF waits for its account's turn on a worker (at most
+/// `AI_EXTRACT_TIMEOUT_SECS`; past it the server is busy, 503), then is
+/// read and decoded within `AI_EXTRACT_TIMEOUT_SECS` from its turn.
 pub async fn read(
-    store: &dyn ObjectStore,
-    key: &str,
-    size: u64,
+    file: Reading<'_>,
     source: Source,
     config: &AiConfig,
+    workers: &Workers,
 ) -> Result<Input, ExtractError> {
+    let Reading {
+        store,
+        key,
+        size,
+        account,
+    } = file;
     match source {
         Source::Text => Ok(Input::Text(
             read_text(store, key, size, config.max_input_chars).await?,
@@ -150,34 +167,47 @@ pub async fn read(
         Source::Image | Source::Pdf => {
             let (max_side, max_chars) = (config.image_max_pixels, config.max_input_chars);
             let bound = config.extract_timeout;
+            let queued = Instant::now();
+            let turn = tokio::time::timeout(bound, workers.turn(account))
+                .await
+                .map_err(|_| {
+                    metrics::counter!("intake_ai_extraction_busy_total").increment(1);
+                    ExtractError::Busy(format!(
+                        "the server is busy reading other files to describe; no worker came free \
+                         within {} s, try again shortly",
+                        bound.as_secs()
+                    ))
+                })?;
+            metrics::histogram!("intake_ai_extraction_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
             let deadline = Instant::now() + bound;
             let work = async {
-                // The slot is taken before the bytes are read, so that the
+                // The turn is taken before the bytes are read, so that the
                 // files held in memory are as few as the workers.
-                let permit = WORKERS
-                    .acquire()
-                    .await
-                    .map_err(|e| ExtractError::Worker(e.to_string()))?;
                 let bytes = read_all(store, key, size.min(config.max_file_bytes)).await?;
-                // A worker past the bound keeps its slot until it ends, so
+                // A worker past the bound keeps its turn until it ends (the
+                // PDF reader stops at its next look at the clock), so
                 // runaway work cannot pile up threads.
                 tokio::task::spawn_blocking(move || {
                     let result = match source {
                         Source::Image => image_data_url(&bytes, max_side).map(Input::Image),
                         _ => pdf_text(&bytes, max_chars, deadline).map(Input::Text),
                     };
-                    drop(permit);
+                    drop(turn);
                     result
                 })
                 .await
                 .map_err(|e| ExtractError::Worker(e.to_string()))?
             };
-            tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
-                Err(ExtractError::Bound(format!(
-                    "reading the file took longer than its {} s bound",
-                    bound.as_secs()
-                )))
-            })
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(left.max(Duration::from_millis(1)), work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ExtractError::Bound(format!(
+                        "reading the file took longer than its {} s bound",
+                        bound.as_secs()
+                    )))
+                })
         }
     }
 }
@@ -272,56 +302,6 @@ pub fn image_data_url(bytes: &[u8], max_side: u32) -> Result<String, ExtractErro
     Ok(format!("data:{mime};base64,{}", STANDARD.encode(&out)))
 }
 
-/// The text of a PDF, up to `max_chars` characters, looking at the clock
-/// between pages and giving up past `deadline`. The parser bounds nesting
-/// depth, page-tree depth and stream inflation; this bounds pages and time.
-pub fn pdf_text(bytes: &[u8], max_chars: usize, deadline: Instant) -> Result<String, ExtractError> {
-    let options = lopdf::LoadOptions {
-        max_decompressed_size: Some(MAX_PDF_STREAM_BYTES),
-        ..Default::default()
-    };
-    let doc = lopdf::Document::load_mem_with_options(bytes, options).map_err(|e| {
-        ExtractError::Unsupported(format!("the PDF's text cannot be extracted: {e}"))
-    })?;
-    past(deadline)?;
-    let pages: Vec<u32> = (1..)
-        .zip(doc.page_iter().take(MAX_PDF_PAGES))
-        .map(|(n, _)| n)
-        .collect();
-    let mut text = String::new();
-    let mut chars = 0;
-    for step in pages.chunks(PDF_PAGES_PER_STEP) {
-        past(deadline)?;
-        for chunk in doc
-            .extract_text_chunks_with_limit(step, MAX_PDF_STREAM_BYTES)
-            .into_iter()
-            .flatten()
-        {
-            chars += chunk.chars().count();
-            text.push_str(&chunk);
-        }
-        if chars >= max_chars {
-            break;
-        }
-    }
-    let text = cut(text.trim(), max_chars);
-    if text.is_empty() {
-        return Err(ExtractError::Unsupported(
-            "the PDF has no text that can be extracted".into(),
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn past(deadline: Instant) -> Result<(), ExtractError> {
-    if Instant::now() > deadline {
-        return Err(ExtractError::Bound(
-            "extracting the document's text ran past its time bound".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// The first `max_chars` characters of `text`.
 pub fn cut(text: &str, max_chars: usize) -> &str {
     match text.char_indices().nth(max_chars) {
@@ -353,15 +333,10 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_not_an_image_or_a_pdf() {
+    fn garbage_is_not_an_image() {
         assert!(matches!(
             image_data_url(b"\x89PNG\r\n\x1a\nnot really", 64),
             Err(ExtractError::Bound(_))
-        ));
-        let far = Instant::now() + std::time::Duration::from_secs(5);
-        assert!(matches!(
-            pdf_text(b"%PDF-1.7\nnothing else", 100, far),
-            Err(ExtractError::Unsupported(_))
         ));
     }
 }

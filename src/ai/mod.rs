@@ -1,9 +1,17 @@
 //! AI descriptions of files and chat about them, through any
 //! OpenAI-compatible provider, each counted against a monthly quota that
-//! is taken before the provider is called and given back when it fails.
+//! is taken before the provider is called and given back when it fails,
+//! and each holding one of the account's concurrent AI calls while it runs.
+//!
+//! Once a request is handed to the provider its unit stays used unless the
+//! provider fails: the provider bills it whether or not the client waits.
+//! A describe runs to its end in the background when its client goes (its
+//! description is stored); a chat stops with its client.
 
 pub mod client;
 pub mod extract;
+mod pdf;
+pub mod workers;
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -15,12 +23,15 @@ use crate::{
     error::ApiError,
     extract::{Json, Path},
     files::{self, FileView},
-    quota::monthly::{Charge, Counter},
+    quota::{
+        ai_calls::AiCall,
+        monthly::{Charge, Counter},
+    },
     state::AppState,
 };
 
 use client::{AiClient, Completion, Part, Prompt, ProviderError};
-use extract::{ExtractError, Input};
+use extract::{ExtractError, Input, Reading, Source};
 
 /// Longest chat message, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 8_000;
@@ -42,6 +53,10 @@ impl From<ExtractError> for ApiError {
         match e {
             ExtractError::Unsupported(detail) => ApiError::UnsupportedMediaType(detail),
             ExtractError::Bound(detail) => ApiError::unprocessable(detail),
+            ExtractError::Busy(detail) => ApiError::Busy {
+                detail,
+                retry_after: extract::BUSY_RETRY_AFTER_SECS,
+            },
             ExtractError::Storage(e) => ApiError::Internal(e.into()),
             ExtractError::Worker(detail) => ApiError::Internal(anyhow::anyhow!(detail)),
         }
@@ -72,10 +87,40 @@ pub struct Described {
     pub model: String,
 }
 
+/// Counts, by operation, the AI requests whose client went away before
+/// their answer: a describe then finishes in the background, a chat stops.
+struct ClientWatch {
+    operation: &'static str,
+    answered: bool,
+}
+
+impl ClientWatch {
+    fn new(operation: &'static str) -> Self {
+        Self {
+            operation,
+            answered: false,
+        }
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            metrics::counter!("intake_ai_clients_gone_total", "operation" => self.operation)
+                .increment(1);
+        }
+    }
+}
+
 /// Describes one of the account's files and stores the description on it.
 /// Refusals that need no reading (another account's file, a video, no
-/// provider) come before the quota is touched; once a unit is taken, any
-/// failure gives it back.
+/// provider, the account's AI calls all running) come before the quota is
+/// touched. From the unit taken on, the describe runs to its end whether or
+/// not the caller waits for it.
 pub async fn describe_file(
     state: &AppState,
     account: &Account,
@@ -83,40 +128,89 @@ pub async fn describe_file(
 ) -> Result<Described, ApiError> {
     let (file, key) = files::find(&state.db, account.id, file_id).await?;
     let source = extract::plan(&file, &state.config.ai)?;
-    let ai = provider(state)?;
-    let charge = Charge::take(
+    let ai = provider(state)?.clone();
+    let call = AiCall::begin(
+        &state.db,
+        account.id,
+        state.config.ai.concurrency_per_account,
+    )
+    .await?;
+    let charge = match Charge::take(
         &state.db,
         account.id,
         Counter::AiDescriptions,
         account.limits().ai_descriptions_per_month,
     )
-    .await?;
-    let size = u64::try_from(file.size).unwrap_or(0);
-    let described = async {
-        let input =
-            extract::read(state.store.as_ref(), &key, size, source, &state.config.ai).await?;
-        Ok::<_, ApiError>(
-            ai.complete("describe", &describe_prompt(&file, input))
-                .await?,
-        )
-    };
-    let answer = match described.await {
-        Ok(answer) => answer,
+    .await
+    {
+        Ok(charge) => charge,
         Err(e) => {
-            charge.refund().await;
-            return Err(e);
+            call.end().await;
+            return Err(e.into());
         }
     };
-    // The provider did the work: it counts even if the file went meanwhile.
-    charge.keep();
-    files::set_description(&state.db, account.id, file_id, &answer.text)
-        .await?
-        .ok_or_else(|| ApiError::not_found("file"))?;
-    Ok(Described {
-        file_id,
-        description: answer.text,
-        model: answer.model,
-    })
+    let taken = Taken {
+        state: state.clone(),
+        account_id: account.id,
+        file,
+        key,
+        source,
+        ai,
+    };
+    tokio::spawn(taken.describe(call, charge))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("a describe task failed: {e}")))?
+}
+
+/// A describe past its checks, with what it needs to run on its own.
+struct Taken {
+    state: AppState,
+    account_id: Uuid,
+    file: FileView,
+    key: String,
+    source: Source,
+    ai: AiClient,
+}
+
+impl Taken {
+    /// Reads the file, asks the provider, stores the answer; the unit goes
+    /// back if the reading or the provider fails, and the call ends last.
+    async fn describe(self, call: AiCall, mut charge: Charge) -> Result<Described, ApiError> {
+        let state = &self.state;
+        let answered = async {
+            let reading = Reading {
+                store: state.store.as_ref(),
+                key: &self.key,
+                size: u64::try_from(self.file.size).unwrap_or(0),
+                account: self.account_id,
+            };
+            let input =
+                extract::read(reading, self.source, &state.config.ai, &state.ai_workers).await?;
+            let prompt = describe_prompt(&self.file, input);
+            charge.spend();
+            Ok::<_, ApiError>(self.ai.complete("describe", &prompt).await?)
+        }
+        .await;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                charge.refund().await;
+                call.end().await;
+                return Err(e);
+            }
+        };
+        // The provider did the work: it counts even if the file went meanwhile.
+        charge.keep();
+        let stored =
+            files::set_description(&state.db, self.account_id, self.file.id, &answer.text).await;
+        call.end().await;
+        stored?.ok_or_else(|| ApiError::not_found("file"))?;
+        Ok(Described {
+            file_id: self.file.id,
+            description: answer.text,
+            model: answer.model,
+        })
+    }
 }
 
 fn describe_prompt(file: &FileView, input: Input) -> Prompt {
@@ -148,16 +242,19 @@ fn describe_prompt(file: &FileView, input: Input) -> Prompt {
         (status = 403, description = "csrf_token_required, api_access_not_in_tier"),
         (status = 404, description = "not_found: no such file of the caller's"),
         (status = 415, description = "unsupported_media_type: a video, or a document whose text cannot be extracted (nothing counted)"),
-        (status = 422, description = "invalid_request: the file is past a decoding bound (size, 100 megapixels, time); nothing counted"),
-        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month) or rate_limited"),
-        (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted)"),
+        (status = 422, description = "invalid_request: the file is past a decoding bound (size, 100 megapixels, a PDF's objects or inflated bytes, time); nothing counted"),
+        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month), concurrent_request_limit (the account's AI calls all running; with Retry-After) or rate_limited"),
+        (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted); service_unavailable: no worker came free to read the file in time (nothing counted, with Retry-After)"),
     ))]
 pub async fn describe(
     State(state): State<AppState>,
     auth: CurrentAccount,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Described>, ApiError> {
-    Ok(Json(describe_file(&state, &auth.account, id).await?))
+    let watch = ClientWatch::new("describe");
+    let described = describe_file(&state, &auth.account, id).await;
+    watch.answered();
+    Ok(Json(described?))
 }
 
 /// `POST /chat` body.
@@ -213,8 +310,9 @@ impl ChatMessage {
 }
 
 /// Answers a chat message with the named files as context. Every file must
-/// be the caller's, and a provider must be configured, before the quota is
-/// touched; a provider failure gives the unit back.
+/// be the caller's, a provider must be configured and one of the account's
+/// AI calls free before the quota is touched; a provider failure gives the
+/// unit back, and so does a client gone before the provider was asked.
 pub async fn reply(
     state: &AppState,
     account: &Account,
@@ -225,30 +323,42 @@ pub async fn reply(
         files.push(files::find(&state.db, account.id, *id).await?);
     }
     let ai = provider(state)?;
-    let charge = Charge::take(
+    let call = AiCall::begin(
+        &state.db,
+        account.id,
+        state.config.ai.concurrency_per_account,
+    )
+    .await?;
+    let mut charge = match Charge::take(
         &state.db,
         account.id,
         Counter::ChatMessages,
         account.limits().chat_messages_per_month,
     )
-    .await?;
+    .await
+    {
+        Ok(charge) => charge,
+        Err(e) => {
+            call.end().await;
+            return Err(e.into());
+        }
+    };
     let answered = async {
         let context = chat_context(state, &files).await?;
         let prompt = Prompt {
             system: format!("{CHAT_INSTRUCTION}{context}"),
             user: vec![Part::Text(msg.message)],
         };
+        charge.spend();
         Ok::<_, ApiError>(ai.complete("chat", &prompt).await?)
-    };
-    let answer = match answered.await {
-        Ok(answer) => answer,
-        Err(e) => {
-            charge.refund().await;
-            return Err(e);
-        }
-    };
-    charge.keep();
-    Ok(answer)
+    }
+    .await;
+    match &answered {
+        Ok(_) => charge.keep(),
+        Err(_) => charge.refund().await,
+    }
+    call.end().await;
+    answered
 }
 
 /// Each file's name, type and description, and the text of text documents
@@ -290,7 +400,7 @@ async fn chat_context(state: &AppState, files: &[(FileView, String)]) -> Result<
         (status = 413, description = "payload_too_large: a body above 64 KiB"),
         (status = 415, description = "unsupported_media_type: not a JSON body"),
         (status = 422, description = "invalid_request: an empty or too long message, more than 10 file_ids, a missing field"),
-        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month) or rate_limited"),
+        (status = 429, description = "monthly_quota_exceeded (with limit, used, Retry-After to next month), concurrent_request_limit (the account's AI calls all running; with Retry-After) or rate_limited"),
         (status = 503, description = "ai_unavailable: no provider configured, or it failed (nothing counted)"),
     ))]
 pub async fn chat(
@@ -299,7 +409,10 @@ pub async fn chat(
     Json(body): Json<ChatRequest>,
 ) -> Result<Json<ChatReply>, ApiError> {
     let msg = ChatMessage::parse(body)?;
-    let answer = reply(&state, &auth.account, msg).await?;
+    let watch = ClientWatch::new("chat");
+    let answer = reply(&state, &auth.account, msg).await;
+    watch.answered();
+    let answer = answer?;
     Ok(Json(ChatReply {
         reply: answer.text,
         model: answer.model,

@@ -36,6 +36,11 @@ pub struct AiConfig {
     pub extract_timeout: Duration,
     /// Largest file that is read to be described.
     pub max_file_bytes: u64,
+    /// `max_tokens` of every provider request: what one call can cost.
+    pub max_output_tokens: u32,
+    /// AI calls (describes and chats) of one account running at once,
+    /// across every instance.
+    pub concurrency_per_account: u32,
 }
 
 /// The `AI_*` variables.
@@ -47,6 +52,8 @@ pub(super) fn ai(env: &Env<'_>) -> Result<AiConfig, ConfigError> {
         max_input_chars: env.positive_as("AI_MAX_INPUT_CHARS", 32_000)?,
         extract_timeout: env.positive_secs("AI_EXTRACT_TIMEOUT_SECS", 10)?,
         max_file_bytes: env.positive("AI_MAX_FILE_BYTES", 64 * MB)?,
+        max_output_tokens: env.positive_as("AI_MAX_OUTPUT_TOKENS", 1024)?,
+        concurrency_per_account: env.positive_as("AI_CONCURRENCY_PER_ACCOUNT", 2)?,
     })
 }
 

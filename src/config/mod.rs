@@ -317,6 +317,10 @@ mod tests {
         assert_eq!(c.ai.timeout, Duration::from_secs(60));
         assert_eq!(c.ai.image_max_pixels, 1568);
         assert_eq!(c.ai.max_input_chars, 32_000);
+        assert_eq!(
+            (c.ai.max_output_tokens, c.ai.concurrency_per_account),
+            (1024, 2)
+        );
         let err = config(&[
             BASE[0],
             BASE[1],

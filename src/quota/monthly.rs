@@ -158,13 +158,18 @@ pub async fn refund_logged(db: &PgPool, ticket: Ticket) {
     }
 }
 
-/// A unit taken from a counter that goes back unless [`Charge::keep`] is
-/// called: dropped on any early exit (an error, a client gone mid-request),
-/// it is refunded in the background.
+/// A unit taken from a counter for work that someone bills (an AI
+/// provider). Until the work is handed to them ([`Charge::spend`]), a
+/// holder dropped on an early exit (an error, a client gone) gives the unit
+/// back in the background. Once it is handed over the unit stays used
+/// however the holder ends, a client gone included, since the work is
+/// billed all the same; only [`Charge::refund`] gives it back, for work
+/// that failed.
 #[derive(Debug)]
 pub struct Charge {
     db: PgPool,
     ticket: Option<Ticket>,
+    spent: bool,
 }
 
 impl Charge {
@@ -179,7 +184,14 @@ impl Charge {
         Ok(Self {
             db: db.clone(),
             ticket: Some(ticket),
+            spent: false,
         })
+    }
+
+    /// The work is being handed to whoever bills it: from now on the unit
+    /// is not given back when the holder is dropped.
+    pub fn spend(&mut self) {
+        self.spent = true;
     }
 
     /// The work was done: the unit stays used.
@@ -187,7 +199,7 @@ impl Charge {
         self.ticket = None;
     }
 
-    /// The work was not done: the unit goes back now.
+    /// The work failed: the unit goes back now.
     pub async fn refund(mut self) {
         if let Some(ticket) = self.ticket.take() {
             refund_logged(&self.db, ticket).await;
@@ -198,6 +210,7 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take()
+            && !self.spent
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let db = self.db.clone();

@@ -17,9 +17,12 @@ use axum::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::helpers::{Form, Session, TestApp, assert_problem, fixtures, spawn};
+use crate::helpers::{
+    Form, Session, TestApp, assert_problem, eventually, fixtures, poll::poll, spawn,
+};
 
 const MODEL: &str = "test-vision-model";
 const API_KEY: &str = "sk-test-0123456789";
@@ -38,6 +41,26 @@ enum Reply {
     Hang,
     /// 200 with a body that is not a chat completion.
     Malformed,
+    /// 200 with this text once the test opens the gate it was made from.
+    Held(watch::Receiver<bool>, String),
+}
+
+/// Holds the answers made from it until the test opens it.
+struct Gate(watch::Sender<bool>);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(watch::channel(false).0)
+    }
+
+    /// An answer of `text` held until [`Gate::open`].
+    fn held(&self, text: &str) -> Reply {
+        Reply::Held(self.0.subscribe(), text.into())
+    }
+
+    fn open(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// A request the provider received.
@@ -106,19 +129,11 @@ async fn answer(
         .pop_front()
         .unwrap_or_else(|| Reply::Text("A stand-in description.".into()));
     match reply {
-        Reply::Text(text) => axum::Json(json!({
-            "id": "chatcmpl-standin",
-            "object": "chat.completion",
-            "created": 1_764_000_000,
-            "model": body["model"],
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"
-            }],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-        }))
-        .into_response(),
+        Reply::Text(text) => completion(&body, &text),
+        Reply::Held(mut open, text) => {
+            let _ = open.wait_for(|open| *open).await;
+            completion(&body, &text)
+        }
         Reply::Status(code, retry_after) => {
             let mut resp = (
                 AxStatus::from_u16(code).unwrap(),
@@ -141,6 +156,22 @@ async fn answer(
         )
             .into_response(),
     }
+}
+
+fn completion(request: &Value, text: &str) -> AxResponse {
+    axum::Json(json!({
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": 1_764_000_000,
+        "model": request["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------
@@ -317,11 +348,19 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 /// A PDF of the given objects (numbered from 1, the first the catalog),
 /// with a correct cross-reference table.
 fn pdf(objects: &[String]) -> Vec<u8> {
+    let objects: Vec<Vec<u8>> = objects.iter().map(|o| o.clone().into_bytes()).collect();
+    binary_pdf(&objects)
+}
+
+/// [`pdf`] of objects that may hold binary streams.
+fn binary_pdf(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
     let mut offsets = Vec::new();
     for (i, obj) in objects.iter().enumerate() {
         offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{obj}\nendobj\n", i + 1).as_bytes());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(obj);
+        out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     out.extend_from_slice(
@@ -696,32 +735,182 @@ async fn provider_500_timeout_and_malformed_answers_each_refund_and_answer_503()
     }
 }
 
+/// Waits until the server has seen the client of an `operation` request go
+/// away before its answer.
+async fn client_gone_seen(
+    app: &TestApp,
+    before: &crate::helpers::metrics::Metrics,
+    operation: &str,
+) {
+    eventually("the server sees the client gone", || async {
+        app.metrics().await.grew(
+            before,
+            "intake_ai_clients_gone_total",
+            &[("operation", operation)],
+        ) >= 1.0
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_client_gone_midway_is_refunded() {
+async fn a_chat_whose_client_went_away_once_the_provider_had_it_stays_counted() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[("AI_CONCURRENCY_PER_ACCOUNT", "1")]).await;
+    let (_, auth) = keyed(&app, "starter").await;
+    provider.then(Reply::Hang);
+    let before = app.metrics().await;
+    let client = tokio::spawn(
+        call(&app, &auth, Method::POST, "/chat")
+            .json(&json!({"message": "hello"}))
+            .send(),
+    );
+    eventually("the provider has the chat", || async {
+        provider.requests().len() == 1
+    })
+    .await;
+    client.abort();
+    client_gone_seen(&app, &before, "chat").await;
+    assert_eq!(
+        used(&app, &auth).await,
+        (0, 1),
+        "the unit stays used once the provider has the request"
+    );
+    // The call ended with its request: the account's one AI call is free.
+    let next = poll(Duration::from_secs(10), || async {
+        let resp = chat(&app, &auth, json!({"message": "again"})).await;
+        (resp.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(next.is_some(), "the next chat is served");
+    assert_eq!(used(&app, &auth).await, (0, 2));
+}
+
+#[tokio::test]
+async fn a_describe_whose_client_went_away_still_stores_its_description() {
     let provider = Provider::start().await;
     let app = ai_app(&provider, &[]).await;
     let (_, auth) = keyed(&app, "starter").await;
-    let id = upload(&app, &auth, "a.txt", "text/plain", b"some text").await;
-    provider.then(Reply::Hang);
-    let gone = call(&app, &auth, Method::POST, &format!("/files/{id}/describe"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client gave up");
+    let id = upload(
+        &app,
+        &auth,
+        "minutes.txt",
+        "text/plain",
+        b"The rowing club met.",
+    )
+    .await;
+    let gate = Gate::new();
+    provider.then(gate.held("Minutes of a rowing club meeting."));
+    let before = app.metrics().await;
+    let client =
+        tokio::spawn(call(&app, &auth, Method::POST, &format!("/files/{id}/describe")).send());
+    eventually("the provider has the describe", || async {
+        provider.requests().len() == 1
+    })
+    .await;
+    client.abort();
+    client_gone_seen(&app, &before, "describe").await;
+    gate.open();
+    eventually("the description is stored", || async {
+        file(&app, &auth, &id).await["description"] == "Minutes of a rowing club meeting."
+    })
+    .await;
+    assert_eq!(search(&app, &auth, "rowing%20club").await, [id.as_str()]);
+    assert_eq!(used(&app, &auth).await, (1, 0), "counted once");
+    assert_eq!(provider.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn every_provider_request_carries_max_tokens() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let (_, auth) = keyed(&app, "starter").await;
+    let id = upload(&app, &auth, "a.png", "image/png", &png(40, 30)).await;
+    assert_eq!(describe(&app, &auth, &id).await.status(), StatusCode::OK);
     assert_eq!(
-        provider.requests().len(),
-        1,
-        "the unit was taken and the call made"
+        chat(&app, &auth, json!({"message": "hi"})).await.status(),
+        StatusCode::OK
     );
-    let mut refunded = false;
-    for _ in 0..100 {
-        if used(&app, &auth).await == (0, 0) {
-            refunded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let capped = ai_app(&provider, &[("AI_MAX_OUTPUT_TOKENS", "256")]).await;
+    let (_, other) = keyed(&capped, "starter").await;
+    assert_eq!(
+        chat(&capped, &other, json!({"message": "hi"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let sent: Vec<Value> = provider
+        .requests()
+        .iter()
+        .map(|r| r.body["max_tokens"].clone())
+        .collect();
+    assert_eq!(sent, [json!(1024), json!(1024), json!(256)]);
+    assert_eq!(used(&app, &auth).await, (1, 1));
+}
+
+#[tokio::test]
+async fn a_third_ai_call_of_an_account_at_once_is_429_on_any_instance_and_counts_nothing() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let second = app.second_instance().await;
+    let (_, auth) = keyed(&app, "professional").await;
+    let (_, other) = keyed(&app, "professional").await;
+    let id = upload(&app, &auth, "a.txt", "text/plain", b"some text").await;
+    let gate = Gate::new();
+    provider
+        .then(gate.held("First."))
+        .then(gate.held("Second."));
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                call(&app, &auth, Method::POST, "/chat")
+                    .json(&json!({"message": "hello"}))
+                    .send(),
+            )
+        })
+        .collect();
+    eventually("the provider has both chats", || async {
+        provider.requests().len() == 2
+    })
+    .await;
+
+    for (what, resp) in [
+        (
+            "a chat",
+            chat(&second, &auth, json!({"message": "third"})).await,
+        ),
+        ("a describe", describe(&second, &auth, &id).await),
+        (
+            "a chat here",
+            chat(&app, &auth, json!({"message": "third"})).await,
+        ),
+    ] {
+        assert!(resp.headers().contains_key("retry-after"), "{what}");
+        let body = assert_problem(
+            resp,
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrent_request_limit",
+        )
+        .await;
+        assert_eq!(body["limit"], 2, "{what}");
     }
-    assert!(refunded, "the unit came back once the request was dropped");
+    assert_eq!(used(&app, &auth).await, (0, 2), "refusals count nothing");
+    assert_eq!(provider.requests().len(), 2, "nor reach the provider");
+
+    // Another account is not held back.
+    assert_eq!(
+        chat(&second, &other, json!({"message": "hi"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    gate.open();
+    for task in running {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // Both ended: the account may call again.
+    assert_eq!(describe(&second, &auth, &id).await.status(), StatusCode::OK);
+    assert_eq!(used(&app, &auth).await, (1, 2));
+    assert_eq!(used(&app, &other).await, (0, 1));
 }
 
 #[tokio::test]
@@ -1061,6 +1250,163 @@ async fn hostile_pdfs_are_handled_within_a_bound_and_refunded() {
     )
     .await;
     assert_eq!(describe(&app, &auth, &id).await.status(), StatusCode::OK);
+}
+
+/// A PDF of `pages` pages that all show one content stream of about
+/// `content_bytes` bytes of line drawing and no text: each page costs its
+/// parse, so reading them all takes long.
+fn slow_pdf(pages: usize, content_bytes: usize) -> Vec<u8> {
+    let content = pages + 3;
+    let kids: Vec<String> = (3..3 + pages).map(|n| format!("{n} 0 R")).collect();
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            kids.join(" ")
+        ),
+    ];
+    objects.extend((0..pages).map(|_| {
+        format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R >>")
+    }));
+    let mut ops = String::new();
+    while ops.len() < content_bytes {
+        ops.push_str("0 0 m 612 792 l S\n");
+    }
+    objects.push(stream(&ops));
+    pdf(&objects)
+}
+
+/// A Flate-compressed stream object of `content`.
+fn deflated(content: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(content).unwrap();
+    let packed = z.finish().unwrap();
+    let mut out = format!(
+        "<< /Length {} /Filter /FlateDecode >>\nstream\n",
+        packed.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&packed);
+    out.extend_from_slice(b"\nendstream");
+    out
+}
+
+#[tokio::test]
+async fn one_accounts_slow_pdfs_do_not_fail_another_accounts_describe() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[("AI_EXTRACT_TIMEOUT_SECS", "3")]).await;
+    let (_, slow) = keyed(&app, "professional").await;
+    let (_, other) = keyed(&app, "professional").await;
+    let heavy = slow_pdf(2_000, 1024 * 1024);
+    let mut theirs = Vec::new();
+    for name in ["heavy-1.pdf", "heavy-2.pdf"] {
+        theirs.push(upload(&app, &slow, name, "application/pdf", &heavy).await);
+    }
+    let mine = upload(
+        &app,
+        &other,
+        "ok.pdf",
+        "application/pdf",
+        &text_pdf(&["Minutes of the harbour committee"]),
+    )
+    .await;
+
+    let running: Vec<_> = theirs
+        .iter()
+        .map(|id| {
+            tokio::spawn(call(&app, &slow, Method::POST, &format!("/files/{id}/describe")).send())
+        })
+        .collect();
+    // Both have taken their unit: they are reading their files.
+    eventually("the slow account's describes are under way", || async {
+        used(&app, &slow).await == (2, 0)
+    })
+    .await;
+    let resp = describe(&app, &other, &mine).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(used(&app, &other).await, (1, 0));
+    assert!(user_text(&provider.requests()[0]).contains("harbour committee"));
+
+    for task in running {
+        let resp = task.await.unwrap().unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            [
+                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::SERVICE_UNAVAILABLE
+            ]
+            .contains(&status),
+            "{status} {body}"
+        );
+        let code = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            "invalid_request"
+        } else {
+            "service_unavailable"
+        };
+        assert_eq!(body["code"], code, "{body}");
+    }
+    assert_eq!(used(&app, &slow).await, (0, 0), "both refunded");
+    assert_eq!(provider.requests().len(), 1, "only the good one was sent");
+}
+
+#[tokio::test]
+async fn pdfs_past_their_object_or_inflation_bound_are_422_and_refunded() {
+    let provider = Provider::start().await;
+    let app = ai_app(&provider, &[]).await;
+    let (_, auth) = keyed(&app, "professional").await;
+    let head = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".into(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".into(),
+        stream("BT /F1 12 Tf 72 720 Td (Hello) Tj ET"),
+    ];
+    let mut crowded = head.to_vec();
+    crowded.extend((0..200_000).map(|_| "null".to_string()));
+    // Forty pages, each a stream of 4 MiB of blanks packed into a few KiB:
+    // each is under the bound of one stream, together far past the total.
+    let pages = 40;
+    let mut inflating = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            (0..pages)
+                .map(|i| format!("{} 0 R", 3 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+        .into_bytes(),
+    ];
+    let blanks = vec![b' '; 4 * 1024 * 1024];
+    for i in 0..pages {
+        inflating.push(
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R >>",
+                4 + 2 * i
+            )
+            .into_bytes(),
+        );
+        inflating.push(deflated(&blanks));
+    }
+    for (name, bytes, bound) in [
+        ("crowded.pdf", pdf(&crowded), "objects"),
+        ("inflating.pdf", binary_pdf(&inflating), "inflate"),
+    ] {
+        let id = upload(&app, &auth, name, "application/pdf", &bytes).await;
+        let body = assert_problem(
+            describe(&app, &auth, &id).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(bound),
+            "{name}: {body}"
+        );
+        assert_eq!(used(&app, &auth).await, (0, 0), "{name}: refunded");
+    }
+    assert!(provider.requests().is_empty());
 }
 
 #[tokio::test]
