@@ -502,8 +502,11 @@ async fn the_batched_key_statement_reads_every_tier_and_custom_limit_as_the_serv
         // count it and leaves it to the caller, so it spends nothing here.
         let learning = limiter.check(key_check(key, true)).await.unwrap();
         assert!(learning.account.is_some(), "{key}");
-        assert!(learning.decision.is_none(), "{key}: decided before it was known");
-        // The next creates the subject, the next ones are decided by the
+        assert!(
+            learning.decision.is_none(),
+            "{key}: decided before it was known"
+        );
+        // The next creates the subject, the ones after it are decided by the
         // batched statement itself; small limits are spent to the last
         // request of the burst (a request is earned back only seconds later).
         let burst = if *limit <= 30 { *limit } else { 2 };
