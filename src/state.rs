@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ai::client::AiClient, ai::workers::Workers, auth::KeyLane, auth::password::Hasher,
-    auth::session::JwtKeys, config::Config, db, http, ratelimit::Limiter, readiness::Readiness,
-    storage, storage::ObjectStore,
+    auth::session::JwtKeys, config::Config, db, http, quota::buffers::Buffers, ratelimit::Limiter,
+    readiness::Readiness, storage, storage::ObjectStore,
 };
 
 /// What the state holds.
@@ -45,6 +45,8 @@ pub struct Inner {
     pub requests_in_flight: http::in_flight::Requests,
     /// Connections of each client address open on this instance.
     pub connections: http::peers::Connections,
+    /// Upload bytes this instance holds in memory at once.
+    pub upload_buffers: Buffers,
 }
 
 /// Cheap to clone; derefs to [`Inner`].
@@ -89,6 +91,10 @@ impl AppState {
             keys: KeyLane::spawn(db.clone()),
             requests_in_flight: Default::default(),
             connections: Default::default(),
+            upload_buffers: Buffers::new(
+                config.upload_buffer_budget_bytes,
+                config.upload_idle_timeout,
+            ),
             config,
             db,
             store,

@@ -120,6 +120,8 @@ pub struct Config {
     pub stream_max_file_bytes: u64,
     /// Size of one storage part while streaming.
     pub upload_part_bytes: u64,
+    /// Upload bytes the process may hold in memory at once.
+    pub upload_buffer_budget_bytes: u64,
     /// Lifetime of an upload lease between renewals.
     pub upload_lease_ttl: Duration,
     /// How long any request body (an upload's or a JSON one) may send
@@ -226,6 +228,12 @@ impl Config {
                 |n| *n >= 5 * MB,
                 || "S3 multipart parts must be at least 5 MiB (5242880)".into(),
             )?,
+            upload_buffer_budget_bytes: env.parse_where(
+                "UPLOAD_BUFFER_BUDGET_BYTES",
+                512 * MB,
+                |n| *n >= 5 * MB,
+                || "must be at least 5 MiB (5242880), one storage part".into(),
+            )?,
             upload_lease_ttl: Duration::from_secs(
                 env.parse_or::<u64>("UPLOAD_LEASE_TTL_SECS", 30)?.max(2),
             ),
@@ -291,6 +299,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.stream_max_file_bytes, 100 * MB);
         assert_eq!(c.upload_part_bytes, 8 * MB);
+        assert_eq!(c.upload_buffer_budget_bytes, 512 * MB);
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert_eq!(c.signup_rate_limit_per_hour, 5);
@@ -474,6 +483,16 @@ mod tests {
             assert_eq!(c.is_ok(), ok, "READ_BUFFER_BYTES={value}");
             if let Err(err) = c {
                 assert!(err.to_string().contains("READ_BUFFER_BYTES"), "{err}");
+            }
+        }
+        for (value, ok) in [("5242879", false), ("5242880", true), ("68719476736", true)] {
+            let c = config(&[BASE[0], BASE[1], ("UPLOAD_BUFFER_BUDGET_BYTES", value)]);
+            assert_eq!(c.is_ok(), ok, "UPLOAD_BUFFER_BUDGET_BYTES={value}");
+            if let Err(err) = c {
+                assert!(
+                    err.to_string().contains("UPLOAD_BUFFER_BUDGET_BYTES"),
+                    "{err}"
+                );
             }
         }
         assert!(c.password_hash_concurrency >= 1);

@@ -1,10 +1,12 @@
 //! The limits of an account, each decided in one submodule that every path
 //! calls: [`caps`] (per-file size caps and text validity), [`slots`]
 //! (concurrent uploads), [`reservations`] (the storage quota), [`monthly`]
-//! (the AI counters), [`ai_calls`] (AI calls of an account at once). Here too: the public tier table (`GET /limits`) and
-//! the caller's usage (`GET /usage`).
+//! (the AI counters), [`ai_calls`] (AI calls of an account at once),
+//! [`buffers`] (upload bytes the process holds in memory). Here too: the
+//! public tier table (`GET /limits`) and the caller's usage (`GET /usage`).
 
 pub mod ai_calls;
+pub mod buffers;
 pub mod caps;
 mod lease;
 pub mod monthly;

@@ -148,11 +148,11 @@ pub trait ObjectWriter: Send {
     /// The backend's id of the multipart upload in progress, once there is
     /// one, so that it can be recorded and reaped if this process dies.
     fn multipart_upload_id(&self) -> Option<&str>;
-    /// How many bytes, counted from the object's first, this writer keeps
-    /// in memory before any of them reaches storage (none, unless it says
-    /// so): quota for an object smaller than that need only be reserved
-    /// before it is finished.
-    fn held_back(&self) -> u64 {
+    /// The most bytes this writer holds in memory at once, beside the chunk
+    /// in hand (none, unless it says so): what an upload takes from the
+    /// process's budget of upload buffers (`quota::buffers`) before its
+    /// first byte.
+    fn holds_at_most(&self) -> u64 {
         0
     }
 }

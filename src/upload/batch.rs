@@ -127,8 +127,6 @@ struct Finishing<'c> {
     budget: u64,
     /// The results, as files finish (in any order).
     results: Vec<BatchResult>,
-    /// Ends when the last file started has reserved its quota.
-    turn: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// A finished file: its place, its name, its size, and how it ended.
@@ -141,7 +139,6 @@ impl<'c> Finishing<'c> {
             bytes: 0,
             budget: ctx.state.config.upload_part_bytes,
             results: Vec::new(),
-            turn: None,
         }
     }
 
@@ -150,27 +147,16 @@ impl<'c> Finishing<'c> {
         self.files.is_empty() || self.bytes + size <= self.budget
     }
 
-    /// Starts finishing a file. Files reserve their quota one after
-    /// another, in the order they came, so that near the quota the same
-    /// files are stored as if they were finished one by one.
+    /// Starts finishing a file. Its quota is reserved already: files
+    /// reserve as they are read, one after another in the order they came,
+    /// so that near the quota the same files are stored as if they were
+    /// finished one by one (a file refused while earlier ones still hold
+    /// their surplus waits for them: `super::settling`).
     fn start(&mut self, ctx: &'c Ctx<'c>, index: usize, name: String, staged: Staged) {
         let size = staged.size();
         self.bytes += size;
-        let turn = self.turn.take();
-        let (reserved, next) = tokio::sync::oneshot::channel::<()>();
-        self.turn = Some(next);
         self.files.push(Box::pin(async move {
-            if let Some(turn) = turn {
-                // Sent or dropped: either way the file before has reserved.
-                let _ = turn.await;
-            }
-            let staged = ctx.reserve_rest(staged).await;
-            drop(reserved);
-            let done = match staged {
-                Ok(staged) => ctx.complete(staged).await,
-                Err(e) => Err(e),
-            };
-            (index, name, size, done)
+            (index, name, size, ctx.complete(staged).await)
         }));
     }
 

@@ -13,6 +13,7 @@ mod doc;
 mod filename;
 mod multipart;
 mod pipeline;
+mod settling;
 
 use axum::{
     body::Body,
@@ -85,6 +86,7 @@ async fn upload<T>(
         limits,
         lease: slot.lease(),
         body_len: content_length(headers),
+        settling: Default::default(),
     };
     let result = run(&ctx, &mut parts).await;
     slot.release().await;

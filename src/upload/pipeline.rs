@@ -1,21 +1,26 @@
 //! One file's way from a multipart part into storage and into the files
 //! table, held to every limit while its bytes flow: the type on the first
 //! bytes, the caps and text validity on the running count
-//! ([`quota::caps`]), the storage quota by reservations made ahead of the
-//! bytes ([`quota::reservations`]). A file that fails gives back its
-//! object and its reservation on every path.
+//! ([`quota::caps`]), the storage quota by reservations made before a byte
+//! is held ([`quota::reservations`]), the process's memory by room in its
+//! upload buffers ([`quota::buffers`]). A file that fails gives back its
+//! object, its reservation and its room on every path.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::multipart;
+use super::{
+    multipart,
+    settling::{Settling, Unsettled},
+};
 use crate::{
     auth::Account,
     deletions::{self, Doomed},
     error::ApiError,
     files::{self, FileView, NewFile},
     quota::{
+        buffers::Room,
         caps::{Cap, ContentCheck, Route},
         reservations::{self, ReserveError},
         slots::Lease,
@@ -62,6 +67,8 @@ pub struct Ctx<'a> {
     /// The request's `Content-Length`, when the client sent one: no file of
     /// the request can be larger, so no reservation needs to be either.
     pub body_len: Option<u64>,
+    /// The request's files read and not settled yet.
+    pub settling: Settling,
 }
 
 impl Ctx<'_> {
@@ -144,6 +151,28 @@ impl Ctx<'_> {
                 self.state.store.writer(&key, kind.mime, part_size).await?
             }
         };
+        // Room for what the writer may hold, before its first byte: at most
+        // the file's own bound (the body, the cap).
+        let most = self.body_len.unwrap_or(u64::MAX).min(cap.limit());
+        let room = match self
+            .state
+            .upload_buffers
+            .take(writer.holds_at_most().min(most))
+            .await
+        {
+            Ok(room) => room,
+            Err(e) => {
+                let reserved = exact.unwrap_or(0);
+                let file = Unrecorded {
+                    writer: Some(writer),
+                    doomed: Doomed::object(key),
+                    reserved,
+                    holding: Holding::default(),
+                };
+                self.give_back(file).await;
+                return Err(e.into());
+            }
+        };
         let mut sink = Sink::new(self, &key, ContentCheck::new(cap, &kind), writer);
         if let Some(len) = exact {
             sink.reserved = len;
@@ -168,7 +197,7 @@ impl Ctx<'_> {
         }
         .await;
         let (writer, reserved, total, sha) = sink.into_parts();
-        let staged = Staged {
+        let mut staged = Staged {
             writer,
             id,
             key,
@@ -177,9 +206,16 @@ impl Ctx<'_> {
             reserved,
             total,
             sha,
+            holding: Holding {
+                _room: room,
+                unsettled: None,
+            },
         };
         match streamed {
-            Ok(()) => Ok(staged),
+            Ok(()) => {
+                staged.holding.unsettled = Some(self.settling.enter());
+                Ok(staged)
+            }
             Err(e) => {
                 self.give_back(staged).await;
                 Err(e)
@@ -187,32 +223,10 @@ impl Ctx<'_> {
         }
     }
 
-    /// Reserves what a received file still needs: the whole of a file whose
-    /// bytes all stayed in the writer's memory (see [`Sink::push`]). On
-    /// failure the file is given up, with everything it took.
-    pub async fn reserve_rest(&self, mut staged: Staged) -> Result<Staged, FileError> {
-        if staged.reserved >= staged.total {
-            return Ok(staged);
-        }
-        let (db, quota) = (&self.state.db, self.limits.storage_bytes);
-        let first = (staged.reserved == 0).then_some(staged.key.as_str());
-        let need = staged.total - staged.reserved;
-        match reservations::reserve(db, self.lease, need, quota, first).await {
-            Ok(()) => {
-                staged.reserved = staged.total;
-                Ok(staged)
-            }
-            Err(e) => {
-                self.give_back(staged).await;
-                Err(e.into())
-            }
-        }
-    }
-
     /// Finishes a received file's object and records the file; on failure
-    /// gives back everything it took.
+    /// gives back everything it took. Its room and its place among the
+    /// files settling are let go last, once it is recorded or given back.
     pub async fn complete(&self, staged: Staged) -> Result<FileView, FileError> {
-        let staged = self.reserve_rest(staged).await?;
         let upload_id = staged.writer.multipart_upload_id().map(str::to_owned);
         let Staged {
             writer,
@@ -223,6 +237,7 @@ impl Ctx<'_> {
             reserved,
             total,
             sha,
+            holding,
         } = staged;
         let recorded = match writer.finish().await {
             Ok(_) => {
@@ -250,8 +265,11 @@ impl Ctx<'_> {
                     object_key: key,
                     multipart_upload_id: upload_id,
                 };
-                self.give_back(Unrecorded::without_writer(doomed, reserved))
-                    .await;
+                let file = Unrecorded {
+                    holding,
+                    ..Unrecorded::without_writer(doomed, reserved)
+                };
+                self.give_back(file).await;
                 Err(e)
             }
         }
@@ -296,16 +314,16 @@ impl Ctx<'_> {
             writer,
             doomed,
             reserved,
+            holding,
         } = file.into();
         if let Some(writer) = writer
             && let Err(abort) = writer.abort().await
         {
             tracing::warn!(error = %abort, key = doomed.object_key, "could not abort a refused upload's object");
         }
-        // Nothing reserved: every byte stayed in the writer's memory (a
-        // write to storage is always reserved first) and the lease never
-        // named the object (its first reservation does), so nothing is
-        // left to give back.
+        // Nothing reserved: no byte was written (every write is reserved
+        // first) and the lease never named the object (its first
+        // reservation does), so nothing is left to give back.
         if reserved == 0 {
             return;
         }
@@ -318,7 +336,18 @@ impl Ctx<'_> {
         if let Err(e) = released {
             tracing::error!(error = %e, key = doomed.object_key, "could not release a failed upload");
         }
+        drop(holding);
     }
+}
+
+/// What a file holds until it is recorded or given back, beside its
+/// reservation: its room in the process's upload buffers, and, once read,
+/// its place among the request's files settling.
+#[derive(Default)]
+struct Holding {
+    /// Held for its drop.
+    _room: Option<Room>,
+    unsettled: Option<Unsettled>,
 }
 
 /// What a file that is not recorded took, for [`Ctx::give_back`].
@@ -329,6 +358,8 @@ pub struct Unrecorded {
     doomed: Doomed,
     /// The quota it reserved.
     reserved: u64,
+    /// What it holds besides, let go once it is given back.
+    holding: Holding,
 }
 
 impl Unrecorded {
@@ -339,6 +370,7 @@ impl Unrecorded {
             writer: None,
             doomed,
             reserved,
+            holding: Holding::default(),
         }
     }
 }
@@ -353,6 +385,7 @@ impl From<Staged> for Unrecorded {
                 multipart_upload_id,
             },
             reserved: staged.reserved,
+            holding: staged.holding,
         }
     }
 }
@@ -376,6 +409,7 @@ pub struct Staged {
     reserved: u64,
     total: u64,
     sha: [u8; 32],
+    holding: Holding,
 }
 
 impl Staged {
@@ -429,11 +463,9 @@ impl<'a> Sink<'a> {
             return Err(not_as_announced().into());
         }
         self.hasher.update(&chunk);
-        // Bytes the writer keeps in memory need no quota yet: a small file
-        // reserves once, exactly its size, when it is finished.
-        if self.check.total() > self.writer.held_back() {
-            self.reserve_to(self.check.total()).await?;
-        }
+        // Quota before the writer holds a byte, so an account at its quota
+        // holds no memory either.
+        self.reserve_to(self.check.total()).await?;
         self.writer.write(chunk).await?;
         if !self.tracked_upload
             && let Some(upload_id) = self.writer.multipart_upload_id()
@@ -448,15 +480,38 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Reserves quota ahead of the bytes, a part at a time; near the quota,
-    /// exactly what the bytes in hand need, so a file that fits is accepted.
+    /// Reserves quota for the first `total` bytes, ahead of them by up to a
+    /// part. Refused for quota while earlier files of the request still hold
+    /// their surplus, it waits for them to settle and tries again
+    /// ([`Settling`]).
     async fn reserve_to(&mut self, total: u64) -> Result<(), FileError> {
         if self.reserved >= total {
             return Ok(());
         }
-        let limit = self.check.cap().limit();
-        let need = total - self.reserved;
-        let most = self.ctx.body_len.map_or(limit, |len| len.min(limit));
+        loop {
+            let mark = self.ctx.settling.mark();
+            match self.reserve_step(total - self.reserved).await {
+                Ok(granted) => {
+                    self.reserved += granted;
+                    return Ok(());
+                }
+                Err(e @ ReserveError::Quota { .. }) => {
+                    if !self.ctx.settling.room_may_come(mark).await {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One reservation of at least `need` bytes: a part ahead, never past
+    /// what the file may still hold (the cap, the body); near the quota,
+    /// what is left of it, so a file that fits is accepted. Returns what
+    /// was granted.
+    async fn reserve_step(&mut self, need: u64) -> Result<u64, ReserveError> {
+        let cap = self.check.cap().limit();
+        let most = self.ctx.body_len.map_or(cap, |len| len.min(cap));
         let step = need
             .max(self.ctx.state.config.upload_part_bytes)
             .min(most.saturating_sub(self.reserved))
@@ -465,16 +520,15 @@ impl<'a> Sink<'a> {
         let quota = self.ctx.limits.storage_bytes;
         // The file's first reservation also records its object on the lease.
         let key = (self.reserved == 0).then_some(self.key);
-        let granted = match reservations::reserve(db, lease, step, quota, key).await {
-            Ok(()) => step,
-            Err(ReserveError::Quota { .. }) if step > need => {
-                reservations::reserve(db, lease, need, quota, key).await?;
-                need
+        match reservations::reserve(db, lease, step, quota, key).await {
+            Ok(()) => Ok(step),
+            Err(ReserveError::Quota { limit, used }) if step > need => {
+                let left = limit.saturating_sub(used).clamp(need, step);
+                reservations::reserve(db, lease, left, quota, key).await?;
+                Ok(left)
             }
-            Err(e) => return Err(e.into()),
-        };
-        self.reserved += granted;
-        Ok(())
+            Err(e) => Err(e),
+        }
     }
 
     fn into_parts(self) -> (Box<dyn ObjectWriter>, u64, u64, [u8; 32]) {

@@ -8,6 +8,7 @@ mod admin;
 mod ai;
 mod auth;
 mod auth_limits;
+mod buffers;
 mod cli;
 mod cluster;
 mod connections;

@@ -200,14 +200,10 @@ impl ObjectWriter for S3Writer {
         self.upload_id.as_deref()
     }
 
-    /// Nothing is sent until a whole part is in (a smaller object goes as
-    /// one PUT when finished).
-    fn held_back(&self) -> u64 {
-        if self.upload_id.is_some() {
-            0
-        } else {
-            self.part_size as u64 - 1
-        }
+    /// One part: the one filling and the one being sent together (see
+    /// [`ObjectWriter::write`]); a smaller object waits whole for its PUT.
+    fn holds_at_most(&self) -> u64 {
+        self.part_size as u64
     }
 }
 
