@@ -33,7 +33,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use reaper::reap;
+pub use reaper::{prune, reap};
 pub use state::AppState;
 
 /// A built server: bound to its port, connected, migrated, not yet serving.

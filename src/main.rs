@@ -64,7 +64,8 @@ enum AdminCommand {
         #[arg(long)]
         account: uuid::Uuid,
     },
-    /// Run one pass of the reaper: expired upload leases, queued object deletions.
+    /// Run one pass of the reaper: expired upload leases, queued object deletions,
+    /// and the pruning of idle rate-limit rows, forgotten login failures, ended sessions.
     Reap,
     /// Hold every account's usage against its files and open reservations,
     /// and storage's objects against the file rows; prints the drift as
@@ -180,7 +181,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 AdminCommand::Reap => {
                     let (leases, objects) = intake::reap(&state).await?;
-                    serde_json::json!({"leases": leases, "objects": objects})
+                    let pruned = intake::prune(&state).await?;
+                    serde_json::json!({"leases": leases, "objects": objects, "pruned": pruned})
                 }
                 AdminCommand::CreateApiKey { account, name } => {
                     let account = intake::auth::Account::find(&state.db, account)

@@ -1,7 +1,7 @@
 //! The `intake` command line: migrate and the admin commands, against the
 //! same schema a running instance uses.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use tempfile::TempDir;
@@ -84,9 +84,26 @@ async fn admin_commands_manage_accounts_keys_and_usage() {
     assert_eq!(usage["tier"], "professional");
     assert_eq!(usage["usage"]["requests"]["remaining"], 99);
 
+    // A session ended by its logout is pruned by the reaper's pass.
+    let member = app.account("free").await;
+    let session = app.login(&member.email).await;
+    let out = app
+        .with_session(Method::POST, "/auth/logout", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.status().is_success(), "{}", out.status());
+    let ended = "SELECT count(*) FROM sessions WHERE revoked_at IS NOT NULL";
+    assert_eq!(app.scalar_i64(ended).await, 1);
+
     let (ok, reaped, err) = intake(&app, &root, &["admin", "reap"]);
     assert!(ok, "{err}");
     assert_eq!(reaped["leases"], 0);
+    assert!(
+        reaped["pruned"].as_u64().is_some_and(|n| n >= 1),
+        "{reaped}"
+    );
+    assert_eq!(app.scalar_i64(ended).await, 0);
 
     // Bad input fails with a message, not a panic.
     let (ok, _, err) = intake(
