@@ -10,7 +10,7 @@
 
 pub mod client;
 pub mod extract;
-mod pdf;
+pub mod pdf;
 pub mod workers;
 
 use axum::extract::State;

@@ -15,6 +15,7 @@ use axum::{
     response::{IntoResponse, Response as AxResponse},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use intake::ai::pdf::assemble;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -349,34 +350,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 /// with a correct cross-reference table.
 fn pdf(objects: &[String]) -> Vec<u8> {
     let objects: Vec<Vec<u8>> = objects.iter().map(|o| o.clone().into_bytes()).collect();
-    binary_pdf(&objects)
-}
-
-/// [`pdf`] of objects that may hold binary streams.
-fn binary_pdf(objects: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, obj) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
-        out.extend_from_slice(obj);
-        out.extend_from_slice(b"\nendobj\n");
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for o in offsets {
-        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
+    assemble(&objects)
 }
 
 fn stream(content: &str) -> String {
@@ -1391,7 +1365,7 @@ async fn pdfs_past_their_object_or_inflation_bound_are_422_and_refunded() {
     }
     for (name, bytes, bound) in [
         ("crowded.pdf", pdf(&crowded), "objects"),
-        ("inflating.pdf", binary_pdf(&inflating), "inflate"),
+        ("inflating.pdf", assemble(&inflating), "inflate"),
     ] {
         let id = upload(&app, &auth, name, "application/pdf", &bytes).await;
         let body = assert_problem(
