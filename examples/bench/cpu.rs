@@ -29,6 +29,15 @@ pub struct Settings {
     /// A scratch folder (the servers' logs).
     #[arg(long, env = "BENCH_WORK")]
     work: PathBuf,
+    /// The database of each binary, in the same order: builds with
+    /// different migrations cannot share one schema.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URLS",
+        value_delimiter = ' ',
+        required = true
+    )]
+    database_urls: Vec<String>,
     /// The intake binaries to compare, in the order each round runs them.
     #[arg(required = true)]
     bins: Vec<String>,
@@ -56,26 +65,37 @@ fn postgres_ticks() -> u64 {
 }
 
 pub async fn run(s: &Settings) {
-    let mut key: Option<String> = None;
+    assert_eq!(
+        s.database_urls.len(),
+        s.bins.len(),
+        "one database URL per binary"
+    );
+    // Each build's key, made on its own database the first time it runs.
+    let mut keys: Vec<Option<String>> = vec![None; s.bins.len()];
     println!(
         "{:<6} {:<40} {:>10} {:>16} {:>18}",
         "round", "build", "req/s", "intake us/req", "postgres us/req"
     );
     for round in 1..=s.rounds {
-        for bin in &s.bins {
+        for (i, bin) in s.bins.iter().enumerate() {
             let addr = format!("127.0.0.1:{}", servers::free_port());
-            let vars = [("RATE_LIMIT_ENABLED", "false".to_owned())];
+            let vars = [
+                ("RATE_LIMIT_ENABLED", "false".to_owned()),
+                ("DATABASE_URL", s.database_urls[i].clone()),
+            ];
             let log = s.work.join("intake.log");
             let server = servers::start_intake(bin, &addr, &vars, &[], &log).await;
             let url = format!("http://{addr}");
-            if key.is_none() {
-                key = Some(
-                    Admin::new(&url)
-                        .key("cpu@example.com", "enterprise", None)
-                        .await,
-                );
-            }
-            let keys = Keys::One(key.as_deref().unwrap());
+            let key = match &keys[i] {
+                Some(key) => key.clone(),
+                None => {
+                    let admin = Admin::new(&url);
+                    let key = admin.key("cpu@example.com", "enterprise", None).await;
+                    keys[i] = Some(key.clone());
+                    key
+                }
+            };
+            let keys = Keys::One(&key);
             let me = format!("{url}/me");
             // A warm-up, then the measured run.
             wrk::run(&me, &keys, s.connections, "2s", false);

@@ -20,9 +20,22 @@ ensure_wrk
 INTAKE_BIN=$1 bench_build  # the builds compared are given: none to build
 
 bench_database bench_cpu
+# Each build on a schema of its own (builds with different migrations cannot
+# share one): the one bench_database made, then one more per further build.
+urls=("$DATABASE_URL")
+extra=()
+for ((i = 2; i <= $#; i++)); do
+    "$PG_BIN/psql" "$DB_URL" -qc "CREATE SCHEMA ${SCHEMA}_$i"
+    extra+=("${SCHEMA}_$i")
+    urls+=("$DB_URL?options=-c%20search_path%3D${SCHEMA}_$i")
+done
+export BENCH_DATABASE_URLS="${urls[*]}"
 export STORAGE_BACKEND=fs FS_ROOT=$(mktemp -d) LOG_FORMAT=json RUST_LOG=warn
 export BENCH_WORK=$(mktemp -d)
 cleanup() {
+    for s in "${extra[@]}"; do
+        "$PG_BIN/psql" "$DB_URL" -qc "DROP SCHEMA IF EXISTS $s CASCADE" >/dev/null 2>&1 || true
+    done
     bench_database_drop
     rm -rf "$FS_ROOT" "$BENCH_WORK"
 }
