@@ -17,6 +17,7 @@
 //! environment, which tests cannot give each app separately.
 
 mod ai;
+mod cors;
 mod env;
 mod secret;
 mod storage;
@@ -26,6 +27,7 @@ use std::{net::SocketAddr, time::Duration};
 use ipnet::IpNet;
 
 pub use ai::{AiConfig, AiProvider};
+pub use cors::CorsOrigins;
 pub use env::ConfigError;
 use env::Env;
 pub use secret::Secret;
@@ -110,6 +112,8 @@ pub struct Config {
     pub login_failures_before_delay: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Origins whose pages may call the upload routes (CORS).
+    pub cors_allowed_origins: CorsOrigins,
     /// Let requests through when the rate limiter's store fails.
     pub rate_limit_fail_open: bool,
     /// Whether per-minute limits apply at all (off: no limit, no headers).
@@ -218,6 +222,7 @@ impl Config {
             signup_rate_limit_per_hour: env.positive_as("SIGNUP_RATE_LIMIT_PER_HOUR", 5)?,
             login_failures_before_delay: env.positive_as("LOGIN_FAILURES_BEFORE_DELAY", 10)?,
             trusted_proxies: env.list("TRUSTED_PROXIES", parse_net)?,
+            cors_allowed_origins: cors::cors(&env)?,
             rate_limit_fail_open: env.parse_or("RATE_LIMIT_FAIL_OPEN", true)?,
             rate_limit_enabled: env.parse_or("RATE_LIMIT_ENABLED", true)?,
 
@@ -300,6 +305,7 @@ mod tests {
         assert_eq!(c.stream_max_file_bytes, 100 * MB);
         assert_eq!(c.upload_part_bytes, 8 * MB);
         assert_eq!(c.upload_buffer_budget_bytes, 512 * MB);
+        assert_eq!(c.cors_allowed_origins, CorsOrigins::None);
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert_eq!(c.signup_rate_limit_per_hour, 5);
@@ -387,6 +393,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(config(&[BASE[0], BASE[1], ("TRUSTED_PROXIES", "nope")]).is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_or_every_origin_alone() {
+        let with = |v: &str| config(&[BASE[0], BASE[1], ("CORS_ALLOWED_ORIGINS", v)]);
+        assert_eq!(with("*").unwrap().cors_allowed_origins, CorsOrigins::Any);
+        assert_eq!(with(" ").unwrap().cors_allowed_origins, CorsOrigins::None);
+        let CorsOrigins::List(list) = with("https://a.example, http://127.0.0.1:5173")
+            .unwrap()
+            .cors_allowed_origins
+        else {
+            panic!("a list")
+        };
+        assert_eq!(list, ["https://a.example", "http://127.0.0.1:5173"]);
+        for bad in [
+            "*, https://a.example",
+            "https://a.example/path",
+            "a.example",
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.to_string().contains("CORS_ALLOWED_ORIGINS"), "{err}");
+        }
     }
 
     #[test]

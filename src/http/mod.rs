@@ -2,6 +2,7 @@
 //! document generated from the same route list.
 
 pub mod bodies;
+pub mod cors;
 pub mod in_flight;
 pub mod metrics;
 pub mod middleware;
@@ -114,7 +115,8 @@ fn tus_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Builds the application: routes, fallbacks and the middleware stack
-/// (outermost first: request id, tracing, metrics, the body guard (idle
+/// (outermost first: request id, tracing, metrics, CORS on the upload
+/// routes when origins are listed, the body guard (idle
 /// time, whole-body deadline, shutdown, the connection after an early
 /// answer), authentication and rate limit, the guard's verdict, body limit).
 pub fn router(state: AppState) -> Router {
@@ -140,6 +142,10 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
                 .layer(axum::middleware::from_fn(metrics::track))
+                // Preflights are answered before authentication and limits.
+                .option_layer(cors::layer(&state.config.cors_allowed_origins).map(|cors| {
+                    axum::middleware::from_fn_with_state(cors, cors::upload_cors)
+                }))
                 // Outside every layer that may answer before the body is read.
                 .layer(axum::middleware::from_fn_with_state(state.clone(), bodies::guard_bodies))
                 // A bug answers 500 problem+json (and is logged), not a dropped connection.

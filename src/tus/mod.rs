@@ -28,7 +28,7 @@ use axum::{
     Extension,
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -57,24 +57,14 @@ use uploads::{NewUpload, State as UploadState, Upload};
 /// The header that names the recorded file on the final PATCH's answer.
 const FILE_ID_HEADER: &str = "intake-file-id";
 
-/// Headers a browser client must be able to read on a cross-origin answer.
-const EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Expires, \
-     Upload-Metadata, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, \
-     Tus-Checksum-Algorithm, Intake-File-Id, X-RateLimit-Limit, X-RateLimit-Remaining, \
-     X-RateLimit-Reset, RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
-
-/// Headers a browser client may send (answered to CORS preflights).
-const ALLOW_HEADERS: &str = "Authorization, X-API-Key, X-CSRF-Token, Content-Type, \
-     Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, Upload-Checksum, \
-     X-Requested-With, X-Request-Id";
-
 fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Wraps every tus route: `Tus-Resumable: 1.0.0` is required on every
-/// request but `OPTIONS` (412 otherwise), every answer says which version
-/// intake speaks, and carries the CORS headers a browser client reads.
+/// request but `OPTIONS` (412 otherwise), and every answer says which
+/// version intake speaks. CORS, for pages of the origins the operator
+/// lists, is `http::cors`'s, as on the other upload routes.
 pub async fn protocol(req: Request, next: Next) -> Response {
     let mut response = if req.method() != Method::OPTIONS && !headers::speaks_tus(req.headers()) {
         let mut r = ApiError::TusVersionUnsupported.into_response();
@@ -86,15 +76,6 @@ pub async fn protocol(req: Request, next: Next) -> Response {
     };
     let h = response.headers_mut();
     h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
-    // API keys travel in a header, not a cookie: any origin may use them.
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE_HEADERS),
-    );
     response
 }
 
@@ -124,15 +105,6 @@ fn discovery(state: &AppState, principal: Option<&Principal>) -> Response {
             "tus-checksum-algorithm",
             HeaderValue::from_static(TUS_CHECKSUMS),
         ),
-        (
-            "access-control-allow-methods",
-            HeaderValue::from_static("POST, HEAD, PATCH, DELETE, OPTIONS"),
-        ),
-        (
-            "access-control-allow-headers",
-            HeaderValue::from_static(ALLOW_HEADERS),
-        ),
-        ("access-control-max-age", HeaderValue::from_static("86400")),
     ];
     if let Some(account) = account {
         let cap = Cap::largest(
@@ -145,8 +117,8 @@ fn discovery(state: &AppState, principal: Option<&Principal>) -> Response {
     answer(StatusCode::NO_CONTENT, pairs)
 }
 
-/// What intake speaks (tus discovery, and the CORS preflight of the
-/// creation). No credentials needed; with them, `Tus-Max-Size` is the
+/// What intake speaks (tus discovery; a browser's CORS preflight is
+/// answered before it, by `http::cors`). No credentials needed; with them, `Tus-Max-Size` is the
 /// caller's largest cap.
 #[utoipa::path(options, path = "/upload/tus", tag = "tus",
     responses((status = 204, description = "the protocol intake speaks",
@@ -162,14 +134,14 @@ pub async fn discover(
     discovery(&state, principal.as_deref())
 }
 
-/// The CORS preflight of an upload's own URL (and tus discovery there too).
+/// tus discovery at an upload's own URL.
 #[utoipa::path(options, path = "/upload/tus/{id}", tag = "tus", params(("id" = Uuid, Path)),
     responses((status = 204, description = "the protocol intake speaks")),
     security((), ("api_key" = []), ("session" = [])))]
 pub async fn discover_upload(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
-    // Only an upload's URL has a preflight: anything else names nothing (404).
+    // Only an upload's URL answers: anything else names nothing (404).
     Path(_id): Path<Uuid>,
 ) -> Response {
     discovery(&state, principal.as_deref())

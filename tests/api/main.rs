@@ -12,6 +12,7 @@ mod buffers;
 mod cli;
 mod cluster;
 mod connections;
+mod cors;
 mod dashboard;
 mod files;
 mod garage_cluster;
