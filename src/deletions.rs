@@ -45,6 +45,22 @@ pub async fn enqueue(tx: &mut PgConnection, doomed: &Doomed) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Queues objects with no multipart upload, in one statement, inside the
+/// caller's transaction.
+pub async fn enqueue_objects(tx: &mut PgConnection, keys: &[String]) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO object_deletions (object_key) SELECT unnest($1::text[])
+         ON CONFLICT (object_key) DO NOTHING",
+    )
+    .bind(keys)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Asks storage to remove the object: the multipart upload first, then the
 /// object itself (deleting a missing object succeeds). The object is deleted
 /// even when the abort fails (a multipart upload that was completed after

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use super::lease::Lease;
@@ -78,15 +78,44 @@ impl Lease {
         Ok(())
     }
 
-    /// Records a side object the upload keeps while it runs (a resumable
-    /// upload's unfinished tail), so that ending the lease removes it too.
-    pub async fn track_tail(&self, db: &PgPool, tail_key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE upload_leases SET tail_key = $2 WHERE id = $1")
+    /// Records the side objects the upload keeps while it runs (a
+    /// resumable upload's unfinished tail: `tail_key`, and `objects`, every
+    /// segment of it that may be in storage), so that ending the lease
+    /// removes them too.
+    pub async fn track_tail(
+        &self,
+        db: &PgPool,
+        tail_key: &str,
+        objects: &[String],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE upload_leases SET tail_key = $2, tail_objects = $3 WHERE id = $1")
             .bind(self.id)
             .bind(tail_key)
+            .bind(objects)
             .execute(db)
             .await?;
         Ok(())
+    }
+
+    /// [`Lease::renew`], recording at once the tail's objects that may be
+    /// in storage from now on (in the transaction that records the tail
+    /// itself); `false` when the lease is gone.
+    pub async fn renew_tracking_tail(
+        &self,
+        conn: &mut PgConnection,
+        objects: &[String],
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE upload_leases SET tail_objects = $3,
+                    expires_at = greatest(expires_at, now() + make_interval(secs => $2))
+             WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(self.ttl.as_secs_f64())
+        .bind(objects)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Extends the lease to its ttl from now (never shortening it), for an
@@ -283,13 +312,13 @@ async fn finish(
     let sql = match mode {
         Mode::Own => {
             "DELETE FROM upload_leases WHERE id = $1
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects"
         }
         Mode::Expired => {
             "DELETE FROM upload_leases WHERE id = (
                SELECT id FROM upload_leases WHERE id = $1 AND expires_at < now()
                FOR UPDATE SKIP LOCKED)
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects"
         }
     };
     type Ended = (
@@ -299,12 +328,13 @@ async fn finish(
         Option<String>,
         Vec<String>,
         Option<String>,
+        Vec<String>,
     );
     let ended: Option<Ended> = sqlx::query_as(sql)
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?;
-    let Some((account_id, reserved, key, upload_id, finishing, tail)) = ended else {
+    let Some((account_id, reserved, key, upload_id, finishing, tail, tail_objects)) = ended else {
         return Ok(false);
     };
     // Keys are cleared in the transaction that records a file, so a key
@@ -315,6 +345,7 @@ async fn finish(
     if let Some(tail) = tail {
         doomed.push(Doomed::object(tail));
     }
+    doomed.extend(tail_objects.into_iter().map(Doomed::object));
     if let Some(key) = key {
         doomed.push(Doomed {
             object_key: key,
@@ -360,13 +391,14 @@ pub async fn end_expired(db: &PgPool, store: &dyn ObjectStore) -> Result<u64, sq
 }
 
 /// Of `keys`, those a lease tracks (an object being written or finished, a
-/// resumable upload's tail), live or expired: until the lease
-/// ends, its upload or the reaper removes them.
+/// resumable upload's tail and its segments), live or expired: until the
+/// lease ends, its upload or the reaper removes them.
 pub async fn tracked_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT k FROM unnest($1::text[]) AS k
          WHERE EXISTS (SELECT 1 FROM upload_leases
-                       WHERE object_key = k OR k = ANY(finishing_keys) OR tail_key = k)",
+                       WHERE object_key = k OR k = ANY(finishing_keys) OR tail_key = k
+                          OR k = ANY(tail_objects))",
     )
     .bind(keys)
     .fetch_all(db)

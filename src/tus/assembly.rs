@@ -3,15 +3,26 @@
 //! where each part ends, when a part is sent as its bytes arrive, and how
 //! each whole part is stored.
 //!
-//! The upload's bytes are whole storage parts plus a tail: the bytes past
-//! the last whole part, kept in a small object of their own so that any
-//! instance can resume. A request reads the tail back ([`Assembly::load`]),
-//! appends its body, and stores each part as it fills (recording it at
-//! once, see [`super::commit`], so a request that breaks keeps every byte
-//! it stored). At most one part is in memory.
+//! The upload's bytes are whole storage parts, then the tail (segments in
+//! storage, [`Tail`]), then the request's bytes not stored yet
+//! ([`Buffer`]): the tail and the buffer are the pending bytes, off whose
+//! front each part is cut. A request appends its body and stores each
+//! part as it fills (recording it at once, see [`super::commit`], so a
+//! request that breaks keeps every byte it stored); what is left when its
+//! body ends becomes a new segment of the tail. At most one part is in
+//! memory.
+//!
+//! Reading the tail back costs as much as it holds, so only a request
+//! whose work is kept reads it: one without a checksum (each part it
+//! stores is recorded at once, and its sniffed type at its end), or one
+//! that brought at least as many bytes as the tail, or whose body ended and
+//! matched its checksum. A part sent while its bytes arrive is given up if
+//! the body breaks first, so it takes in the tail only in the last two
+//! cases; until then its bytes wait in the buffer.
+
+use std::ops::Range;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 
 use super::{
     buffer::Buffer,
@@ -19,15 +30,17 @@ use super::{
     part::{Inflight, Target},
     receive::{Stop, Writer},
     sha::Sha256State,
+    tail::Tail,
     uploads,
 };
 use crate::{
     error::ApiError,
     quota::{
-        caps::{Cap, ContentCheck, Route},
+        caps::{Cap, CapError, ContentCheck, Route},
         slots::Lease,
     },
     sniff::{self, Kind, SNIFF_BYTES},
+    storage::ObjectWriter,
 };
 
 /// The upload's state while one request writes it.
@@ -37,69 +50,75 @@ pub(super) struct Assembly<'a> {
     pub(super) hold: &'a mut Hold,
     pub(super) lease: Lease,
     pub(super) key: String,
+    /// The pending bytes in storage.
+    pub(super) tail: Tail,
+    /// The pending bytes after them, not stored yet.
     pub(super) buf: Buffer,
     pub(super) sha: Sha256State,
     pub(super) kind: Option<Kind>,
     pub(super) parts: i32,
     pub(super) stored: u64,
     pub(super) multipart: Option<String>,
-    /// Whether a part was stored by this request (the tail changes then).
-    pub(super) flushed: bool,
+    /// Bytes of the body taken in so far.
+    received: u64,
+    /// The body ended whole (and matched its checksum, if it had one).
+    ended: bool,
     /// The next part, being sent while its bytes arrive.
     inflight: Option<Inflight>,
+    /// Of the part in flight, the bytes the tail gave it.
+    inflight_tail: u64,
 }
 
 impl<'a> Assembly<'a> {
-    /// The upload as recorded, with its tail read back.
-    pub(super) async fn load(w: &'a Writer, hold: &'a mut Hold) -> Result<Self, Stop> {
+    /// The upload as recorded.
+    pub(super) fn load(w: &'a Writer, hold: &'a mut Hold) -> Result<Self, Stop> {
         let u = &w.upload;
         let sha = u
             .sha()
             .ok_or_else(|| anyhow::anyhow!("upload {} has a corrupt hash state", u.id))?;
-        let mut buf = Buffer::default();
-        let tail_len = u.tail_len.max(0) as u64;
-        if tail_len > 0 {
-            let tail = w
-                .state
-                .store
-                .get(&uploads::tail_key(u.id), Some(0..tail_len))
-                .await?;
-            let mut stream = tail.stream;
-            while let Some(chunk) = stream.next().await {
-                buf.push(chunk.map_err(crate::storage::StorageError::from)?);
-            }
-            if buf.len() as u64 != tail_len {
-                return Err(anyhow::anyhow!(
-                    "the tail of upload {} holds {} bytes, not {tail_len}",
-                    u.id,
-                    buf.len()
-                )
-                .into());
-            }
-        }
         Ok(Self {
             w,
             hold,
             lease: w.lease(),
             key: u.key(),
-            buf,
+            tail: Tail::of(u)?,
+            buf: Buffer::default(),
             sha,
             kind: u.kind(),
             parts: u.parts,
             stored: u.stored.max(0) as u64,
             multipart: u.multipart_upload_id.clone(),
-            flushed: false,
+            received: 0,
+            ended: false,
             inflight: None,
+            inflight_tail: 0,
         })
     }
 
-    /// The upload's offset: what is stored and what is buffered.
-    pub(super) fn offset(&self) -> u64 {
-        self.stored + self.buf.len() as u64
+    /// The bytes past the last part: the tail's and the buffer's.
+    pub(super) fn pending(&self) -> u64 {
+        self.tail.len() + self.buf.len() as u64
     }
 
-    fn part_size(&self) -> usize {
+    /// The upload's offset: what is stored and what is pending.
+    pub(super) fn offset(&self) -> u64 {
+        self.stored + self.pending()
+    }
+
+    pub(super) fn part_size(&self) -> usize {
         usize::try_from(self.w.upload.part_size).unwrap_or(usize::MAX)
+    }
+
+    /// Whether what this request does with the tail's bytes is kept, so
+    /// that it may read them back (see the module's comment).
+    fn may_read_tail(&self) -> bool {
+        self.w.checksum.is_none() || self.brought_the_tail()
+    }
+
+    /// Whether the body brought as many bytes as the tail holds, or ended
+    /// whole.
+    fn brought_the_tail(&self) -> bool {
+        self.ended || self.received >= self.tail.len()
     }
 
     /// Sniffs once the first bytes are in, starts sending a part that the
@@ -108,36 +127,46 @@ impl<'a> Assembly<'a> {
     pub(super) async fn advance(&mut self, body_left: Option<u64>) -> Result<(), Stop> {
         if self.kind.is_none() {
             let length = self.w.upload.length();
-            let need = usize::try_from(length.min(SNIFF_BYTES as u64)).unwrap_or(SNIFF_BYTES);
-            // Parts wait for the type, so the buffer starts at byte 0.
-            if self.buf.len() < need {
+            let need = length.min(SNIFF_BYTES as u64);
+            // Parts wait for the type, so the pending bytes start at byte 0.
+            if self.pending() < need || !self.may_read_tail() {
                 return Ok(());
             }
-            self.decide(need, length <= SNIFF_BYTES as u64)?;
+            let head = self.peek(0..need).await?;
+            self.decide(&head, length <= SNIFF_BYTES as u64)?;
         }
         if let Some(left) = body_left {
             self.start_inflight(left).await?;
         }
         loop {
             if let Some(inflight) = &self.inflight {
-                if self.buf.len() < inflight.len() {
+                if self.pending() < inflight.len() as u64 {
                     break;
                 }
                 self.land().await?;
-            } else if let Some(cut) = self.next_cut() {
-                let part = self.buf.take(cut);
-                self.store_part(part).await?;
+            } else if !self.may_read_tail() {
+                break;
+            } else if let Some(cut) = self.next_cut().await? {
+                self.store_part(cut).await?;
             } else {
                 break;
             }
             // The last part is recorded with the file, right after. A body
             // that ends here lets go of the upload with this commit.
             if self.w.checksum.is_none() && self.offset() < self.w.upload.length() {
-                let last = body_left == Some(0) && self.buf.len() == 0;
-                self.commit(0, last).await?;
+                let last = body_left == Some(0) && self.pending() == 0;
+                self.commit(last).await?;
             }
         }
         Ok(())
+    }
+
+    /// The body ended whole (and matched its checksum, if it had one):
+    /// stores the parts its bytes complete, whatever reading them back
+    /// costs.
+    pub(super) async fn body_ended(&mut self) -> Result<(), Stop> {
+        self.ended = true;
+        self.advance(Some(0)).await
     }
 
     /// Starts sending the next part now if the body will fill it (not a
@@ -146,12 +175,19 @@ impl<'a> Assembly<'a> {
     /// PUT: the last part of one with parts before it may be shorter).
     async fn start_inflight(&mut self, body_left: u64) -> Result<(), Stop> {
         let length = self.w.upload.length();
-        let part = usize::try_from((length - self.stored).min(self.part_size() as u64))
-            .unwrap_or(usize::MAX);
+        let part = (length - self.stored).min(self.part_size() as u64);
         let binary = self.kind.as_ref().is_some_and(|k| !k.text);
-        let fills = self.buf.len() as u64 + body_left >= part as u64;
-        let not_last = self.stored + (part as u64) < length;
-        if self.inflight.is_some() || !binary || !fills || !(not_last || self.parts > 0) {
+        let fills = self.pending() + body_left >= part;
+        let not_last = self.stored + part < length;
+        let tail = self.tail.len();
+        if self.inflight.is_some()
+            || part == 0
+            || !binary
+            || !fills
+            || !(not_last || self.parts > 0)
+            || tail > part
+            || !self.brought_the_tail()
+        {
             return Ok(());
         }
         let upload_id = match &self.multipart {
@@ -164,13 +200,26 @@ impl<'a> Assembly<'a> {
             number: self.parts + 1,
             start: self.stored,
         };
-        let mut inflight = Inflight::start(self.w.state.store.clone(), to, part, self.sha.clone());
+        let store = self.w.state.store.clone();
+        let idle = self.w.state.config.upload_idle_timeout;
+        let len = usize::try_from(part).unwrap_or(usize::MAX);
+        let mut inflight = Inflight::start(store.clone(), to, len, self.sha.clone());
+        let mut reader = self.tail.reader(store.as_ref(), 0..tail);
+        loop {
+            match reader.next().await {
+                Ok(Some(chunk)) => inflight.feed(&chunk, idle).await,
+                Ok(None) => break,
+                Err(e) => {
+                    inflight.cancel().await;
+                    return Err(e.into());
+                }
+            }
+        }
         for chunk in self.buf.chunks() {
-            inflight
-                .feed(chunk, self.w.state.config.upload_idle_timeout)
-                .await;
+            inflight.feed(chunk, idle).await;
         }
         self.inflight = Some(inflight);
+        self.inflight_tail = tail;
         self.spill_inflight();
         Ok(())
     }
@@ -178,6 +227,7 @@ impl<'a> Assembly<'a> {
     /// Takes in a chunk of the body, handing it to the part being sent, if
     /// any.
     pub(super) async fn take_in(&mut self, chunk: Bytes) {
+        self.received += chunk.len() as u64;
         if let Some(inflight) = self.inflight.as_mut() {
             inflight
                 .feed(&chunk, self.w.state.config.upload_idle_timeout)
@@ -187,10 +237,11 @@ impl<'a> Assembly<'a> {
         self.spill_inflight();
     }
 
-    /// Moves the bytes handed to the part in flight out of memory.
+    /// Moves the buffer's bytes handed to the part in flight out of memory.
     fn spill_inflight(&mut self) {
         if let Some(inflight) = &self.inflight {
-            let in_memory = inflight.sent() - self.buf.spilled();
+            let from_buf = (inflight.sent() as u64).saturating_sub(self.inflight_tail);
+            let in_memory = usize::try_from(from_buf).unwrap_or(usize::MAX) - self.buf.spilled();
             self.buf.spill_front(in_memory);
         }
     }
@@ -202,35 +253,51 @@ impl<'a> Assembly<'a> {
         };
         let len = inflight.len();
         self.sha = inflight.land().await?;
-        self.buf.drop_front(len);
+        let from_tail = std::mem::take(&mut self.inflight_tail);
+        self.buf
+            .drop_front(len - usize::try_from(from_tail).unwrap_or(len));
+        self.tail.taken();
         self.parts += 1;
         self.stored += len as u64;
-        self.flushed = true;
         Ok(())
     }
 
-    /// Fails the part being sent (the body ended before filling it): its
-    /// bytes stay in the buffer, back in memory.
+    /// Fails the part being sent (the body ended before filling it): the
+    /// body's bytes stay in the buffer, back in memory, the tail as it is.
     pub(super) async fn cancel_inflight(&mut self) -> Result<(), Stop> {
         if let Some(inflight) = self.inflight.take() {
             inflight.cancel().await;
         }
+        self.inflight_tail = 0;
         self.buf
             .unspill()
             .map_err(|e| Stop::Keep(ApiError::Internal(e.into())))
     }
 
+    /// `range` of the pending bytes (a few: sniffing, a text part's end),
+    /// read back from the tail as far as they are in it. Nothing may be
+    /// spilled.
+    pub(super) async fn peek(&mut self, range: Range<u64>) -> Result<Vec<u8>, Stop> {
+        let tail = self.tail.len();
+        let mut out = if range.start < tail {
+            let store = self.w.state.store.as_ref();
+            self.tail
+                .read(store, range.start..range.end.min(tail))
+                .await?
+        } else {
+            Vec::new()
+        };
+        let in_buf = |at: u64| usize::try_from(at.saturating_sub(tail)).unwrap_or(usize::MAX);
+        out.extend(self.buf.copy(in_buf(range.start)..in_buf(range.end)));
+        Ok(out)
+    }
+
     /// The type, from the first bytes, held to the declared type and name,
     /// and the size held to the cap of the category it turns out to be.
-    pub(super) fn decide(&mut self, head: usize, complete: bool) -> Result<(), Stop> {
+    pub(super) fn decide(&mut self, head: &[u8], complete: bool) -> Result<(), Stop> {
         let u = &self.w.upload;
-        let kind = sniff::sniff(
-            &self.buf.head(head),
-            complete,
-            &u.declared_type,
-            &u.filename,
-        )
-        .map_err(|e| Stop::Refuse(e.into()))?;
+        let kind = sniff::sniff(head, complete, &u.declared_type, &u.filename)
+            .map_err(|e| Stop::Refuse(e.into()))?;
         Cap::new(
             &self.w.limits,
             kind.category,
@@ -243,68 +310,146 @@ impl<'a> Assembly<'a> {
         Ok(())
     }
 
-    /// Where the next whole part ends, if the buffer holds one that is not
-    /// the file's last. A text document's part ends on a character boundary
-    /// (a few bytes past the part size), so each part is checked on its own.
-    fn next_cut(&self) -> Option<usize> {
-        let kind = self.kind.as_ref()?;
-        let part = self.part_size();
+    /// Where the next whole part ends, if the pending bytes hold one that
+    /// is not the file's last. A text document's part ends on a character
+    /// boundary (a few bytes past the part size), so each part is checked
+    /// on its own.
+    async fn next_cut(&mut self) -> Result<Option<usize>, Stop> {
+        let Some(kind) = self.kind.as_ref() else {
+            return Ok(None);
+        };
+        let part = self.part_size() as u64;
         if !kind.text {
             // A part that ends the file waits for completion (it may be
             // the only part, stored with one PUT).
-            let not_last = self.stored + (part as u64) < self.w.upload.length();
-            return (self.buf.len() >= part && not_last).then_some(part);
+            let not_last = self.stored + part < self.w.upload.length();
+            return Ok((self.pending() >= part && not_last).then_some(self.part_size()));
         }
-        if self.buf.len() < part.saturating_add(4) {
-            return None;
+        if self.pending() < part.saturating_add(4) {
+            return Ok(None);
         }
-        let continuation = (part..part + 3)
-            .take_while(|&i| self.buf.byte_at(i).is_some_and(|b| b & 0xC0 == 0x80))
-            .count();
-        Some(part + continuation)
+        let after = self.peek(part..part + 3).await?;
+        let continuation = after.iter().take_while(|&&b| b & 0xC0 == 0x80).count();
+        Ok(Some(self.part_size() + continuation))
     }
 
-    /// Checks a part of a text document (whole characters, valid UTF-8).
-    pub(super) fn check_text(&self, part: &[Bytes]) -> Result<(), Stop> {
-        let Some(kind) = self.kind.as_ref().filter(|k| k.text) else {
-            return Ok(());
-        };
-        let mut check = ContentCheck::new(Cap::exactly(self.w.upload.length()), kind);
-        for chunk in part {
-            check.feed(chunk).map_err(|e| Stop::Refuse(e.into()))?;
-        }
-        check.finish().map_err(|e| Stop::Refuse(e.into()))?;
-        Ok(())
+    /// The check of a part of a text document (whole characters, valid
+    /// UTF-8), none for other types.
+    pub(super) fn text_check(&self) -> Option<ContentCheck> {
+        let kind = self.kind.as_ref().filter(|k| k.text)?;
+        Some(ContentCheck::new(
+            Cap::exactly(self.w.upload.length()),
+            kind,
+        ))
     }
 
-    /// Stores a whole part of bytes in hand with one request.
-    pub(super) async fn store_part(&mut self, part: Vec<Bytes>) -> Result<(), Stop> {
-        self.check_text(&part)?;
-        let len: u64 = part.iter().map(|c| c.len() as u64).sum();
+    /// Stores the first `len` pending bytes as the next part, with one
+    /// request: the tail's read back from storage, then the buffer's.
+    pub(super) async fn store_part(&mut self, len: usize) -> Result<(), Stop> {
         let upload_id = match &self.multipart {
             Some(id) => id.clone(),
             None => self.start_parts().await?,
         };
-        for chunk in &part {
-            self.sha.update(chunk);
+        let to = Target {
+            key: self.key.clone(),
+            upload_id,
+            number: self.parts + 1,
+            start: self.stored,
+        };
+        let store = self.w.state.store.clone();
+        let idle = self.w.state.config.upload_idle_timeout;
+        let mut check = self.text_check();
+        let mut part = Inflight::start(store.clone(), to, len, self.sha.clone());
+        let from_tail = self.tail.len().min(len as u64);
+        let fed = async {
+            let refuse = |e: CapError| Stop::Refuse(e.into());
+            let mut reader = self.tail.reader(store.as_ref(), 0..from_tail);
+            while let Some(chunk) = reader.next().await? {
+                if let Some(c) = check.as_mut() {
+                    c.feed(&chunk).map_err(refuse)?;
+                }
+                part.feed(&chunk, idle).await;
+            }
+            let from_buf = len - usize::try_from(from_tail).unwrap_or(len);
+            for chunk in self.buf.take(from_buf) {
+                if let Some(c) = check.as_mut() {
+                    c.feed(&chunk).map_err(refuse)?;
+                }
+                part.feed(&chunk, idle).await;
+            }
+            if let Some(c) = &check {
+                c.finish().map_err(refuse)?;
+            }
+            Ok::<_, Stop>(())
         }
-        let body = futures_util::stream::iter(part.into_iter().map(Ok));
-        self.w
-            .state
-            .store
-            .put_part(
-                &self.key,
-                &upload_id,
-                self.parts + 1,
-                self.stored,
-                len,
-                Box::pin(body),
-            )
-            .await?;
+        .await;
+        if let Err(e) = fed {
+            part.cancel().await;
+            return Err(e);
+        }
+        self.sha = part.land().await?;
+        // A text part may end a few bytes before the tail does: those
+        // bytes come first in the buffer now.
+        let tail = self.tail.len();
+        if from_tail < tail {
+            let rest = self.tail.read(store.as_ref(), from_tail..tail).await?;
+            self.buf.push_front(Bytes::from(rest));
+        }
+        self.tail.taken();
         self.parts += 1;
-        self.stored += len;
-        self.flushed = true;
+        self.stored += len as u64;
         Ok(())
+    }
+
+    /// Writes the pending bytes from the tail's byte `from` on (the tail's
+    /// read back from storage, then the whole buffer) to `writer`, each
+    /// chunk held to `check` first and, with `hash`, added to the upload's
+    /// hash; the writer is aborted on a failure, and finished only once the
+    /// check has passed the end.
+    pub(super) async fn write_pending(
+        &mut self,
+        mut writer: Box<dyn ObjectWriter>,
+        from: u64,
+        mut check: Option<ContentCheck>,
+        hash: bool,
+    ) -> Result<(), Stop> {
+        let store = self.w.state.store.clone();
+        let refuse = |e: CapError| Stop::Refuse(e.into());
+        let written = async {
+            let mut reader = self.tail.reader(store.as_ref(), from..self.tail.len());
+            let mut chunks = self.buf.take(self.buf.len()).into_iter();
+            loop {
+                let chunk = match reader.next().await? {
+                    Some(chunk) => chunk,
+                    None => match chunks.next() {
+                        Some(chunk) => chunk,
+                        None => break,
+                    },
+                };
+                if let Some(c) = check.as_mut() {
+                    c.feed(&chunk).map_err(refuse)?;
+                }
+                if hash {
+                    self.sha.update(&chunk);
+                }
+                writer.write(chunk).await?;
+            }
+            if let Some(c) = &check {
+                c.finish().map_err(refuse)?;
+            }
+            Ok::<_, Stop>(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                writer.finish().await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// Starts the multipart upload with the first whole part (the type is

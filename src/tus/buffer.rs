@@ -1,7 +1,7 @@
-//! The bytes of a resumable upload not stored yet: the tail read back and
-//! the body since, up to one part. This module alone decides where they
-//! wait (in memory, or the first of them in a [`Spill`] while their part is
-//! in flight) and how a part is cut off their front.
+//! The bytes of a resumable upload's request not stored yet (what came
+//! after the tail), up to about one part. This module alone decides where
+//! they wait (in memory, or the first of them in a [`Spill`] while their
+//! part is in flight) and how a part is cut off their front.
 
 use bytes::Bytes;
 
@@ -31,6 +31,13 @@ impl Buffer {
     /// Appends a chunk.
     pub(super) fn push(&mut self, chunk: Bytes) {
         self.mem.push_back(chunk);
+    }
+
+    /// Puts bytes in front of all the others (the end of a tail that a
+    /// part did not take); nothing may be spilled.
+    pub(super) fn push_front(&mut self, chunk: Bytes) {
+        debug_assert!(self.spill.is_none());
+        self.mem.push_front(chunk);
     }
 
     /// The bytes in the spill.
@@ -85,14 +92,23 @@ impl Buffer {
         Ok(())
     }
 
-    /// The first `n` bytes in memory, without taking them.
-    pub(super) fn head(&self, n: usize) -> Vec<u8> {
-        self.mem.head(n)
-    }
-
-    /// The byte at `i` of those in memory, if it is there.
-    pub(super) fn byte_at(&self, i: usize) -> Option<u8> {
-        self.mem.byte_at(i)
+    /// A copy of `range` of the bytes in memory (as far as they go),
+    /// without taking them.
+    pub(super) fn copy(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(range.len().min(self.mem.len()));
+        let mut start = 0;
+        for chunk in self.mem.iter() {
+            let end = start + chunk.len();
+            let (from, to) = (range.start.max(start), range.end.min(end));
+            if from < to {
+                out.extend_from_slice(&chunk[from - start..to - start]);
+            }
+            if end >= range.end {
+                break;
+            }
+            start = end;
+        }
+        out
     }
 
     /// Takes exactly `n` bytes off the front of those in memory.

@@ -1,14 +1,16 @@
 //! What a write request records of the upload, and how the last byte
 //! becomes a file. This module alone decides what the row says is stored
-//! (parts, tail, hash, type), when the request lets go of the row with a
-//! commit, and how a completed upload is recorded as a file.
+//! (parts, tail segments, hash, type), when the request lets go of the row
+//! with a commit, and how a completed upload is recorded as a file.
 //!
-//! Recording a part and the tail is "store, then record": a crash between
-//! the two leaves bytes in storage that the recorded state does not count,
-//! which the next request overwrites (the tail is read only as far as its
-//! recorded length).
+//! Recording a part and a tail segment is "store, then record": a crash
+//! between the two leaves bytes in storage that the recorded state does
+//! not count, which the next request overwrites (the same part number, the
+//! same next segment number). A commit that changes the tail records, in
+//! one transaction with the row, every tail object the lease must remove
+//! if the upload ends, and queues for deletion the segments given up; they
+//! are deleted once it commits.
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -17,59 +19,97 @@ use super::{
     uploads::{self, Progress, State},
 };
 use crate::{
+    deletions,
     files::{self, FileView, NewFile},
     quota::slots,
     sniff::Kind,
 };
 
 impl Assembly<'_> {
-    /// Writes what is left in memory as the upload's tail.
+    /// Stores the request's bytes left in the buffer as the tail's newest
+    /// segment, which absorbs the newest segments as [`super::tail`]'s rule
+    /// says (their bytes read back and written again).
     pub(super) async fn save_tail(&mut self) -> Result<(), Stop> {
-        if self.buf.len() == 0 {
+        let new = self.buf.len() as u64;
+        if new == 0 {
             return Ok(());
         }
-        let bytes: Vec<u8> = self.buf.head(self.buf.len());
-        self.w
+        let kept = self.tail.kept_with(new);
+        let from = self.tail.start_of(kept);
+        let len = self.tail.len() - from + new;
+        let writer = self
+            .w
             .state
             .store
-            .put(
-                &uploads::tail_key(self.w.upload.id),
-                Bytes::from(bytes),
+            .writer_of_len(
+                &self.tail.next_key(),
                 "application/octet-stream",
+                len,
+                self.part_size(),
             )
             .await?;
+        self.write_pending(writer, from, None, false).await?;
+        self.tail.stored(kept, len);
         Ok(())
     }
 
-    /// Records what is stored (the parts, and `tail_len` bytes of the tail
-    /// object) and renews the lease: its expiry runs from the last byte.
-    /// Mid-body, after a part, the tail counts nothing: the rest of the
-    /// buffer is not stored yet. `release`: this request writes nothing
-    /// more, and lets go of the upload with this commit.
-    pub(super) async fn commit(
-        &mut self,
-        tail_len: u64,
-        release: bool,
-    ) -> Result<DateTime<Utc>, Stop> {
+    /// Records what is stored (the parts and the tail's segments) and
+    /// renews the lease: its expiry runs from the last byte. Mid-body,
+    /// after a part, the tail is empty: the rest of the buffer is not
+    /// stored yet. `release`: this request writes nothing more, and lets go
+    /// of the upload with this commit.
+    pub(super) async fn commit(&mut self, release: bool) -> Result<DateTime<Utc>, Stop> {
         let (state, u) = (&self.w.state, &self.w.upload);
+        let (seqs, lens, next) = self.tail.record();
         let progress = Progress {
             parts: self.parts,
             stored: self.stored,
-            tail_len,
+            tail_len: self.tail.len(),
+            tail_seqs: &seqs,
+            tail_lens: &lens,
+            tail_next: next,
             sha: &self.sha,
             kind: self.kind.as_ref(),
         };
         let expiry = state.config.tus_expiry;
-        // The lease holds the slot and the reservation: without it the
-        // upload is over, whatever its row says. Two rows of two owners,
-        // renewed side by side: one round trip of waiting, not two.
-        let (committed, renewed) = tokio::join!(
-            uploads::commit(&state.db, u.id, self.w.token, &progress, expiry, release),
-            self.lease.renew(&state.db),
-        );
-        let (Some(expires_at), true) = (committed?, renewed?) else {
+        let (committed, renewed) = if self.tail.changed() {
+            // The lease must know every tail object that may be in storage
+            // from now on, and the segments given up must be queued, as
+            // the row records the tail: one transaction.
+            let mut tx = state.db.begin().await?;
+            let renewed = self
+                .lease
+                .renew_tracking_tail(&mut tx, &self.tail.objects())
+                .await?;
+            let committed =
+                uploads::commit(&mut *tx, u.id, self.w.token, &progress, expiry, release).await?;
+            if !(renewed && committed.is_some()) {
+                return Err(Stop::lost());
+            }
+            deletions::enqueue_objects(&mut tx, self.tail.given_up()).await?;
+            tx.commit().await?;
+            (committed, renewed)
+        } else {
+            // The lease holds the slot and the reservation: without it the
+            // upload is over, whatever its row says. Two rows of two
+            // owners, renewed side by side: one round trip of waiting, not
+            // two.
+            let (committed, renewed) = tokio::join!(
+                uploads::commit(&state.db, u.id, self.w.token, &progress, expiry, release),
+                self.lease.renew(&state.db),
+            );
+            (committed?, renewed?)
+        };
+        let (Some(expires_at), true) = (committed, renewed) else {
             return Err(Stop::lost());
         };
+        let given_up: Vec<_> = self
+            .tail
+            .committed()
+            .into_iter()
+            .map(deletions::Doomed::object)
+            .collect();
+        deletions::delete_queued(&state.db, state.store.as_ref(), &given_up).await;
         if release {
             self.hold.let_go_by_commit(expires_at);
         }
@@ -81,15 +121,14 @@ impl Assembly<'_> {
     pub(super) async fn complete(mut self) -> Result<FileView, Stop> {
         let length = self.w.upload.length();
         if self.kind.is_none() {
-            let head = self.buf.len();
-            self.decide(head, true)?;
+            let head = self.peek(0..self.pending()).await?;
+            self.decide(&head, true)?;
         }
         let kind = self
             .kind
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no type decided"))?;
-        let last = self.buf.take(self.buf.len());
-        let ended = self.finish_object(last, &kind).await;
+        let ended = self.finish_object(&kind).await;
         if let Err(Stop::Keep(e)) = ended {
             // The object may be half made: nothing of it can be resumed.
             return Err(Stop::Refuse(e));
@@ -112,26 +151,27 @@ impl Assembly<'_> {
         uploads::leave_open(db, u.id, State::Completed).await?;
         self.hold.let_go_by_completion();
         // The file owns the object now: ending the lease frees the slot and
-        // removes the tail.
+        // removes the tail's segments.
         slots::end(db, store, u.lease_id).await?;
         metrics::counter!("intake_upload_bytes_total").increment(length);
         Ok(view)
     }
 
-    async fn finish_object(&mut self, last: Vec<Bytes>, kind: &Kind) -> Result<(), Stop> {
-        let store = self.w.state.store.as_ref();
+    async fn finish_object(&mut self, kind: &Kind) -> Result<(), Stop> {
+        let store = self.w.state.store.clone();
+        let last = self.pending();
         if self.parts == 0 {
-            self.check_text(&last)?;
-            for chunk in &last {
-                self.sha.update(chunk);
-            }
-            let whole: Vec<u8> = last.concat();
-            store.put(&self.key, Bytes::from(whole), kind.mime).await?;
-            return Ok(());
+            // The whole file, with one PUT: checked and hashed as it goes.
+            let writer = store
+                .writer_of_len(&self.key, kind.mime, last, self.part_size())
+                .await?;
+            let check = self.text_check();
+            return self.write_pending(writer, 0, check, true).await;
         }
         // The last part may have been sent as it arrived.
-        if !last.is_empty() {
-            self.store_part(last).await?;
+        if last > 0 {
+            let len = usize::try_from(last).map_err(|e| anyhow::anyhow!(e))?;
+            self.store_part(len).await?;
         }
         let upload_id = self
             .multipart

@@ -9,7 +9,8 @@
 //! completes, is terminated or expires. Each PATCH writes the bytes into
 //! storage ([`receive`]): the type is sniffed on the first bytes, and the
 //! last byte records the file. The state lives in `tus_uploads`
-//! ([`uploads`]) and the bytes in the object store, never on an instance.
+//! ([`uploads`]) and the bytes in the object store (whole parts, and the
+//! [`tail`] past them), never on an instance.
 
 mod assembly;
 mod buffer;
@@ -20,6 +21,7 @@ mod part;
 mod receive;
 mod sha;
 mod spill;
+mod tail;
 mod uploads;
 
 pub use spill::{IDLE as SPILL_IDLE, trim as trim_spills};
@@ -216,7 +218,13 @@ async fn open(
     let id = Uuid::now_v7();
     let key = files::object_key(lease.account_id, id);
     reservations::reserve(&state.db, lease, c.length, quota, Some(&key)).await?;
-    lease.track_tail(&state.db, &uploads::tail_key(id)).await?;
+    lease
+        .track_tail(
+            &state.db,
+            &uploads::tail_key(id),
+            &[uploads::segment_key(id, 0)],
+        )
+        .await?;
     Ok(uploads::insert(
         &state.db,
         &NewUpload {

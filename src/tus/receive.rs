@@ -5,7 +5,7 @@
 //!
 //! The body is read chunk by chunk ([`next_chunk`]) into the upload's
 //! [`Assembly`], which stores each part as it fills; when the body ends or
-//! breaks, what is left becomes the new tail.
+//! breaks, what is left becomes a new segment of the tail.
 //!
 //! A body with an `Upload-Checksum` is kept only as a whole: its parts are
 //! recorded when the checksum matches, so a mismatch (or a break) leaves the
@@ -133,7 +133,7 @@ impl Writer {
     }
 
     async fn receive(&self, hold: &mut Hold, body: Body) -> Result<Outcome, Stop> {
-        let mut a = Assembly::load(self, hold).await?;
+        let mut a = Assembly::load(self, hold)?;
         let remaining = self.upload.length() - self.upload.offset();
         if self.content_length.is_some_and(|n| n > remaining) {
             return Err(Stop::past_length());
@@ -170,6 +170,9 @@ impl Writer {
                 return Err(Stop::Keep(ApiError::ChecksumMismatch));
             }
         }
+        if broken.is_none() {
+            a.body_ended().await?;
+        }
         if a.offset() == self.upload.length() {
             let file = a.complete().await?;
             return Ok(Outcome::Completed {
@@ -177,15 +180,12 @@ impl Writer {
                 file: Box::new(file),
             });
         }
-        if received > 0 || a.flushed {
-            a.save_tail().await?;
-        }
-        let tail_len = a.buf.len() as u64;
+        a.save_tail().await?;
         // A body that ended on a part boundary was recorded, and the upload
         // let go, with that part.
         let expires_at = match a.hold.let_go_at() {
-            Some(at) if tail_len == 0 => at,
-            _ => a.commit(tail_len, true).await?,
+            Some(at) => at,
+            None => a.commit(true).await?,
         };
         match broken {
             Some(e) => Err(Stop::Keep(e)),

@@ -55,8 +55,14 @@ pub struct Upload {
     pub parts: i32,
     /// Bytes in those parts.
     pub stored: i64,
-    /// Bytes in the tail object.
+    /// Bytes in the tail (the sum of its segments' lengths).
     pub tail_len: i64,
+    /// The tail's segments, in order: their numbers ([`segment_key`])…
+    pub tail_seqs: Vec<i32>,
+    /// …and their lengths.
+    pub tail_lens: Vec<i64>,
+    /// The number the next segment takes.
+    pub tail_next: i32,
     /// SHA-256 state words of the stored parts.
     pub sha_state: Vec<u8>,
     /// The unfinished SHA-256 block.
@@ -107,9 +113,34 @@ impl Upload {
     }
 }
 
-/// The key of an upload's tail object: its bytes past the last whole part.
+/// The name of an upload's tail, its bytes past the last whole part (the
+/// key of its one object in earlier builds; its segments are named after
+/// it).
 pub fn tail_key(id: Uuid) -> String {
     format!("t/{id}/tail")
+}
+
+/// The key of segment `n` of an upload's tail (`-1`: the one tail object
+/// of earlier builds). A sibling of the tail's name, not below it: the
+/// local folder cannot hold a file and a folder of one name.
+pub fn segment_key(id: Uuid, n: i32) -> String {
+    if n < 0 {
+        tail_key(id)
+    } else {
+        format!("t/{id}/tail-{n}")
+    }
+}
+
+/// The upload a tail object (its name, or one of its segments) belongs to.
+fn tail_owner(key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix("t/")?;
+    let (id, name) = rest.split_once('/')?;
+    let segment = match name.strip_prefix("tail") {
+        Some("") => true,
+        Some(n) => n.strip_prefix('-')?.parse::<u32>().is_ok(),
+        None => false,
+    };
+    segment.then(|| id.parse().ok()).flatten()
 }
 
 /// What a creation writes.
@@ -135,8 +166,9 @@ pub struct NewUpload<'a> {
 }
 
 const COLUMNS: &str = "id, account_id, lease_id, filename, declared_type, metadata, length, \
-     multipart_upload_id, part_size, parts, stored, tail_len, sha_state, sha_rest, content_type, \
-     category, is_text, state, expires_at, expires_at < now() AS expired";
+     multipart_upload_id, part_size, parts, stored, tail_len, tail_seqs, tail_lens, tail_next, \
+     sha_state, sha_rest, content_type, category, is_text, state, expires_at, \
+     expires_at < now() AS expired";
 
 fn bigint(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -277,8 +309,14 @@ pub struct Progress<'a> {
     pub parts: i32,
     /// Bytes in them.
     pub stored: u64,
-    /// Bytes in the tail object.
+    /// Bytes in the tail.
     pub tail_len: u64,
+    /// The tail's segments: numbers and lengths.
+    pub tail_seqs: &'a [i32],
+    /// Their lengths.
+    pub tail_lens: &'a [i64],
+    /// The number the next segment takes.
+    pub tail_next: i32,
     /// The hash of the stored parts.
     pub sha: &'a Sha256State,
     /// The type, once sniffed.
@@ -291,7 +329,7 @@ pub struct Progress<'a> {
 /// lets go of the upload in the same statement (its last commit), so the
 /// next request needs no separate [`unlock`].
 pub async fn commit(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     id: Uuid,
     token: Uuid,
     p: &Progress<'_>,
@@ -304,7 +342,8 @@ pub async fn commit(
                                 sha_rest = $7, content_type = $8, category = $9, is_text = $10,
                                 expires_at = now() + make_interval(secs => $11),
                                 patch_token = CASE WHEN $12 THEN NULL ELSE patch_token END,
-                                patch_until = CASE WHEN $12 THEN NULL ELSE patch_until END
+                                patch_until = CASE WHEN $12 THEN NULL ELSE patch_until END,
+                                tail_seqs = $13, tail_lens = $14, tail_next = $15
          WHERE id = $1 AND patch_token = $2 AND state = 'open'
          RETURNING expires_at",
     )
@@ -320,6 +359,9 @@ pub async fn commit(
     .bind(p.kind.map(|k| k.text))
     .bind(expiry.as_secs_f64())
     .bind(release)
+    .bind(p.tail_seqs)
+    .bind(p.tail_lens)
+    .bind(p.tail_next)
     .fetch_optional(db)
     .await
 }
@@ -338,21 +380,52 @@ pub async fn leave_open(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::
     Ok(done.rows_affected() == 1)
 }
 
-/// Of `keys`, the tails of open, unexpired uploads: the next PATCH
-/// continues from them.
+/// Of `keys`, the tail objects (segments, or the one object of earlier
+/// builds) of open, unexpired uploads: the next PATCH continues from them.
 pub async fn tails_in_flight(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    let ids: Vec<Uuid> = keys
+    let owned: Vec<(&String, Uuid)> = keys
         .iter()
-        .filter_map(|k| k.strip_prefix("t/")?.strip_suffix("/tail")?.parse().ok())
+        .filter_map(|k| Some((k, tail_owner(k)?)))
         .collect();
-    if ids.is_empty() {
+    if owned.is_empty() {
         return Ok(Vec::new());
     }
-    let open: Vec<Uuid> = sqlx::query_scalar(
+    let ids: Vec<Uuid> = owned.iter().map(|(_, id)| *id).collect();
+    let open: std::collections::HashSet<Uuid> = sqlx::query_scalar(
         "SELECT id FROM tus_uploads WHERE id = ANY($1) AND state = 'open' AND expires_at > now()",
     )
     .bind(&ids)
     .fetch_all(db)
-    .await?;
-    Ok(open.into_iter().map(tail_key).collect())
+    .await?
+    .into_iter()
+    .collect();
+    Ok(owned
+        .into_iter()
+        .filter(|(_, id)| open.contains(id))
+        .map(|(k, _)| k.clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_objects_name_their_upload() {
+        let id = Uuid::now_v7();
+        for key in [tail_key(id), segment_key(id, 0), segment_key(id, 417)] {
+            assert_eq!(tail_owner(&key), Some(id), "{key}");
+        }
+        assert_eq!(segment_key(id, -1), tail_key(id));
+        for key in [
+            format!("t/{id}/tail-"),
+            format!("t/{id}/tail-x"),
+            format!("t/{id}/tails"),
+            format!("t/{id}/tail/0"),
+            format!("u/{id}/tail"),
+            "t/nope/tail-1".to_owned(),
+        ] {
+            assert_eq!(tail_owner(&key), None, "{key}");
+        }
+    }
 }

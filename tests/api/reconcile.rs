@@ -189,21 +189,26 @@ async fn reconcile_is_clean_after_uploads_of_every_kind_on_both_backends() {
             files += 1;
         }
 
-        // Resumable: one whole (two parts and a tail), one left open with a tail.
+        // Resumable: one whole (two parts and a tail), one left open with a
+        // tail of three segments (each PATCH under half the one before).
         let data = fixtures::png(2 * 5 * MIB + 777);
         let path = created(&app, &key, data.len() as u64, &[("filename", "r.png")]).await;
         let resp = patch(&app, &path, &key, 0, data.clone()).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         files += 1;
         let open = created(&app, &key, 100_000, &[("filename", "open.png")]).await;
-        let resp = patch(&app, &open, &key, 0, fixtures::png(50_000)).await;
-        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let bytes = fixtures::png(100_000);
+        for (from, to) in [(0, 50_000), (50_000, 51_000), (51_000, 51_100)] {
+            let resp = patch(&app, &open, &key, from, bytes[from as usize..to].to_vec()).await;
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        }
 
         let objects = app.every_object().await;
-        // In flight: the open resumable upload's tail and, on the local
-        // folder, the presigned upload's object not completed yet (on S3
-        // its bytes are a part of a multipart upload, not an object).
-        let in_flight = if backend == Backend::Fs { 2 } else { 1 };
+        // In flight: the open resumable upload's three tail segments and,
+        // on the local folder, the presigned upload's object not completed
+        // yet (on S3 its bytes are a part of a multipart upload, not an
+        // object).
+        let in_flight = if backend == Backend::Fs { 4 } else { 3 };
         assert!(
             objects.iter().any(|k| k.starts_with("t/")) && objects.len() == files + in_flight,
             "{backend:?}: {files} files and {in_flight} in flight: {objects:?}"

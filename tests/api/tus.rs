@@ -15,7 +15,7 @@ use crate::helpers::{
         PART, create, created, metadata, offset_of, patch, patch_when_free, stalled_patch, tus,
         tus_path, wait_for_offset,
     },
-    eventually, fixtures,
+    env, eventually, fixtures,
     poll::poll,
     s3_client, s3_keys, spawn, within,
 };
@@ -678,7 +678,9 @@ async fn resume_to_the_whole_file(
     data: &[u8],
 ) {
     let resp = patch_when_free(app, path, key, from as u64, &data[from..]).await;
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    if resp.status() != StatusCode::NO_CONTENT {
+        panic!("resuming: {} {:?}", resp.status(), resp.text().await);
+    }
     let file_id = resp.headers()["intake-file-id"]
         .to_str()
         .unwrap()
@@ -1195,6 +1197,292 @@ async fn a_patch_of_exactly_one_part_is_stored_as_that_part_without_a_tail() {
         .to_owned();
     assert_eq!(app.download(&key, &file_id).await, data);
     assert_nothing_left(&app, account.id, 1).await;
+}
+
+/// Sends `data[from..to]` in PATCHes of `size` bytes, each answered 204
+/// with the offset it reached.
+async fn patch_in_pieces(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    data: &[u8],
+    (from, to): (usize, usize),
+    size: usize,
+) {
+    let mut at = from;
+    while at < to {
+        let end = (at + size).min(to);
+        let resp = patch(app, path, key, at as u64, data[at..end].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "PATCH at {at}");
+        assert_eq!(resp.headers()["upload-offset"], end.to_string().as_str());
+        at = end;
+    }
+}
+
+/// A flood of small PATCHes costs storage about their own bytes: none
+/// reads the unfinished tail back and writes it again whole, the tail
+/// stays a handful of objects, and the PATCH that fills the part reads
+/// them back once. Counted as the bytes that pass between intake and S3.
+#[tokio::test]
+async fn small_patches_cost_storage_about_their_own_bytes() {
+    const SMALL: usize = 1024;
+    const COUNT: usize = 200;
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .backend(Backend::S3)
+        .var("UPLOAD_PART_BYTES", &PART.to_string())
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    let (account, key) = app.polling_account().await;
+    let data = fixtures::mp4(2 * PART + 300_000);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+
+    let before = proxy.carried();
+    patch_in_pieces(&app, &path, &key, &data, (0, COUNT * SMALL), SMALL).await;
+    let carried = proxy.carried() - before;
+    let sent = (COUNT * SMALL) as u64;
+    // The whole tail read back and written again by each PATCH is about
+    // COUNT² KiB (39 MiB); its own bytes, merged into larger segments a
+    // few times over, and each request's headers are a small multiple of
+    // what the client sent.
+    assert!(
+        carried < 16 * sent + (COUNT as u64) * 8 * 1024,
+        "{COUNT} PATCHes of {SMALL} bytes moved {carried} bytes to and from storage"
+    );
+    let segments = side_objects(&app).await;
+    assert!(
+        !segments.is_empty() && segments.len() <= 9,
+        "a tail of {COUNT} PATCHes is a few segments: {segments:?}"
+    );
+    assert_eq!(offset_of(&app, &path, &key).await, sent);
+
+    // The rest of the part and more: the part goes to storage once, with
+    // the tail read back; what follows it is the new tail.
+    let to = PART + 100_000;
+    let before = proxy.carried();
+    let resp = patch(&app, &path, &key, sent, data[COUNT * SMALL..to].to_vec()).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resp.text().await
+    );
+    let carried = proxy.carried() - before;
+    let body = (to - COUNT * SMALL) as u64;
+    assert!(
+        carried < body + 2 * sent + 256 * 1024,
+        "a PATCH of {body} bytes over a tail of {sent} moved {carried} bytes"
+    );
+    assert_eq!(side_objects(&app).await.len(), 1, "the new tail");
+
+    // The last byte: the file is whole, and no segment is left.
+    let resp = patch(&app, &path, &key, to as u64, data[to..].to_vec()).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "{:?}",
+        resp.text().await
+    );
+    let file_id = resp.headers()["intake-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let file: Value = app
+        .get(&format!("/files/{file_id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(file["size"], data.len());
+    assert_eq!(file["sha256"], sha256_hex(&data));
+    assert_eq!(app.download(&key, &file_id).await, data);
+    assert_nothing_left(&app, account.id, 1).await;
+}
+
+/// A checksummed PATCH smaller than the tail that completes a part reads
+/// the tail back only once its body matched: a wrong checksum costs
+/// storage nothing of the tail, the right one stores the part.
+#[tokio::test]
+async fn a_small_checksummed_patch_reads_the_tail_back_only_once_it_matched() {
+    let proxy = Relay::to(&env("TEST_S3_ENDPOINT")).await;
+    let app = spawn()
+        .backend(Backend::S3)
+        .var("UPLOAD_PART_BYTES", &PART.to_string())
+        .var("S3_ENDPOINT", &proxy.addr)
+        .start()
+        .await;
+    let (account, key) = app.polling_account().await;
+    let data = fixtures::mp4(PART + 50_000);
+    let path = created(&app, &key, data.len() as u64, &[("filename", "v.mp4")]).await;
+    let tail = PART - 1000;
+    patch_in_pieces(&app, &path, &key, &data, (0, tail), PART).await;
+    let body = &data[tail..tail + 2000];
+    let checksummed = |digest: &[u8]| {
+        tus(&app, Method::PATCH, &path, &key)
+            .header("upload-offset", tail.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-checksum",
+                format!("sha256 {}", STANDARD.encode(digest)),
+            )
+            .body(body.to_vec())
+    };
+    let before = proxy.carried();
+    let bad = checksummed(&Sha256::digest(b"other bytes"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, StatusCode::from_u16(460).unwrap(), "checksum_mismatch").await;
+    let carried = proxy.carried() - before;
+    assert!(
+        carried < 64 * 1024,
+        "a refused body of 2000 bytes over a tail of {tail} moved {carried} bytes"
+    );
+    assert_eq!(offset_of(&app, &path, &key).await, tail as u64);
+
+    let good = checksummed(&Sha256::digest(body)).send().await.unwrap();
+    assert_eq!(good.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        good.headers()["upload-offset"],
+        (tail + 2000).to_string().as_str()
+    );
+    let parts: i32 = sqlx::query_scalar("SELECT parts FROM tus_uploads WHERE id = $1")
+        .bind(upload_id(&path))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(parts, 1, "the part the body completed");
+    assert_eq!(side_objects(&app).await.len(), 1, "the bytes after it");
+    patch_in_pieces(&app, &path, &key, &data, (tail + 2000, data.len()), PART).await;
+    let file_id = upload_id(&path).to_string();
+    assert_eq!(app.download(&key, &file_id).await, data);
+    assert_nothing_left(&app, account.id, 1).await;
+}
+
+/// A tail of several segments is removed whole however the upload ends
+/// without becoming a file: terminated by its client, or expired and
+/// reclaimed by the reaper.
+#[tokio::test]
+async fn every_segment_of_a_tail_goes_with_a_terminated_or_expired_upload() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = spawn()
+            .backend(backend)
+            .var("UPLOAD_PART_BYTES", &PART.to_string())
+            .var("TUS_EXPIRY_SECS", "3")
+            .start()
+            .await;
+        let (account, key) = app.polling_account().await;
+        let data = fixtures::png(PART);
+        for ends_by in ["termination", "expiry"] {
+            let path = created(&app, &key, data.len() as u64, &[("filename", "a.png")]).await;
+            // Each PATCH smaller than half the one before: a segment each.
+            let cuts = [0, 50_000, 51_000, 51_100];
+            for pair in cuts.windows(2) {
+                patch_in_pieces(&app, &path, &key, &data, (pair[0], pair[1]), PART).await;
+            }
+            assert_eq!(
+                side_objects(&app).await.len(),
+                3,
+                "{backend:?}: three segments"
+            );
+            if ends_by == "termination" {
+                let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+            } else {
+                within(Duration::from_secs(15), || async {
+                    intake::reap(&app.state).await.unwrap();
+                    app.holdings(account.id).await.leases == 0
+                })
+                .await;
+                let resp = tus(&app, Method::HEAD, &path, &key).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::GONE);
+            }
+            assert_nothing_left(&app, account.id, 0).await;
+        }
+    }
+}
+
+/// Puts an upload back as an earlier build left it: its tail in the one
+/// object `t/<id>/tail`, its row and lease without segments; then converts
+/// it as migration 0016 does.
+async fn as_left_by_an_earlier_build(app: &TestApp, id: Uuid) {
+    let (seqs, next): (Vec<i32>, i32) =
+        sqlx::query_as("SELECT tail_seqs, tail_next FROM tus_uploads WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!((seqs, next), (vec![0], 1), "one segment");
+    let (segment, old) = (format!("t/{id}/tail-0"), format!("t/{id}/tail"));
+    match app.backend {
+        Backend::S3 => {
+            let s3 = s3_client().await;
+            s3.copy_object()
+                .bucket(S3_BUCKET)
+                .copy_source(format!("{S3_BUCKET}/{}{segment}", app.prefix))
+                .key(format!("{}{old}", app.prefix))
+                .send()
+                .await
+                .unwrap();
+            s3.delete_object()
+                .bucket(S3_BUCKET)
+                .key(format!("{}{segment}", app.prefix))
+                .send()
+                .await
+                .unwrap();
+        }
+        Backend::Fs => {
+            let root = app.fs_root.as_ref().unwrap().path();
+            std::fs::rename(root.join(&segment), root.join(&old)).unwrap();
+        }
+    }
+    sqlx::raw_sql(&format!(
+        "UPDATE tus_uploads SET tail_seqs = '{{}}', tail_lens = '{{}}', tail_next = 0
+         WHERE id = '{id}';
+         UPDATE upload_leases SET tail_objects = '{{}}' WHERE tail_key = '{old}';
+         UPDATE tus_uploads SET tail_seqs = '{{-1}}', tail_lens = ARRAY[tail_len]
+         WHERE state = 'open' AND tail_len > 0;
+         UPDATE upload_leases SET tail_objects = ARRAY[tail_key || '-0']
+         WHERE tail_key IS NOT NULL;"
+    ))
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+}
+
+/// An upload begun by an earlier build, whose tail is one object, resumes:
+/// that object is the tail's first segment, read back into the part, and
+/// it goes with the upload however it ends.
+#[tokio::test]
+async fn an_upload_whose_tail_is_one_object_of_an_earlier_build_resumes() {
+    for backend in [Backend::S3, Backend::Fs] {
+        let app = app_on(backend).await;
+        let (account, key) = app.polling_account().await;
+        let data = fixtures::png(PART + 5000);
+        for completed in [true, false] {
+            let path = created(&app, &key, data.len() as u64, &[("filename", "a.png")]).await;
+            patch_in_pieces(&app, &path, &key, &data, (0, 40_000), PART).await;
+            as_left_by_an_earlier_build(&app, upload_id(&path)).await;
+            assert_eq!(offset_of(&app, &path, &key).await, 40_000);
+            // A small PATCH beside it, then one through the part.
+            patch_in_pieces(&app, &path, &key, &data, (40_000, 41_000), PART).await;
+            assert_eq!(side_objects(&app).await.len(), 2, "{backend:?}");
+            if completed {
+                patch_in_pieces(&app, &path, &key, &data, (41_000, data.len()), PART).await;
+                assert_nothing_left(&app, account.id, 1).await;
+                let file_id = upload_id(&path).to_string();
+                assert_eq!(app.download(&key, &file_id).await, data);
+            } else {
+                let resp = tus(&app, Method::DELETE, &path, &key).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+                assert_nothing_left(&app, account.id, 1).await;
+            }
+        }
+    }
 }
 
 /// A tus request with a dashboard session (its cookie, and its CSRF token

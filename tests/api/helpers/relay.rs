@@ -34,6 +34,8 @@ struct Switches {
     served: Vec<AtomicU64>,
     /// Bytes passed on from clients to backends.
     forwarded: AtomicU64,
+    /// Bytes passed back from backends to clients.
+    returned: AtomicU64,
 }
 
 /// A loopback TCP relay: each new connection goes to the next backend in
@@ -70,6 +72,7 @@ impl Relay {
             rate: AtomicU64::new(0),
             served: backends.iter().map(|_| AtomicU64::new(0)).collect(),
             forwarded: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
         });
         let s = switches.clone();
         let task = tokio::spawn(async move {
@@ -128,6 +131,12 @@ impl Relay {
     pub fn forwarded(&self) -> u64 {
         self.switches.forwarded.load(Ordering::SeqCst)
     }
+
+    /// Bytes carried either way so far (requests and answers, headers
+    /// included): what the clients and the backends moved through it.
+    pub fn carried(&self) -> u64 {
+        self.forwarded() + self.switches.returned.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Relay {
@@ -169,8 +178,8 @@ async fn relay(mut client: TcpStream, s: Arc<Switches>) {
 }
 
 /// Copies one direction until its end, at most the rate a second, then
-/// half-closes the other side. The clients' direction (`upstream`) counts
-/// what it passes on and stops while held.
+/// half-closes the other side. Each direction counts what it passes on;
+/// the clients' direction (`upstream`) stops while held.
 async fn pump(
     from: &mut (impl AsyncReadExt + Unpin),
     to: &mut (impl AsyncWriteExt + Unpin),
@@ -194,9 +203,8 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if upstream {
-            s.forwarded.fetch_add(n as u64, Ordering::SeqCst);
-        }
+        let count = if upstream { &s.forwarded } else { &s.returned };
+        count.fetch_add(n as u64, Ordering::SeqCst);
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
