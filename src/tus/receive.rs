@@ -138,6 +138,16 @@ impl Writer {
         if self.content_length.is_some_and(|n| n > remaining) {
             return Err(Stop::past_length());
         }
+        // Room in the process's upload buffers for what the body may hold
+        // in memory before storage has it (at most a part; the bytes of a
+        // part in flight wait in a file), before its first byte. The quota
+        // was reserved at creation.
+        let most = self
+            .content_length
+            .unwrap_or(u64::MAX)
+            .min(remaining)
+            .min(a.part_size() as u64);
+        let _room = self.state.upload_buffers.take(most).await?;
         let mut hasher: Option<BodyHasher> = self.checksum.as_ref().map(Checksum::hasher);
         let mut stream = body.into_data_stream();
         let mut received: u64 = 0;
