@@ -319,6 +319,13 @@ impl Drop for Guarded {
     }
 }
 
+/// Raw bytes in the OpenAPI document (a tus body, a presigned upload's
+/// data, a file's content): a binary string, so that a client generated
+/// from the document sends and takes bytes. Only described, never built.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawBytes(pub Vec<u8>);
+
 /// The body of an upload route: read for as long as bytes keep coming (the
 /// idle time and shutdown still apply), without the whole-body deadline of
 /// other requests. Upload handlers take it in place of `Body`.

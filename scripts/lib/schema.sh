@@ -1,10 +1,13 @@
 # Schema fuzzing, run by scripts/test.sh: schemathesis (from PyPI, in a
 # venv of its own) drives every route of GET /openapi.json with generated
 # requests, once with an API key and once with a session, and fails on any
-# 5xx, undocumented status, or answer that does not match the schema.
+# 5xx, undocumented status, or answer that does not match the schema. Then
+# openapi-python-client (same venv) generates a client from the document,
+# and the check fails on any warning or any route left out of the client.
 # shellcheck shell=bash
 
 SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
 SCHEMA_VENV=${INTAKE_SCHEMA_VENV:-$HOME/.cache/intake-schemathesis}
 
 ensure_schemathesis() {
@@ -19,6 +22,9 @@ ensure_schemathesis() {
     if [ -x "$SCHEMA_VENV/bin/schemathesis" ] &&
         "$SCHEMA_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" &&
         [ "$("$SCHEMA_VENV/bin/python" -V 2>&1)" = "$("$python" -V 2>&1)" ]; then
+        "$SCHEMA_VENV/bin/openapi-python-client" --version 2>/dev/null |
+            grep -q "$OPENAPI_PYTHON_CLIENT_VERSION" ||
+            "$SCHEMA_VENV/bin/pip" install -q "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
         return 0
     fi
     log "installing schemathesis $SCHEMATHESIS_VERSION with $python (first time only)"
@@ -30,7 +36,37 @@ ensure_schemathesis() {
         }
         "$python" -m venv "$SCHEMA_VENV"
     }
-    "$SCHEMA_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    "$SCHEMA_VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
+        "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+}
+
+# check_generated_client URL DIR: generates a Python client from the
+# OpenAPI document at URL into DIR and fails on any warning of the
+# generator or any operation of the document without its module.
+check_generated_client() {
+    local doc=$2/openapi.json out=$2/client report
+    python3 -c "import urllib.request,sys; open(sys.argv[2],'wb').write(urllib.request.urlopen(sys.argv[1]).read())" \
+        "$1" "$doc" || return 1
+    report=$("$SCHEMA_VENV/bin/openapi-python-client" generate --path "$doc" --output-path "$out" \
+        --config "$PWD/scripts/lib/openapi-python-client.yml" 2>&1) || { echo "$report"; return 1; }
+    if grep -q "WARNING\|Warning" <<<"$report"; then
+        echo "$report"
+        return 1
+    fi
+    python3 - "$doc" "$out" <<'PY'
+import json, pathlib, re, sys
+doc, out = json.load(open(sys.argv[1])), pathlib.Path(sys.argv[2])
+methods = {"get", "put", "post", "delete", "options", "head", "patch"}
+ops = [(m.upper(), p, o["operationId"]) for p, item in doc["paths"].items()
+       for m, o in item.items() if m in methods]
+modules = {f.stem.rstrip("_") for f in out.glob("*/api/*/*.py") if f.stem != "__init__"}
+snake = lambda s: re.sub(r"(?<!^)(?=[A-Z])", "_", s).lower()
+missing = [f"{m} {p}" for m, p, op in ops if snake(op) not in modules]
+print(f"generated client: {len(ops)} operations, {len(modules)} modules")
+if missing:
+    print("left out of the generated client:", ", ".join(missing))
+    sys.exit(1)
+PY
 }
 
 # schema_config SCHEME 'KEY = "VALUE"': a schemathesis.toml for one run,
@@ -177,6 +213,12 @@ PY
     log "fuzzing the API from its schema (session)"
     if "$SCHEMA_VENV/bin/schemathesis" --config-file "$logs/session.toml" "${common[@]}" \
         -H "X-CSRF-Token: $csrf"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); status=1
+    fi
+    log "generating a Python client from the schema (openapi-python-client)"
+    if check_generated_client "http://127.0.0.1:$port/openapi.json" "$logs"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1)); status=1

@@ -425,7 +425,7 @@ const SERVED_FILE_HEADERS: [(header::HeaderName, &str); 3] = [
 /// file's own type (`sniff::served_type`).
 #[utoipa::path(get, path = "/files/{id}/content", tag = "files", params(("id" = Uuid, Path)),
     responses((status = 302, description = "redirect to a short-lived URL (S3)"),
-              (status = 200, description = "the bytes (local backend), with the file's own content type", content_type = "*/*"),
+              (status = 200, description = "the bytes (local backend), with the file's own content type", body = crate::body::RawBytes, content_type = "*/*"),
               (status = 404)))]
 pub async fn content(
     State(state): State<AppState>,

@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes(&state.config).split_for_parts();
     problems::document(&mut doc);
     presign::document(&mut doc, &state.config.storage);
+    tus::document(&mut doc);
     ops::set_openapi(&doc);
     let request_id = HeaderName::from_static("x-request-id");
     routes

@@ -38,7 +38,7 @@ pub struct DataQuery {
 /// held to the declared length, type and checksum.
 #[utoipa::path(put, path = "/upload/presigned/{id}/data", tag = "uploads",
     params(("id" = Uuid, Path), DataQuery),
-    request_body(content_type = "application/octet-stream"),
+    request_body(content = crate::body::RawBytes, content_type = "application/octet-stream"),
     responses((status = 200), (status = 400), (status = 403, description = "bad or expired signature")))]
 pub async fn data(
     State(state): State<AppState>,

@@ -119,6 +119,21 @@ fn discovery(state: &AppState, principal: Option<&Principal>) -> Response {
     answer(StatusCode::NO_CONTENT, pairs)
 }
 
+/// What the annotations cannot say: a creation's body is optional
+/// (creation-with-upload), which `request_body` states only by making the
+/// schema nullable.
+pub fn document(openapi: &mut utoipa::openapi::OpenApi) {
+    let creation = openapi
+        .paths
+        .paths
+        .get_mut("/upload/tus")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.request_body.as_mut());
+    if let Some(body) = creation {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+}
+
 /// What intake speaks (tus discovery; a browser's CORS preflight is
 /// answered before it, by `http::cors`). No credentials needed; with them, `Tus-Max-Size` is the
 /// caller's largest cap.
@@ -304,7 +319,7 @@ fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
            ("Upload-Length" = u64, Header, description = "the file's size in bytes, at least 1 (deferred lengths are not supported)", minimum = 1, maximum = 9_223_372_036_854_774_784_f64),
            ("Upload-Metadata" = Option<String>, Header, nullable = false, description = "`filename` and `filetype`, base64; keys unique", pattern = r"^[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?(?:,[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?)*$"),
            ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of a creation-with-upload body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
-    request_body(content_type = "application/offset+octet-stream", description = "optional: the first bytes (creation-with-upload)"),
+    request_body(content = crate::body::RawBytes, content_type = "application/offset+octet-stream", description = "optional: the first bytes (creation-with-upload)"),
     responses(
         (status = 201, description = "created",
             headers(("Location" = String, description = "the upload's URL"),
@@ -395,7 +410,7 @@ pub async fn status(
     params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$"),
            ("Upload-Offset" = u64, Header, description = "must equal the upload's offset"),
            ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of the body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
-    request_body(content_type = "application/offset+octet-stream"),
+    request_body(content = crate::body::RawBytes, content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "bytes kept",
             headers(("Upload-Offset" = u64), ("Upload-Expires" = String),
