@@ -112,6 +112,8 @@ pub struct Watch {
     ended: AtomicU8,
     /// The body had nothing more to give when it was let go of.
     whole: AtomicBool,
+    /// A read of the body met an error before its end.
+    failed: AtomicBool,
     /// The unread rest of a body let go of before its end.
     rest: Mutex<Option<Body>>,
 }
@@ -138,7 +140,15 @@ impl Watch {
             BodyError::ShuttingDown => ENDED_SHUTDOWN,
         };
         self.ended.store(code, Ordering::Relaxed);
+        self.failed.store(true, Ordering::Relaxed);
         why
+    }
+
+    /// Whether the body broke before its end: the client went away or sent
+    /// less than it announced, or the guard ended it. Whatever the route
+    /// answered then, the client may not have seen it.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Whether the body was read to its end (a request without a body
@@ -265,6 +275,9 @@ impl http_body::Body for Guarded {
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
+            if matches!(frame, Some(Err(_))) {
+                this.watch.failed.store(true, Ordering::Relaxed);
+            }
             if frame.is_none() || this.inner.is_end_stream() {
                 this.watch.whole.store(true, Ordering::Relaxed);
             }
@@ -381,6 +394,24 @@ mod tests {
         );
         assert_eq!(read(body).await.ok(), Some(10));
         assert_eq!(watch.ended(&bounds(1000, 5000)), None);
+        assert!(!watch.failed());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_is_seen_as_failed() {
+        let watch = Arc::new(Watch::default());
+        let broken = Body::from_stream(futures_util::stream::iter([
+            Ok(Bytes::from_static(b"x")),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ]));
+        let body = Guarded::new(broken, bounds(1000, 5000), watch.clone());
+        assert!(read(body).await.is_err());
+        assert!(watch.failed());
+        assert_eq!(
+            watch.ended(&bounds(1000, 5000)),
+            None,
+            "not the guard's doing"
+        );
     }
 
     #[tokio::test]
@@ -399,6 +430,7 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(watch.ended(&b), Some(BodyError::Idle(b.idle)));
+        assert!(watch.failed());
     }
 
     #[tokio::test]

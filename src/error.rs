@@ -37,6 +37,14 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a request with the same `Idempotency-Key` is still running.
+    #[error("a request with this Idempotency-Key is still running; retry when it has ended")]
+    IdempotencyKeyInUse,
+    /// 422: an `Idempotency-Key` sent again with another body.
+    #[error(
+        "this Idempotency-Key was first sent with another body; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
     /// 410.
     #[error("{0}")]
     Gone(String),
@@ -196,6 +204,8 @@ impl ApiError {
             Self::ApiAccessNotInTier => "api_access_not_in_tier",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::IdempotencyKeyInUse => "idempotency_key_in_use",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Gone(_) => "gone",
             Self::TusVersionUnsupported => "tus_version_unsupported",
             Self::UploadLocked(_) => "upload_locked",
@@ -228,7 +238,7 @@ impl ApiError {
             | Self::ApiKeyRequiresPaidTier
             | Self::ApiAccessNotInTier => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
             Self::TusVersionUnsupported => StatusCode::PRECONDITION_FAILED,
             Self::UploadLocked(_) => StatusCode::LOCKED,
@@ -242,7 +252,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) | Self::TypeMismatch(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Self::UploadVerificationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UploadVerificationFailed(_) | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::RateLimited { .. }
             | Self::LoginDelayed { .. }
             | Self::ConcurrentUploadLimit { .. }
@@ -265,6 +277,8 @@ impl ApiError {
             | Self::ConcurrentRequestLimit { retry_after, .. }
             | Self::MonthlyQuotaExceeded { retry_after, .. }
             | Self::Busy { retry_after, .. } => Some((*retry_after).max(1)),
+            // The running request ends within seconds as a rule.
+            Self::IdempotencyKeyInUse => Some(1),
             _ => None,
         }
     }

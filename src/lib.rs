@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod http;
+pub mod idempotency;
 pub mod presign;
 pub mod quota;
 pub mod ratelimit;

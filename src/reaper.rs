@@ -2,14 +2,14 @@
 //! upload leases (uploads of dead instances, abandoned presigned uploads),
 //! retries queued object deletions, prunes state that holds nothing any
 //! more (idle rate-limit rows, forgotten failed-login streaks, ended
-//! sessions) and closes idle scratch files of tus parts
+//! sessions, expired idempotency keys) and closes idle scratch files of tus parts
 //! ([`tus::trim_spills`]). Each step is safe on several instances at once:
 //! rows are claimed with `SKIP LOCKED`, so each lease is ended and each
 //! object deleted once.
 
 use std::time::Duration;
 
-use crate::{auth, deletions, quota::slots, ratelimit, state::AppState, tus};
+use crate::{auth, deletions, idempotency, quota::slots, ratelimit, state::AppState, tus};
 
 /// State that holds nothing any more is pruned about this often.
 const PRUNE_PERIOD: Duration = Duration::from_secs(60);
@@ -48,14 +48,15 @@ pub async fn housekeeping(state: AppState) {
 }
 
 /// Deletes the rows that hold nothing any more: rate-limit state whose
-/// time has passed, failed-login streaks that are forgotten, and sessions
-/// that have ended (revoked, expired or idle). Returns how many it
-/// deleted.
+/// time has passed, failed-login streaks that are forgotten, sessions
+/// that have ended (revoked, expired or idle), and idempotency keys past
+/// their time. Returns how many it deleted.
 pub async fn prune(state: &AppState) -> Result<u64, sqlx::Error> {
     let limits = ratelimit::prune(&state.db).await?;
     let logins = auth::backoff::prune(&state.db).await?;
     let sessions = auth::session::prune(&state.db, state.config.session_idle_timeout).await?;
-    Ok(limits + logins + sessions)
+    let keys = idempotency::prune(&state.db).await?;
+    Ok(limits + logins + sessions + keys)
 }
 
 /// One pass of the reaper: expired leases (their objects, reservations and

@@ -140,6 +140,11 @@ pub struct Config {
     /// byte; then the reaper gives back everything it held.
     pub tus_expiry: Duration,
 
+    // Idempotency.
+    /// How long the answer of a request with an `Idempotency-Key` is kept
+    /// for the requests that repeat the key, from when it ended.
+    pub idempotency_ttl: Duration,
+
     /// Object storage.
     pub storage: StorageConfig,
     /// AI descriptions and chat.
@@ -247,6 +252,8 @@ impl Config {
             presign_expiry: env.secs("PRESIGN_EXPIRY_SECS", 3600)?,
             tus_expiry: Duration::from_secs(env.parse_or::<u64>("TUS_EXPIRY_SECS", 86_400)?.max(1)),
 
+            idempotency_ttl: env.positive_secs("IDEMPOTENCY_TTL_SECS", 86_400)?,
+
             storage: storage::storage(&env)?,
             ai: ai::ai(&env)?,
         })
@@ -307,6 +314,7 @@ mod tests {
         assert_eq!(c.upload_buffer_budget_bytes, 512 * MB);
         assert_eq!(c.cors_allowed_origins, CorsOrigins::None);
         assert_eq!(c.tus_expiry, Duration::from_secs(86_400));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
         assert_eq!(c.anon_rate_limit_per_minute, 60);
         assert_eq!(c.signup_rate_limit_per_hour, 5);
         assert_eq!(c.login_failures_before_delay, 10);
@@ -533,6 +541,7 @@ mod tests {
             "RESPONSE_WRITE_TIMEOUT_SECS",
             "PASSWORD_HASH_CONCURRENCY",
             "UPLOAD_IDLE_TIMEOUT_SECS",
+            "IDEMPOTENCY_TTL_SECS",
         ] {
             let err = config(&[BASE[0], BASE[1], (zero, "0")]).unwrap_err();
             assert!(err.to_string().contains(zero), "{err}");

@@ -27,8 +27,13 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    admin, ai, auth, config::Config, dashboard, error::ApiError, files, presign, quota,
-    state::AppState, tus, upload,
+    admin, ai, auth, dashboard,
+    error::ApiError,
+    files,
+    idempotency::{self, Payload},
+    presign, quota,
+    state::AppState,
+    tus, upload,
 };
 
 #[derive(OpenApi)]
@@ -65,8 +70,11 @@ impl Modify for SecuritySchemes {
 }
 
 /// Every route with its documentation (the dashboard's page and assets
-/// included, so the document lists everything the server answers).
-fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
+/// included, so the document lists everything the server answers). A
+/// route that takes `Idempotency-Key` is listed through
+/// [`idempotency::accept`].
+fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let idempotent = |payload, routes| idempotency::accept(state, payload, routes);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::routes::signup))
         .routes(routes!(auth::routes::login))
@@ -76,18 +84,18 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::routes::create_key, auth::routes::list_keys))
         .routes(routes!(auth::routes::revoke_key))
-        .routes(routes!(upload::stream_single))
-        .routes(routes!(upload::stream_batch))
-        .routes(routes!(presign::issue))
+        .routes(idempotent(Payload::Upload, routes!(upload::stream_single)))
+        .routes(idempotent(Payload::Upload, routes!(upload::stream_batch)))
+        .routes(idempotent(Payload::Json, routes!(presign::issue)))
         .routes(routes!(presign::complete))
         .routes(routes!(presign::abort))
         .routes(routes!(presign::data))
-        .merge(tus_routes())
+        .merge(tus_routes(state))
         .routes(routes!(files::list))
         .routes(routes!(files::get, files::remove))
         .routes(routes!(files::content))
-        .routes(routes!(ai::describe))
-        .routes(routes!(ai::chat))
+        .routes(idempotent(Payload::Json, routes!(ai::describe)))
+        .routes(idempotent(Payload::Json, routes!(ai::chat)))
         .routes(routes!(quota::limits))
         .routes(routes!(quota::usage))
         .routes(routes!(admin::http_create_account))
@@ -98,13 +106,18 @@ fn api_routes(config: &Config) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
-        .merge(dashboard::routes(config))
+        .merge(dashboard::routes(&state.config))
 }
 
-/// The tus routes, each wrapped in the protocol's own checks and headers.
-fn tus_routes() -> OpenApiRouter<AppState> {
+/// The tus routes, each wrapped in the protocol's own checks and headers
+/// (around the idempotency layer of a creation, so a replay carries them).
+fn tus_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(tus::discover, tus::create))
+        .routes(idempotency::accept(
+            state,
+            Payload::Upload,
+            routes!(tus::discover, tus::create),
+        ))
         .routes(routes!(
             tus::discover_upload,
             tus::status,
@@ -120,7 +133,7 @@ fn tus_routes() -> OpenApiRouter<AppState> {
 /// time, whole-body deadline, shutdown, the connection after an early
 /// answer), authentication and rate limit, the guard's verdict, body limit).
 pub fn router(state: AppState) -> Router {
-    let (routes, mut doc) = api_routes(&state.config).split_for_parts();
+    let (routes, mut doc) = api_routes(&state).split_for_parts();
     problems::document(&mut doc);
     presign::document(&mut doc, &state.config.storage);
     tus::document(&mut doc);

@@ -17,6 +17,7 @@ mod dashboard;
 mod files;
 mod garage_cluster;
 mod helpers;
+mod idempotency;
 mod limits;
 mod ops;
 mod presign;

@@ -1,6 +1,7 @@
 //! The one harness every API test shares; a test file imports from here
 //! and never from another test file.
 //!
+//! - [`ai`]: a stand-in AI provider, and an app that uses it;
 //! - [`app`]: an intake in this process per test (port 0, its own schema,
 //!   its own key prefix), and what a test asks of it;
 //! - [`bucket`]: the test bucket and clients that look into it;
@@ -18,6 +19,7 @@
 //!   after an answer);
 //! - [`poll`]: the one way to wait for something.
 
+pub mod ai;
 pub mod app;
 pub mod bucket;
 pub mod clients;
