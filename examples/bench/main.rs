@@ -12,6 +12,7 @@
 //!                                as `CASE count=… seconds=… mib_per_s=…`
 //!   bench tus                    the tus reference server alone
 //!   bench ratelimit              the limiter on and off, in pairs
+//!   bench replay                 a replayed Idempotency-Key beside GET /me
 //!   bench cpu BIN...             CPU per request of builds side by side
 //!   bench presign                presigned multipart against boto3
 //!   bench statements             SQL statements per operation
@@ -30,6 +31,7 @@ mod cpu;
 mod form;
 mod presign;
 mod ratelimit;
+mod replay;
 mod servers;
 mod statements;
 mod stats;
@@ -67,6 +69,8 @@ enum Bench {
     Tus,
     /// The per-minute limiter on and off, measured back to back in pairs.
     Ratelimit(ratelimit::Settings),
+    /// A replayed request (Idempotency-Key) beside a plain GET /me.
+    Replay(replay::Settings),
     /// CPU per request of intake builds, side by side.
     Cpu(cpu::Settings),
     /// Presigned multipart against boto3, and issue/complete latency.
@@ -98,6 +102,7 @@ async fn main() {
         Bench::Upload { one } => upload_command(&one).await,
         Bench::Tus => tus::run(part_bytes()).await,
         Bench::Ratelimit(settings) => ratelimit::run(&settings).await,
+        Bench::Replay(settings) => replay::run(&settings).await,
         Bench::Cpu(settings) => cpu::run(&settings).await,
         Bench::Presign(settings) => presign::run(&settings).await,
         Bench::Statements(settings) => statements::run(&settings).await,
