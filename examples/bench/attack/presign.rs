@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     Case,
-    session::{self, client_from},
+    session::{self, Session, client_from},
 };
 use crate::{
     admin::Admin,
@@ -51,6 +51,46 @@ async fn listed(prefix: &str) -> (usize, u64, Option<usize>) {
     (objects, bytes, uploads)
 }
 
+/// Issues a presigned upload (one PUT) of a `size`-byte video.
+async fn issue(attacker: &Session, filename: &str, size: usize) -> Value {
+    let issued = attacker
+        .request(Method::POST, "/upload/presigned")
+        .json(&json!({"filename": filename, "content_type": "video/mp4", "size": size}))
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(issued.status(), StatusCode::CREATED, "issue {filename}");
+    issued.json().await.expect("the issued upload")
+}
+
+/// Aborts an issued upload.
+async fn abort(attacker: &Session, issued: &Value) {
+    let id = issued["upload_id"].as_str().expect("upload_id");
+    let aborted = attacker
+        .request(Method::DELETE, &format!("/upload/presigned/{id}"))
+        .send()
+        .await
+        .expect("abort");
+    assert!(aborted.status().is_success(), "abort {id}");
+}
+
+/// PUTs `data` to an issued upload's URL with its headers; storage's
+/// status, or what ended the request.
+async fn put(storage: &reqwest::Client, issued: &Value, data: Bytes) -> String {
+    let mut put = storage.put(issued["url"].as_str().expect("the upload URL"));
+    for (name, value) in issued["headers"].as_object().expect("the upload's headers") {
+        if name != "content-length" {
+            put = put.header(name, value.as_str().expect("a header value"));
+        }
+    }
+    // Storage that refuses the PUT may answer and close before the body is
+    // sent whole: the client sees the connection end.
+    match put.body(data).send().await {
+        Ok(resp) => resp.status().as_u16().to_string(),
+        Err(_) => "connection closed by storage before the body was sent".to_owned(),
+    }
+}
+
 pub async fn run(case: &Case<'_>) {
     let s = case.s;
     let (server, url) = case.intake(true, &[]).await;
@@ -74,37 +114,17 @@ pub async fn run(case: &Case<'_>) {
     );
     let data: Bytes = Kind::MP4.random(size);
     let storage = reqwest::Client::new();
+    // The control: the same PUT while its upload lives, then the abort.
+    let issued = issue(&attacker, "control.mp4", size).await;
+    let control = put(&storage, &issued, data.clone()).await;
+    abort(&attacker, &issued).await;
     let mut puts: BTreeMap<String, usize> = BTreeMap::new();
     for round in 0..s.presign_rounds {
-        let issued = attacker
-            .request(Method::POST, "/upload/presigned")
-            .json(&json!({"filename": format!("clip{round}.mp4"),
-                "content_type": "video/mp4", "size": size}))
-            .send()
-            .await
-            .expect("issue");
-        assert_eq!(issued.status(), StatusCode::CREATED, "issue round {round}");
-        let issued: Value = issued.json().await.expect("the issued upload");
-        let id = issued["upload_id"].as_str().expect("upload_id");
-        let aborted = attacker
-            .request(Method::DELETE, &format!("/upload/presigned/{id}"))
-            .send()
-            .await
-            .expect("abort");
-        assert!(aborted.status().is_success(), "abort round {round}");
-        let mut put = storage.put(issued["url"].as_str().expect("the upload URL"));
-        for (name, value) in issued["headers"].as_object().expect("the upload's headers") {
-            if name != "content-length" {
-                put = put.header(name, value.as_str().expect("a header value"));
-            }
-        }
-        // Storage that refuses the PUT may answer and close before the
-        // body is sent whole: the client sees the connection end.
-        let label = match put.body(data.clone()).send().await {
-            Ok(resp) => resp.status().as_u16().to_string(),
-            Err(_) => "connection closed by storage before the body was sent".to_owned(),
-        };
-        *puts.entry(label).or_default() += 1;
+        let issued = issue(&attacker, &format!("clip{round}.mp4"), size).await;
+        abort(&attacker, &issued).await;
+        *puts
+            .entry(put(&storage, &issued, data.clone()).await)
+            .or_default() += 1;
     }
     let prefix = format!("case{}/", case.number);
     let (objects, bytes, uploads) = listed(&prefix).await;
@@ -124,6 +144,7 @@ pub async fn run(case: &Case<'_>) {
         .sum();
     let usage = attacker.usage().await;
     let list: Vec<String> = puts.iter().map(|(st, n)| format!("{st} {n}")).collect();
+    println!("  a PUT before the abort (the control): {control}");
     println!(
         "  PUTs after the abort, by storage's answer: {}",
         list.join("; ")
