@@ -75,7 +75,7 @@ async fn abort(attacker: &Session, issued: &Value) {
 }
 
 /// PUTs `data` to an issued upload's URL with its headers; storage's
-/// status, or what ended the request.
+/// status and error code, or what ended the request.
 async fn put(storage: &reqwest::Client, issued: &Value, data: Bytes) -> String {
     let mut put = storage.put(issued["url"].as_str().expect("the upload URL"));
     for (name, value) in issued["headers"].as_object().expect("the upload's headers") {
@@ -86,7 +86,18 @@ async fn put(storage: &reqwest::Client, issued: &Value, data: Bytes) -> String {
     // Storage that refuses the PUT may answer and close before the body is
     // sent whole: the client sees the connection end.
     match put.body(data).send().await {
-        Ok(resp) => resp.status().as_u16().to_string(),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            // An S3 error names itself in <Code>.
+            let text = resp.text().await.unwrap_or_default();
+            match text
+                .split_once("<Code>")
+                .and_then(|(_, rest)| rest.split_once("</Code>"))
+            {
+                Some((code, _)) => format!("{status} {code}"),
+                None => status.to_string(),
+            }
+        }
         Err(_) => "connection closed by storage before the body was sent".to_owned(),
     }
 }
