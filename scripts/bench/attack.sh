@@ -2,8 +2,8 @@
 # What one account's attacks cost the server, for one intake build: each
 # case starts an intake of its own and reports what it holds (its sockets,
 # from /proc), its memory, provider calls billed against units counted,
-# bytes left in the bucket, accounts created, and whether another account
-# is still served meanwhile.
+# bytes left in the bucket, accounts created, storage traffic, and whether
+# another account is still served meanwhile.
 #
 #   trickle    1,000 POST /chat of one session, a byte every 5 s, 30 s
 #              (MAX_CONNECTIONS=1000)
@@ -13,6 +13,9 @@
 #   presign    20 rounds of presign, abort, PUT 16 MiB to the URL (S3)
 #   signup     4 sign-ups a second from one address for 60 s
 #   buffers    40 chunked uploads on S3 sending 6 MiB, then a byte every 5 s
+#              (UPLOAD_BUFFER_BUDGET_BYTES of 64 MiB)
+#   tus        20 one-byte PATCHes of a resumable upload with a 6 MiB tail,
+#              the storage traffic counted by a relay (S3)
 #
 #   scripts/bench/attack.sh                      every case, this tree's build
 #   INTAKE_BIN=path scripts/bench/attack.sh      another build, to compare

@@ -1,16 +1,17 @@
 //! What one account can make the server hold: each attack of an ordinary
 //! account (trickled JSON bodies, downloads never read, AI calls hung up
 //! once the provider has them, the presigned abort-and-PUT loop, a sign-up
-//! flood, slow streaming uploads) run against one intake build, with what
-//! it cost the server: connections held (its sockets, from `/proc`), its
-//! memory, provider calls billed against units counted, bytes left in the
-//! bucket, accounts created; and, for the attacks on connections, whether
-//! another account is still served meanwhile.
+//! flood, slow streaming uploads, one-byte resumable PATCHes) run against
+//! one intake build, with what it cost the server: connections held (its
+//! sockets, from `/proc`), its memory, provider calls billed against units
+//! counted, bytes left in the bucket, accounts created, storage traffic;
+//! and, for the attacks on connections, whether another account is still
+//! served meanwhile.
 //!
 //! Every case starts an intake of its own (a fresh process, so its memory
 //! is the attack's), with the settings it names, on the database the
 //! script made; the local folder backend, or S3 for the cases about the
-//! bucket and part buffers. Each client is a loopback address of its own
+//! bucket, part buffers and resumable tails. Each client is a loopback address of its own
 //! (127.0.<case>.<role>), so intake counts the attacker and the other
 //! account as two addresses, and the admin calls (from 127.0.0.1) as a
 //! third. Builds that do not know a
@@ -25,6 +26,7 @@ mod raw;
 mod session;
 mod signup;
 mod trickle;
+mod tus;
 
 use std::{
     collections::BTreeMap,
@@ -40,11 +42,11 @@ use crate::servers::{self, Ready, Server};
 #[derive(clap::Args)]
 pub struct Settings {
     /// The cases to run, comma-separated: trickle, downloads, ai, presign,
-    /// signup, buffers.
+    /// signup, buffers, tus.
     #[arg(
         long,
         env = "ATTACKS",
-        default_value = "trickle,downloads,ai,presign,signup,buffers"
+        default_value = "trickle,downloads,ai,presign,signup,buffers,tus"
     )]
     attacks: String,
     /// Trickled JSON requests opened by the one account; the server runs
@@ -96,6 +98,12 @@ pub struct Settings {
     /// UPLOAD_BUFFER_BUDGET_BYTES of the buffers case, MiB.
     #[arg(long, env = "BUFFER_BUDGET_MIB", default_value_t = 64)]
     buffer_budget_mib: u64,
+    /// MiB of the resumable upload sent before the one-byte PATCHes.
+    #[arg(long, env = "TUS_TAIL_MIB", default_value_t = 6)]
+    tus_tail_mib: usize,
+    /// One-byte PATCHes sent.
+    #[arg(long, env = "TUS_PATCHES", default_value_t = 20)]
+    tus_patches: usize,
     /// The intake binary.
     #[arg(long, env = "INTAKE_BIN")]
     intake_bin: String,
@@ -292,11 +300,22 @@ async fn standin(s: &Settings) -> (Server, String) {
 
 pub async fn run(s: &Settings) {
     let wanted: Vec<&str> = s.attacks.split(',').map(str::trim).collect();
-    let known = ["trickle", "downloads", "ai", "presign", "signup", "buffers"];
+    let known = [
+        "trickle",
+        "downloads",
+        "ai",
+        "presign",
+        "signup",
+        "buffers",
+        "tus",
+    ];
     for name in &wanted {
         assert!(known.contains(name), "unknown attack {name:?} in ATTACKS");
     }
-    if wanted.contains(&"presign") || wanted.contains(&"buffers") {
+    if ["presign", "buffers", "tus"]
+        .iter()
+        .any(|name| wanted.contains(name))
+    {
         crate::bench_bucket().await;
     }
     let (provider, ai_url) = standin(s).await;
@@ -317,7 +336,8 @@ pub async fn run(s: &Settings) {
             "ai" => ai::run(&case).await,
             "presign" => presign::run(&case).await,
             "signup" => signup::run(&case).await,
-            _ => trickle::uploads(&case).await,
+            "buffers" => trickle::uploads(&case).await,
+            _ => tus::run(&case).await,
         }
     }
     provider.stop();
