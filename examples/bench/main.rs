@@ -16,6 +16,7 @@
 //!   bench cpu BIN...             CPU per request of builds side by side
 //!   bench presign                presigned multipart against boto3
 //!   bench statements             SQL statements per operation
+//!   bench attack                 what one account's attacks cost the server
 //!
 //! Settings come from the environment (each subcommand's `--help` names
 //! them); S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY
@@ -27,6 +28,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod admin;
+mod attack;
 mod cpu;
 mod form;
 mod presign;
@@ -77,6 +79,9 @@ enum Bench {
     Presign(presign::Settings),
     /// SQL statements per operation (pg_stat_statements).
     Statements(statements::Settings),
+    /// What one account's attacks cost the server: connections, memory,
+    /// provider calls, bucket bytes, accounts.
+    Attack(attack::Settings),
 }
 
 /// Creates the bucket S3_BUCKET names on the S3 server; its name.
@@ -106,6 +111,7 @@ async fn main() {
         Bench::Cpu(settings) => cpu::run(&settings).await,
         Bench::Presign(settings) => presign::run(&settings).await,
         Bench::Statements(settings) => statements::run(&settings).await,
+        Bench::Attack(settings) => attack::run(&settings).await,
     }
 }
 
