@@ -12,10 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{
-    Case,
-    session::{self, client_from},
-};
+use super::Case;
 
 /// How often the attacker may be told to come back later, in all.
 const MAX_RETRIES: usize = 500;
@@ -35,14 +32,7 @@ async fn count(http: &reqwest::Client, ai_url: &str) -> Value {
 pub async fn run(case: &Case<'_>) {
     let s = case.s;
     let (server, url) = case.intake(false, &[]).await;
-    let from = case.address(2);
-    let attacker = session::sign_up(
-        &url,
-        &case.email("attacker"),
-        from,
-        client_from(from, false),
-    )
-    .await;
+    let (_, attacker) = case.attacker(&url).await;
     let text = "Minutes of the rowing club's spring meeting.";
     let boundary = "benchboundary7d3a";
     let body = format!(

@@ -12,11 +12,7 @@ use std::{
 use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    Case, Held, RELEASE_AFTER, probe, raw,
-    session::{self, client_from},
-    trickle::socket_of,
-};
+use super::{Case, Held, RELEASE_AFTER, probe, raw, trickle::socket_of};
 use crate::form::{self, Kind, MIB};
 
 /// The receive buffer of each download's socket.
@@ -29,22 +25,8 @@ pub async fn run(case: &Case<'_>) {
         s.write_timeout_secs.to_string(),
     )];
     let (server, url) = case.intake(false, &vars).await;
-    let from = case.address(2);
-    let attacker = session::sign_up(
-        &url,
-        &case.email("attacker"),
-        from,
-        client_from(from, false),
-    )
-    .await;
-    let other_from = case.address(3);
-    let other = session::sign_up(
-        &url,
-        &case.email("other"),
-        other_from,
-        client_from(other_from, true),
-    )
-    .await;
+    let (from, attacker) = case.attacker(&url).await;
+    let (_, other) = case.other(&url).await;
     let data = Kind::MP4.random(s.download_mib * MIB);
     let file = attacker
         .upload(form::form("file", &[data], &Kind::MP4))

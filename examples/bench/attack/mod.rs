@@ -145,6 +145,29 @@ impl Case<'_> {
         format!("{who}-{}@example.com", self.number)
     }
 
+    /// The attacker, signed up from its address (role 2), whose requests
+    /// share pooled connections: its address and its session.
+    async fn attacker(&self, url: &str) -> (IpAddr, session::Session) {
+        let from = self.address(2);
+        let http = session::client_from(from, false);
+        (
+            from,
+            session::sign_up(url, &self.email("attacker"), from, http).await,
+        )
+    }
+
+    /// Another account, signed up from its own address (role 3), each of
+    /// whose requests opens a connection of its own: its address and its
+    /// session.
+    async fn other(&self, url: &str) -> (IpAddr, session::Session) {
+        let from = self.address(3);
+        let http = session::client_from(from, true);
+        (
+            from,
+            session::sign_up(url, &self.email("other"), from, http).await,
+        )
+    }
+
     /// Starts this case's intake on the local folder backend (`s3` false)
     /// or S3, with `vars` beside the common settings; it and its URL.
     async fn intake(&self, s3: bool, vars: &[(&str, String)]) -> (Server, String) {

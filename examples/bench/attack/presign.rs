@@ -12,10 +12,7 @@ use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{
-    Case,
-    session::{self, Session, client_from},
-};
+use super::{Case, session::Session};
 use crate::{
     admin::Admin,
     form::{Kind, MIB},
@@ -105,14 +102,7 @@ async fn put(storage: &reqwest::Client, issued: &Value, data: Bytes) -> String {
 pub async fn run(case: &Case<'_>) {
     let s = case.s;
     let (server, url) = case.intake(true, &[]).await;
-    let from = case.address(2);
-    let attacker = session::sign_up(
-        &url,
-        &case.email("attacker"),
-        from,
-        client_from(from, false),
-    )
-    .await;
+    let (_, attacker) = case.attacker(&url).await;
     let quota = s.presign_quota_mib * MIB as u64;
     Admin::new(&url)
         .set_limits(&attacker.id, json!({"storage_bytes": quota}))

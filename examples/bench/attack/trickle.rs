@@ -33,22 +33,8 @@ pub async fn json(case: &Case<'_>) {
     let (server, url) = case
         .intake(false, &[("MAX_CONNECTIONS", n.to_string())])
         .await;
-    let from = case.address(2);
-    let attacker = session::sign_up(
-        &url,
-        &case.email("attacker"),
-        from,
-        client_from(from, false),
-    )
-    .await;
-    let other_from = case.address(3);
-    let other = session::sign_up(
-        &url,
-        &case.email("other"),
-        other_from,
-        client_from(other_from, true),
-    )
-    .await;
+    let (from, attacker) = case.attacker(&url).await;
+    let (_, other) = case.other(&url).await;
     println!(
         "trickled JSON bodies: {n} POST /chat of one session, Content-Length 65536, \
          one byte every {} s, for {} s (MAX_CONNECTIONS={n})",

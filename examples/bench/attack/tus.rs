@@ -20,10 +20,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{
-    Case,
-    session::{self, Session, client_from},
-};
+use super::{Case, session::Session};
 use crate::{
     form::{Kind, MIB},
     s3::env,
@@ -123,14 +120,7 @@ pub async fn run(case: &Case<'_>) {
     let through = relay(storage, carried.clone()).await;
     let vars = [("S3_ENDPOINT", format!("http://{through}"))];
     let (server, url) = case.intake(true, &vars).await;
-    let from = case.address(2);
-    let attacker = session::sign_up(
-        &url,
-        &case.email("attacker"),
-        from,
-        client_from(from, false),
-    )
-    .await;
+    let (_, attacker) = case.attacker(&url).await;
     let length = 64 * MIB as u64;
     let metadata = format!(
         "filename {},filetype {}",
