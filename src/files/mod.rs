@@ -11,16 +11,16 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    auth::CurrentAccount,
+    auth::{CurrentAccount, upload_tokens},
     deletions::{self, Doomed},
     error::ApiError,
     extract::{Path, Query},
-    quota::{reservations, slots::Lease},
+    quota::{reservations, slots::Lease, tokens},
     sniff::Category,
     state::AppState,
     storage::{ObjectStore, attachment_disposition},
@@ -48,6 +48,13 @@ pub struct FileView {
     pub description: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The `subject` of the upload token the file was uploaded with;
+    /// `null` otherwise.
+    pub subject: Option<String>,
+    /// The `metadata` of the upload token the file was uploaded with;
+    /// `null` otherwise.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
@@ -57,8 +64,7 @@ fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::
     }
 }
 
-const FILE_COLUMNS: &str =
-    "id, filename, content_type, category, size, sha256, description, created_at";
+const FILE_COLUMNS: &str = "id, filename, content_type, category, size, sha256, description, created_at, subject, metadata";
 
 /// The object key of a file: never derived from anything the client chose.
 pub fn object_key(account_id: Uuid, file_id: Uuid) -> String {
@@ -80,11 +86,16 @@ pub struct NewFile {
     pub size: u64,
     /// SHA-256, when known.
     pub sha256: Option<[u8; 32]>,
+    /// The upload token it was uploaded with, if any: the lease holds one
+    /// file and `reserved` bytes of it, which become the token's use, and
+    /// the file carries the token's subject and metadata.
+    pub upload_token_id: Option<String>,
 }
 
 /// Records a file: of the `reserved` bytes the lease holds for it, `size`
-/// become usage and the rest is given back, in the transaction that inserts
-/// the row.
+/// become usage and the rest is given back (and, under an upload token,
+/// the token's share likewise), in the transaction that inserts the row.
+/// A token revoked meanwhile records nothing (401).
 pub async fn record(
     db: &PgPool,
     lease: &Lease,
@@ -98,10 +109,29 @@ pub async fn record(
         reserved,
         size: file.size,
     };
-    let mut query = settlement.statement();
+    let spend = file
+        .upload_token_id
+        .as_deref()
+        .map(|token_id| tokens::Spend {
+            lease,
+            token_id,
+            reserved,
+            size: file.size,
+        });
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("WITH ");
+    let gate = spend.as_ref().map(|s| s.push_gate(&mut query));
+    settlement.push(&mut query, gate);
+    let token_columns = match &spend {
+        Some(spend) => {
+            spend.push_spend(&mut query);
+            "(SELECT subject FROM token_spent), (SELECT metadata FROM token_spent)"
+        }
+        None => "NULL, NULL",
+    };
     query
         .push(
-            "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+            "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256,
+                                object_key, subject, metadata)
              SELECT ",
         )
         .push_bind(file.id)
@@ -113,10 +143,17 @@ pub async fn record(
         .push_bind(file.category)
         .push(", settled.size, ")
         .push_bind(file.sha256.map(|h| h.to_vec()))
-        .push(", settled.object_key FROM settled");
+        .push(", settled.object_key, ")
+        .push(token_columns)
+        .push(" FROM settled");
     query.push(" RETURNING ").push(FILE_COLUMNS);
     let view: Option<FileView> = query.build_query_as().fetch_optional(db).await?;
     let Some(view) = view else {
+        if let Some(token_id) = file.upload_token_id.as_deref()
+            && upload_tokens::is_revoked(db, token_id).await?
+        {
+            return Err(tokens::revoked());
+        }
         return Err(ApiError::ServiceUnavailable(
             "the upload's lease expired before the file was recorded; retry".into(),
         ));
@@ -128,12 +165,26 @@ pub async fn record(
 
 /// Deletes a file: the row and its usage in one transaction that also
 /// queues its object for deletion; the object goes right after the commit
-/// (or later, by the reaper, if storage fails now).
+/// (or later, by the reaper, if storage fails now). The upload token it was
+/// uploaded with keeps it in its use: a token counts what was uploaded.
 pub async fn delete(
     db: &PgPool,
     store: &dyn ObjectStore,
     account_id: Uuid,
     file_id: Uuid,
+) -> Result<(), ApiError> {
+    delete_uploaded(db, store, account_id, file_id, None).await
+}
+
+/// [`delete`], for a file that the request uploading it refuses as a whole
+/// (a batch that keeps nothing): the upload token it was uploaded with,
+/// `token_id`, gets it back too, in the same transaction.
+pub async fn delete_uploaded(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    account_id: Uuid,
+    file_id: Uuid,
+    token_id: Option<&str>,
 ) -> Result<(), ApiError> {
     let mut tx = db.begin().await?;
     let gone: Option<(i64, String)> = sqlx::query_as(
@@ -147,6 +198,9 @@ pub async fn delete(
         return Err(ApiError::not_found("file"));
     };
     reservations::free(&mut tx, account_id, size.max(0) as u64).await?;
+    if let Some(token_id) = token_id {
+        tokens::refund(&mut tx, token_id, size.max(0) as u64).await?;
+    }
     let doomed = [Doomed::object(key)];
     deletions::enqueue(&mut tx, &doomed[0]).await?;
     tx.commit().await?;
@@ -202,6 +256,9 @@ pub struct ListQuery {
     /// NUL characters, which no name can hold).
     #[param(pattern = r"^[^\u0000]*$")]
     pub q: Option<String>,
+    /// Only the files uploaded with upload tokens of this `subject`.
+    #[param(max_length = 255, pattern = r"^[^\u0000]*$")]
+    pub subject: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
@@ -304,17 +361,30 @@ pub async fn list(
     if query.q.as_deref().is_some_and(|q| q.contains('\0')) {
         return Err(ApiError::bad_request("q must not contain NUL characters"));
     }
+    if query.subject.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "subject must not contain NUL characters",
+        ));
+    }
     let pattern = query
         .q
         .as_deref()
         .filter(|q| !q.is_empty())
         .map(|q| format!("%{}%", like_escape(&q.to_lowercase())));
+    // A subject names the statement that the subject's index serves (a
+    // generic plan of `$7 IS NULL OR subject = $7` would scan the account).
+    let subject = query.subject.as_deref().filter(|s| !s.is_empty());
+    let by_subject = match subject {
+        Some(_) => "subject = $7",
+        None => "$7::text IS NULL",
+    };
     let mut files: Vec<FileView> = sqlx::query_as(&format!(
         "SELECT {FILE_COLUMNS} FROM files
          WHERE account_id = $1
            AND ($2::text IS NULL OR category = $2)
            AND ($3::text IS NULL OR lower(filename) LIKE $3 OR lower(description) LIKE $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+           AND {by_subject}
          ORDER BY created_at DESC, id DESC
          LIMIT $6"
     ))
@@ -324,6 +394,7 @@ pub async fn list(
     .bind(cursor.map(|c| c.0))
     .bind(cursor.map(|c| c.1))
     .bind(limit + 1)
+    .bind(subject)
     .fetch_all(&state.db)
     .await?;
     let next_cursor = if files.len() as i64 > limit {
@@ -504,6 +575,8 @@ mod tests {
             sha256: None,
             description: None,
             created_at: at,
+            subject: None,
+            metadata: None,
         };
         assert_eq!(decode_cursor(&encode_cursor(&view)), Some((at, id)));
         assert_eq!(decode_cursor("not a cursor"), None);
