@@ -10,8 +10,10 @@ CREATE TABLE upload_tokens (
     secret_sha256   bytea NOT NULL CHECK (length(secret_sha256) = 32),
     -- The host's user id, recorded on every file uploaded with the token.
     subject         text,
-    -- A JSON object (at most 4 KiB), recorded on every file as well.
-    metadata        jsonb CHECK (metadata IS NULL OR jsonb_typeof(metadata) = 'object'),
+    -- A JSON object (at most 4 KiB), recorded on every file as well. Kept
+    -- as the text it was given (json, not jsonb): jsonb takes no \u0000 and
+    -- writes numbers back in a form that may not read as a double again.
+    metadata        json CHECK (metadata IS NULL OR json_typeof(metadata) = 'object'),
     -- The categories its files may be of (all three unless narrowed).
     categories      text[] NOT NULL
                     CHECK (cardinality(categories) > 0
@@ -58,6 +60,6 @@ CREATE INDEX tus_uploads_token_idx ON tus_uploads (upload_token_id)
 
 -- Files carry the subject and metadata of the token they were uploaded with.
 ALTER TABLE files ADD COLUMN subject text;
-ALTER TABLE files ADD COLUMN metadata jsonb;
+ALTER TABLE files ADD COLUMN metadata json;
 CREATE INDEX files_account_subject_idx ON files (account_id, subject, created_at DESC, id DESC)
     WHERE subject IS NOT NULL;

@@ -30,6 +30,9 @@ const EXPIRES_IN: std::ops::RangeInclusive<u64> = 60..=21_600;
 const DEFAULT_EXPIRES_IN: u64 = 3_600;
 /// Longest `subject`, in characters.
 const SUBJECT_MAX: usize = 255;
+/// Largest `max_bytes`: 2^53 - 1, the largest integer every JSON client
+/// reads exactly.
+const MAX_BYTES_MAX: u64 = 9_007_199_254_740_991;
 /// Largest `metadata`, in bytes of its JSON.
 const METADATA_MAX_BYTES: usize = 4 * 1024;
 
@@ -52,9 +55,9 @@ pub struct TokenRequest {
     /// limits only).
     #[schema(minimum = 1, maximum = 2147483647)]
     pub max_files: Option<u64>,
-    /// At most this many bytes with the token (default: the account's
-    /// limits only).
-    #[schema(minimum = 1, maximum = 9_223_372_036_854_774_784_f64)]
+    /// At most this many bytes with the token, up to 2^53 - 1 (default:
+    /// the account's limits only).
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub max_bytes: Option<u64>,
     /// The categories its files may be of (default all three); at least one.
     #[schema(min_items = 1)]
@@ -96,12 +99,12 @@ impl TokenRequest {
         };
         let max_bytes = match self.max_bytes {
             None => None,
-            Some(n) => Some(
-                i64::try_from(n)
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| invalid("max_bytes must be at least 1"))?,
-            ),
+            Some(n @ 1..=MAX_BYTES_MAX) => i64::try_from(n).ok(),
+            Some(_) => {
+                return Err(invalid(
+                    "max_bytes must be from 1 to 9007199254740991 (2^53 - 1)",
+                ));
+            }
         };
         let categories = match self.categories {
             None => vec![Category::Image, Category::Document, Category::Video],
@@ -229,6 +232,7 @@ mod tests {
             json!({"max_files": 0}),
             json!({"max_files": 2147483648_u64}),
             json!({"max_bytes": 0}),
+            json!({"max_bytes": 9007199254740992_u64}),
             json!({"categories": []}),
             json!({"subject": ""}),
             json!({"subject": "a".repeat(256)}),

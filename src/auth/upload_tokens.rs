@@ -284,14 +284,14 @@ pub async fn create(db: &PgPool, account: &Account, new: &NewToken) -> Result<To
         let inserted: Result<ViewRow, ApiError> = sqlx::query_as(&format!(
             "INSERT INTO upload_tokens (id, account_id, secret_sha256, subject, metadata,
                                         categories, max_files, max_bytes, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
+             VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, now() + make_interval(secs => $9))
              RETURNING {VIEW_COLUMNS}"
         ))
         .bind(&id)
         .bind(account.id)
         .bind(digest(&secret).as_slice())
         .bind(new.subject.as_deref())
-        .bind(new.metadata.as_ref())
+        .bind(new.metadata.as_ref().map(ToString::to_string))
         .bind(names(&new.categories))
         .bind(new.max_files)
         .bind(new.max_bytes)

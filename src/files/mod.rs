@@ -361,9 +361,13 @@ pub async fn list(
     if query.q.as_deref().is_some_and(|q| q.contains('\0')) {
         return Err(ApiError::bad_request("q must not contain NUL characters"));
     }
-    if query.subject.as_deref().is_some_and(|s| s.contains('\0')) {
+    if query
+        .subject
+        .as_deref()
+        .is_some_and(|s| s.contains('\0') || s.chars().count() > 255)
+    {
         return Err(ApiError::bad_request(
-            "subject must not contain NUL characters",
+            "subject is at most 255 characters, without NUL",
         ));
     }
     let pattern = query

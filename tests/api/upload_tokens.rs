@@ -196,6 +196,11 @@ async fn minting_answers_the_token_once_and_lists_it_without() {
     assert_eq!(tokens[0]["id"], minted["id"]);
     assert!(tokens.iter().all(|t| t.get("token").is_none()), "{listed}");
 
+    // Metadata comes back as it was given, whatever JSON it holds.
+    let odd = json!({"nul": "a\u{0}b", "big": 1.7976931348623157e308, "tiny": 5e-324});
+    let minted_odd = app.mint(&key, json!({"metadata": odd})).await;
+    assert_eq!(minted_odd["metadata"], odd);
+
     // An expired token is no longer listed.
     app.expire_token(id).await;
     let listed: Value = app
@@ -207,7 +212,9 @@ async fn minting_answers_the_token_once_and_lists_it_without() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed["upload_tokens"].as_array().unwrap().len(), 1);
+    let tokens = listed["upload_tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{listed}");
+    assert_eq!(tokens[1]["metadata"], odd);
 }
 
 #[tokio::test]
