@@ -47,6 +47,8 @@ pub struct Inner {
     pub connections: http::peers::Connections,
     /// Upload bytes this instance holds in memory at once.
     pub upload_buffers: Buffers,
+    /// Kept answers of `Idempotency-Key` this instance has seen.
+    pub replays: crate::idempotency::Replays,
 }
 
 /// Cheap to clone; derefs to [`Inner`].
@@ -95,6 +97,7 @@ impl AppState {
                 config.upload_buffer_budget_bytes,
                 config.upload_idle_timeout,
             ),
+            replays: Default::default(),
             config,
             db,
             store,

@@ -38,6 +38,17 @@ impl Admin {
         body
     }
 
+    /// Gives account `id` the `custom_limits` (the keys given; the others
+    /// stay the tier's).
+    pub async fn set_limits(&self, id: &str, custom_limits: Value) {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/admin/accounts/{id}"),
+            json!({ "custom_limits": custom_limits }),
+        )
+        .await;
+    }
+
     /// Creates an account (`email`, `tier`), gives it `custom_limits` when
     /// they are given, and returns a new API key of it.
     pub async fn key(&self, email: &str, tier: &str, custom_limits: Option<Value>) -> String {
@@ -50,12 +61,7 @@ impl Admin {
             .await;
         let id = account["id"].as_str().expect("account id").to_owned();
         if let Some(limits) = custom_limits {
-            self.call(
-                reqwest::Method::PATCH,
-                &format!("/admin/accounts/{id}"),
-                json!({ "custom_limits": limits }),
-            )
-            .await;
+            self.set_limits(&id, limits).await;
         }
         let key = self
             .call(

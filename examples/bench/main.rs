@@ -12,9 +12,11 @@
 //!                                as `CASE count=… seconds=… mib_per_s=…`
 //!   bench tus                    the tus reference server alone
 //!   bench ratelimit              the limiter on and off, in pairs
+//!   bench replay                 a replayed Idempotency-Key beside GET /me
 //!   bench cpu BIN...             CPU per request of builds side by side
 //!   bench presign                presigned multipart against boto3
 //!   bench statements             SQL statements per operation
+//!   bench attack                 what one account's attacks cost the server
 //!
 //! Settings come from the environment (each subcommand's `--help` names
 //! them); S3_ENDPOINT, S3_BUCKET, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY
@@ -26,10 +28,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod admin;
+mod attack;
 mod cpu;
 mod form;
 mod presign;
 mod ratelimit;
+mod replay;
 mod servers;
 mod statements;
 mod stats;
@@ -67,12 +71,17 @@ enum Bench {
     Tus,
     /// The per-minute limiter on and off, measured back to back in pairs.
     Ratelimit(ratelimit::Settings),
+    /// A replayed request (Idempotency-Key) beside a plain GET /me.
+    Replay(replay::Settings),
     /// CPU per request of intake builds, side by side.
     Cpu(cpu::Settings),
     /// Presigned multipart against boto3, and issue/complete latency.
     Presign(presign::Settings),
     /// SQL statements per operation (pg_stat_statements).
     Statements(statements::Settings),
+    /// What one account's attacks cost the server: connections, memory,
+    /// provider calls, bucket bytes, accounts.
+    Attack(attack::Settings),
 }
 
 /// Creates the bucket S3_BUCKET names on the S3 server; its name.
@@ -98,9 +107,11 @@ async fn main() {
         Bench::Upload { one } => upload_command(&one).await,
         Bench::Tus => tus::run(part_bytes()).await,
         Bench::Ratelimit(settings) => ratelimit::run(&settings).await,
+        Bench::Replay(settings) => replay::run(&settings).await,
         Bench::Cpu(settings) => cpu::run(&settings).await,
         Bench::Presign(settings) => presign::run(&settings).await,
         Bench::Statements(settings) => statements::run(&settings).await,
+        Bench::Attack(settings) => attack::run(&settings).await,
     }
 }
 

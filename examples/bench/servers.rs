@@ -5,6 +5,7 @@
 //! behind.
 
 use std::{
+    collections::HashSet,
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -104,14 +105,64 @@ impl Server {
 
     /// The server's peak resident memory (VmHWM) in MiB, to one decimal.
     pub fn peak_rss_mib(&self) -> String {
+        format!("{:.1}", self.status_kib("VmHWM") / 1024.0)
+    }
+
+    /// The server's resident memory now (VmRSS) in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS") / 1024.0
+    }
+
+    /// A field of the server's `/proc` status, in KiB.
+    fn status_kib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the server's /proc status");
-        let kib: f64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status");
-        format!("{:.1}", kib / 1024.0)
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
+    }
+
+    /// The client connections the server holds on `port`: its sockets
+    /// (from its file descriptors in `/proc`) that the kernel's TCP table
+    /// lists on that local port, listeners aside. Its database and storage
+    /// connections are on other ports.
+    pub fn connections(&self, port: u16) -> usize {
+        let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("the server's /proc fd folder")
+            .flatten()
+            // A descriptor closed between the listing and the read is no socket.
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let local_port = format!(":{port:04X}");
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .filter(|line| {
+                        // sl, local address, remote address, state, …, inode.
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        fields.len() > 9
+                            && fields[1].ends_with(&local_port)
+                            && fields[3] != "0A"
+                            && inodes.contains(fields[9])
+                    })
+                    .count()
+            })
+            .sum()
     }
 
     /// Starts the peak resident memory again from the current one, so the

@@ -10,6 +10,12 @@ pub enum Keys<'a> {
     One(&'a str),
     /// Each key of this file in turn (`scripts/bench/wrk/keys.lua`).
     File(&'a Path),
+    /// A request script of `scripts/bench/wrk/` and what it reads from its
+    /// environment.
+    Script {
+        script: &'a str,
+        env: Vec<(&'a str, String)>,
+    },
 }
 
 /// The figures of one wrk run.
@@ -41,6 +47,9 @@ pub fn run(url: &str, keys: &Keys, connections: usize, duration: &str, latency: 
         Keys::File(path) => {
             wrk.args(["-s", "scripts/bench/wrk/keys.lua"])
                 .env("BENCH_KEYS_FILE", path);
+        }
+        Keys::Script { script, env } => {
+            wrk.args(["-s", script]).envs(env.iter().cloned());
         }
     }
     let out = wrk.arg(url).output().expect("run wrk (is it installed?)");

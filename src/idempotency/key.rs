@@ -12,7 +12,7 @@ pub const MAX_LEN: usize = 255;
 
 /// A key as a client sent it: 1 to [`MAX_LEN`] printable ASCII characters
 /// (space to `~`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key(String);
 
 impl Key {
@@ -30,7 +30,7 @@ impl Key {
         Self::parse(value.as_bytes()).map(Some)
     }
 
-    fn parse(value: &[u8]) -> Result<Self, ApiError> {
+    pub(super) fn parse(value: &[u8]) -> Result<Self, ApiError> {
         let printable = value.iter().all(|b| (0x20..=0x7e).contains(b));
         match std::str::from_utf8(value) {
             Ok(key) if printable && (1..=MAX_LEN).contains(&key.len()) => Ok(Self(key.to_owned())),

@@ -23,6 +23,7 @@
 mod answer;
 mod doc;
 mod key;
+mod replays;
 mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -41,6 +42,7 @@ use uuid::Uuid;
 
 pub use answer::{Kept, REPLAYED};
 pub use key::{HEADER, Key};
+pub use replays::Replays;
 pub use store::prune;
 use store::{Claim, Hold, Scope};
 
@@ -163,9 +165,19 @@ async fn guard(State(opted): State<Opted>, req: Request, next: Next) -> Response
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
     };
+    let other_body = |first: &Option<Vec<u8>>| first.is_some() && *first != request_hash;
+    // A kept answer this instance holds: no statement.
+    if let Some(replay) = state.replays.get(&scope) {
+        if other_body(&replay.request_hash) {
+            counted("reused");
+            return ApiError::IdempotencyKeyReused.into_response();
+        }
+        counted("replayed");
+        metrics::counter!("intake_idempotency_replays_from_memory_total").increment(1);
+        return replay.answer.replay();
+    }
     let holder = Uuid::now_v7();
     let claim = store::claim(&state.db, &scope, request_hash.as_deref(), holder, HOLD).await;
-    let other_body = |first: &Option<Vec<u8>>| first.is_some() && *first != request_hash;
     match claim {
         Err(e) => return ApiError::from(e).into_response(),
         Ok(Claim::Ours) => {}
@@ -185,14 +197,19 @@ async fn guard(State(opted): State<Opted>, req: Request, next: Next) -> Response
             counted("in_use");
             return ApiError::IdempotencyKeyInUse.into_response();
         }
-        Ok(Claim::Kept { answer, .. }) => {
+        Ok(Claim::Kept {
+            answer,
+            request_hash: first,
+            remaining,
+        }) => {
             counted("replayed");
+            state.replays.hold(&scope, answer.clone(), first, remaining);
             return answer.replay();
         }
     }
     counted("first");
     let watch = parts.extensions.get::<Arc<Watch>>().cloned();
-    let hold = Hold::start(&state.db, scope, holder, HOLD);
+    let hold = Hold::start(&state.db, scope.clone(), holder, HOLD);
     let response = next.run(Request::from_parts(parts, body)).await;
     let client_gone = watch.is_some_and(|w| w.failed());
     let (response, kept) = if client_gone || !answer::keeps(response.status()) {
@@ -201,7 +218,14 @@ async fn guard(State(opted): State<Opted>, req: Request, next: Next) -> Response
         Kept::take(response).await
     };
     let settled = match kept {
-        Some(kept) => hold.keep(&kept, state.config.idempotency_ttl).await,
+        Some(kept) => {
+            let ttl = state.config.idempotency_ttl;
+            let kept_now = hold.keep(&kept, ttl).await;
+            if kept_now.is_ok() {
+                state.replays.hold(&scope, kept, request_hash, ttl);
+            }
+            kept_now
+        }
         None => {
             counted("freed");
             hold.free().await

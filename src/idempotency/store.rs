@@ -12,7 +12,7 @@ use crate::db::heartbeat::Heartbeat;
 
 /// What a key belongs to: the account, the key, the method and the path
 /// with its parameters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     /// The account that sent it.
     pub account_id: Uuid,
@@ -36,6 +36,8 @@ pub enum Claim {
         request_hash: Option<Vec<u8>>,
         /// Its answer.
         answer: Kept,
+        /// How long it is kept from now.
+        remaining: Duration,
     },
     /// A request with the key is running (or had just ended when the claim
     /// looked), with the hash of its body where known.
@@ -52,6 +54,7 @@ struct Found {
     status: Option<i16>,
     headers: Option<Json<Vec<(String, String)>>>,
     body: Option<Vec<u8>>,
+    remaining: Option<f64>,
 }
 
 /// Claims the key for the request `holder`, held for `hold` unless
@@ -70,7 +73,9 @@ pub async fn claim(
 ) -> Result<Claim, sqlx::Error> {
     let found: Found = sqlx::query_as(
         "WITH live AS (
-             SELECT request_hash, status, headers, body FROM idempotency_keys
+             SELECT request_hash, status, headers, body,
+                    extract(epoch FROM expires_at - now())::float8 AS remaining
+             FROM idempotency_keys
              WHERE account_id = $1 AND key = $2 AND method = $3 AND path = $4
                AND expires_at > now()
          ), claimed AS (
@@ -86,7 +91,7 @@ pub async fn claim(
              RETURNING true AS claimed
          )
          SELECT (SELECT claimed FROM claimed) AS claimed,
-                live.request_hash, live.status, live.headers, live.body
+                live.request_hash, live.status, live.headers, live.body, live.remaining
          FROM (VALUES (1)) AS one LEFT JOIN live ON true",
     )
     .bind(scope.account_id)
@@ -109,6 +114,8 @@ pub async fn claim(
                 headers,
                 body,
             },
+            remaining: Duration::try_from_secs_f64(found.remaining.unwrap_or(0.0))
+                .unwrap_or_default(),
         },
         _ => Claim::Running {
             request_hash: found.request_hash,

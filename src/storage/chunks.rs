@@ -63,31 +63,6 @@ impl Chunks {
         }
         out
     }
-
-    /// A copy of the first `n` bytes (fewer, if fewer are held), without
-    /// taking them.
-    pub fn head(&self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n.min(self.len));
-        for chunk in &self.queue {
-            let want = n - out.len();
-            if want == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..want.min(chunk.len())]);
-        }
-        out
-    }
-
-    /// The byte at `i`, if it is held.
-    pub fn byte_at(&self, mut i: usize) -> Option<u8> {
-        for chunk in &self.queue {
-            if i < chunk.len() {
-                return Some(chunk[i]);
-            }
-            i -= chunk.len();
-        }
-        None
-    }
 }
 
 #[cfg(test)]
@@ -110,9 +85,6 @@ mod tests {
     fn a_cut_splits_the_straddling_chunk_and_keeps_the_order() {
         let mut chunks = of(&[b"abc", b"defg", b"h"]);
         assert_eq!(chunks.len(), 8);
-        assert_eq!(chunks.head(5), b"abcde");
-        assert_eq!(chunks.byte_at(6), Some(b'g'));
-        assert_eq!(chunks.byte_at(8), None);
         let first = chunks.take(5);
         assert_eq!(first.len(), 2, "one whole chunk and a piece of the next");
         assert_eq!(joined(first), b"abcde");

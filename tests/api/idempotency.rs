@@ -383,6 +383,39 @@ async fn an_expired_key_runs_anew_and_the_prune_removes_it() {
     assert_eq!(app.holdings(account.id).await, Holdings::stored(4, 1200));
 }
 
+/// A kept answer an instance has seen is replayed from its memory, with no
+/// statement, until (a second before) the key expires: with the row gone
+/// from Postgres, the instance still replays; after the expiry the request
+/// runs anew.
+#[tokio::test]
+async fn an_instance_replays_a_kept_answer_from_memory_until_the_key_expires() {
+    let app = spawn().var("IDEMPOTENCY_TTL_SECS", "4").start().await;
+    let (account, key) = app.polling_account().await;
+    let first = send_keyed(app.post("/upload/stream"), &key, "held", png_form(300)).await;
+    let (status, replayed, file) = answer(first).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false));
+
+    app.scalar_i64(
+        "WITH gone AS (DELETE FROM idempotency_keys RETURNING 1) SELECT count(*) FROM gone",
+    )
+    .await;
+    assert_eq!(keys(&app).await, 0);
+    let again = send_keyed(app.post("/upload/stream"), &key, "held", png_form(300)).await;
+    let (status, replayed, body) = answer(again).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    assert_eq!(body, file);
+
+    eventually(
+        "the instance forgets the answer when the key expires",
+        || async {
+            let resp = send_keyed(app.post("/upload/stream"), &key, "held", png_form(300)).await;
+            !answer(resp).await.1
+        },
+    )
+    .await;
+    assert_eq!(app.holdings(account.id).await, Holdings::stored(2, 600));
+}
+
 #[tokio::test]
 async fn bad_keys_are_refused_and_make_nothing() {
     let app = spawn_app().await;
