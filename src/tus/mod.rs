@@ -361,8 +361,8 @@ fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
                     ("Intake-File-Id" = String, description = "the file, when the body was the whole file"))),
         (status = 400, description = "missing or malformed Upload-Length or Upload-Metadata"),
         (status = 401), (status = 412, description = "tus_version_unsupported"),
-        (status = 413, description = "file_too_large: above the category cap"),
-        (status = 415, description = "unsupported_media_type, type_mismatch"),
+        (status = 413, description = "file_too_large: above the category cap; upload_token_exhausted: past an upload token's max_files or max_bytes"),
+        (status = 415, description = "unsupported_media_type (also a category the upload token does not take), type_mismatch"),
         (status = 429, description = "concurrent_upload_limit, rate_limited"),
         (status = 460, description = "checksum_mismatch"),
         (status = 507, description = "storage_quota_exceeded")))]

@@ -138,7 +138,7 @@ async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> 
 #[utoipa::path(post, path = "/upload/stream-batch", tag = "uploads",
     request_body(content = doc::BatchUpload, content_type = "multipart/form-data", description = "1..N parts named `files`"),
     security(("api_key" = []), ("session" = []), ("upload_token" = [])),
-    responses((status = 200, body = BatchResponse), (status = 413, description = "more parts than the tier's batch size"),
+    responses((status = 200, body = BatchResponse), (status = 413, description = "more parts than the tier's batch size (a part past an upload token's limits is 413 upload_token_exhausted in its result)"),
               (status = 429)))]
 pub async fn stream_batch(
     State(state): State<AppState>,

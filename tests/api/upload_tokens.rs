@@ -12,7 +12,7 @@ use crate::helpers::{
     Form, Holdings, TestApp, assert_problem,
     clients::{
         presign::{self, presign, put},
-        stream::{finish, open_stream},
+        stream::{channel_body, finish, open_stream},
         tus::{create, created, patch, tus},
     },
     eventually,
@@ -586,6 +586,48 @@ async fn revoking_a_token_ends_its_uploads_at_once_and_gives_everything_back() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_patch_writing_as_its_token_is_revoked_ends_its_upload_when_its_body_ends() {
+    let app = spawn_app().await;
+    let (account, key) = roomy_account(&app).await;
+    let (id, tok) = token(&app, &key, json!({})).await;
+    let at = created(&app, &tok, 6000, &[("filename", "a.png")]).await;
+    let data = png(6000);
+    let (tx, body) = channel_body();
+    let patching = tokio::spawn(
+        tus(&app, Method::PATCH, &at, &tok)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(data[..3000].to_vec())).await.unwrap();
+    eventually("the PATCH holds the upload", || async {
+        app.scalar_i64("SELECT count(*) FROM tus_uploads WHERE patch_token IS NOT NULL")
+            .await
+            == 1
+    })
+    .await;
+    let resp = app
+        .request(Method::DELETE, &format!("/upload-tokens/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // The revocation could not end the upload under its PATCH: the PATCH
+    // ends it as its body ends.
+    tx.send(Ok(data[3000..4000].to_vec())).await.unwrap();
+    drop(tx);
+    let resp = patching.await.unwrap().unwrap();
+    assert_problem(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = tus(&app, Method::HEAD, &at, &key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert_eq!(app.token_counters(&id).await, TokenCounters::used(0, 0));
+    left_with(&app, &account, 0, 0).await;
+    assert_eq!(app.every_object().await, Vec::<String>::new(), "the bucket");
 }
 
 #[tokio::test]
