@@ -631,10 +631,46 @@ async fn a_patch_writing_as_its_token_is_revoked_ends_its_upload_when_its_body_e
 }
 
 #[tokio::test]
+async fn uploads_the_reaper_ends_give_the_token_back_its_share() {
+    let app = spawn_app().await;
+    let (account, key) = roomy_account(&app).await;
+    let (id, tok) = token(&app, &key, json!({"max_files": 2, "max_bytes": 5000})).await;
+    created(&app, &tok, 2000, &[("filename", "a.png")]).await;
+    presign::issue(
+        &app,
+        &tok,
+        json!({"filename": "b.png", "content_type": "image/png", "size": 3000}),
+    )
+    .await;
+    let held = app.token_counters(&id).await;
+    assert_eq!(
+        (held.files_reserved, held.bytes_reserved, held.holds),
+        (2, 5000, 2)
+    );
+    let refused = upload_via(&app, Path::Stream, &tok, "c.png", "image/png", &png(100)).await;
+    assert_eq!(refused.unwrap_err().1, "upload_token_exhausted");
+    // Both uploads abandoned: their leases expire and the reaper (two at
+    // once) ends them, giving the token back its share.
+    sqlx::query("UPDATE upload_leases SET expires_at = now() - interval '1 second'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(intake::reap(&app.state), intake::reap(&app.state));
+    assert_eq!(a.unwrap().0 + b.unwrap().0, 2);
+    assert_eq!(app.token_counters(&id).await, TokenCounters::used(0, 0));
+    left_with(&app, &account, 0, 0).await;
+    for name in ["d.png", "e.png"] {
+        let done = upload_via(&app, Path::Stream, &tok, name, "image/png", &png(2500)).await;
+        assert!(done.is_ok(), "{done:?}");
+    }
+    assert_eq!(app.token_counters(&id).await, TokenCounters::used(2, 5000));
+}
+
+#[tokio::test]
 async fn a_token_reaches_only_its_own_uploads() {
     let app = spawn_app().await;
     let (account, key) = roomy_account(&app).await;
-    let (_, mine) = token(&app, &key, json!({})).await;
+    let (mine_token, mine) = token(&app, &key, json!({})).await;
     let (_, other) = token(&app, &key, json!({})).await;
     let of_mine = created(&app, &mine, 2000, &[("filename", "a.png")]).await;
     let of_account = created(&app, &key, 2000, &[("filename", "b.png")]).await;
@@ -689,6 +725,11 @@ async fn a_token_reaches_only_its_own_uploads() {
         let resp = presign::abort(&app, cred, upload).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
+    // Terminated and aborted, the token's uploads gave it back its share.
+    assert_eq!(
+        app.token_counters(&mine_token).await,
+        TokenCounters::used(0, 0)
+    );
     left_with(&app, &account, 0, 0).await;
 }
 
