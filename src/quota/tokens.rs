@@ -17,7 +17,9 @@
 //! the token counts what was uploaded with it.
 //!
 //! Lock order, everywhere: the lease row first, then the account row, then
-//! the token row. No statement holding a token row waits for another row.
+//! the token row and the lease's hold. Every statement that touches a
+//! hold locks its lease first, so those of one lease run one at a time; a
+//! statement holding a token row waits for no other lease's row.
 
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
@@ -192,7 +194,10 @@ pub async fn reserve_file(
 
 /// Gives back up to `files` files and `bytes` bytes of what `lease` holds
 /// of its token (a file that failed, or the surplus of a step that storage
-/// did not grant whole). Nothing when the lease holds nothing of a token.
+/// did not grant whole). Nothing when the lease holds nothing of a token,
+/// or has ended (its end gave everything back). The lease row is locked
+/// first, as by every statement on a lease's hold, so that two files of a
+/// batch reserving and giving back at once take their rows in one order.
 pub async fn unreserve(
     db: &PgPool,
     lease: &Lease,
@@ -200,9 +205,11 @@ pub async fn unreserve(
     bytes: u64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH h AS (
+        "WITH l AS (
+           SELECT id FROM upload_leases WHERE id = $1 FOR UPDATE
+         ), h AS (
            SELECT lease_id, token_id, least($2, files) AS f, least($3, bytes) AS b
-           FROM upload_token_holds WHERE lease_id = $1 FOR UPDATE
+           FROM upload_token_holds WHERE lease_id = (SELECT id FROM l) FOR UPDATE
          ), given AS (
            UPDATE upload_token_holds SET files = upload_token_holds.files - h.f,
                                          bytes = upload_token_holds.bytes - h.b
