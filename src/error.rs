@@ -89,6 +89,16 @@ pub enum ApiError {
         /// The tier's batch size.
         limit: u64,
     },
+    /// 413: an upload token's `max_files` or `max_bytes` would be passed.
+    #[error("this upload token's {what} of {limit} would be exceeded")]
+    UploadTokenExhausted {
+        /// Which of the token's limits: `max_files` or `max_bytes`.
+        what: &'static str,
+        /// Its figure.
+        limit: u64,
+        /// What the token has used and holds for uploads in flight.
+        used: u64,
+    },
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -215,6 +225,7 @@ impl ApiError {
             Self::FileTooLarge { .. } => "file_too_large",
             Self::UsePresignedUpload { .. } => "use_presigned_upload",
             Self::BatchTooLarge { .. } => "batch_too_large",
+            Self::UploadTokenExhausted { .. } => "upload_token_exhausted",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TypeMismatch(_) => "type_mismatch",
             Self::UploadVerificationFailed(_) => "upload_verification_failed",
@@ -248,7 +259,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. }
             | Self::FileTooLarge { .. }
             | Self::UsePresignedUpload { .. }
-            | Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            | Self::BatchTooLarge { .. }
+            | Self::UploadTokenExhausted { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) | Self::TypeMismatch(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -328,6 +340,11 @@ impl ApiError {
             Self::StorageQuotaExceeded { limit, used } => {
                 vec![("limit", json!(limit)), ("used", json!(used))]
             }
+            Self::UploadTokenExhausted { what, limit, used } => vec![
+                ("token_limit", json!(what)),
+                ("limit", json!(limit)),
+                ("used", json!(used)),
+            ],
             Self::Busy { .. } | Self::LoginDelayed { .. } => {
                 vec![("retry_after", json!(self.retry_after()))]
             }

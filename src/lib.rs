@@ -28,6 +28,7 @@ pub mod telemetry;
 pub mod tiers;
 pub mod tus;
 pub mod upload;
+pub mod upload_tokens;
 
 use std::future::Future;
 

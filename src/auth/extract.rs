@@ -4,7 +4,7 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 use subtle::ConstantTimeEq;
 
-use super::{Account, Principal};
+use super::{Account, Principal, UploadToken};
 use crate::{error::ApiError, state::AppState};
 
 /// How the caller authenticated.
@@ -24,6 +24,44 @@ pub struct CurrentAccount {
     pub account: Account,
     /// How it authenticated.
     pub method: AuthMethod,
+}
+
+/// The caller of a route that starts an upload: an account (as
+/// [`CurrentAccount`]) or one of its upload tokens that has not expired.
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    /// The account the upload is for.
+    pub account: Account,
+    /// The token, when a token sent the request.
+    pub token: Option<UploadToken>,
+}
+
+/// The caller of a request that continues an upload (a resumable upload's
+/// `HEAD`/`PATCH`/`DELETE`, a presigned upload's completion or abort): as
+/// [`Uploader`], but an expired token still continues the uploads it
+/// started; which uploads it reaches is the [`Owner`]'s to say.
+#[derive(Debug, Clone)]
+pub struct ContinuingUploader(pub Uploader);
+
+/// Whose uploads a caller reaches: every upload of its account, or, for a
+/// token, only those the token started (another token's and the account's
+/// own are not found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The account.
+    pub account_id: uuid::Uuid,
+    /// The token, when a token is calling.
+    pub token_id: Option<String>,
+}
+
+impl Uploader {
+    /// Whose uploads this caller reaches.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            account_id: self.account.id,
+            token_id: self.token.as_ref().map(|t| t.id.clone()),
+        }
+    }
 }
 
 /// An account reached with a login session only (key management, logout).
@@ -64,6 +102,55 @@ fn unauthenticated(p: &Principal) -> ApiError {
     }
 }
 
+/// What an upload token meets on a route it does not open: 401 once it
+/// has expired (as on every route where it starts nothing), 403 before.
+fn token_refused(token: &UploadToken) -> ApiError {
+    if token.expired {
+        expired(token)
+    } else {
+        ApiError::Forbidden(
+            "an upload token opens only the upload routes (stream, batch, presigned, tus)".into(),
+        )
+    }
+}
+
+fn expired(token: &UploadToken) -> ApiError {
+    ApiError::Unauthorized(format!(
+        "the upload token expired at {}; it only continues the uploads it started",
+        token
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
+}
+
+/// The uploader a request resolves to; `continuing`: whether an expired
+/// token is still let through.
+fn uploader(parts: &Parts, state: &AppState, continuing: bool) -> Result<Uploader, ApiError> {
+    match principal(parts)? {
+        Principal::UploadToken { account, token } => {
+            if token.expired && !continuing {
+                return Err(expired(token));
+            }
+            // Tokens are minted on tiers with API access; one whose account
+            // has left them since goes as an old API key does.
+            if !account.limits().api_keys {
+                return Err(ApiError::ApiAccessNotInTier);
+            }
+            Ok(Uploader {
+                account: account.clone(),
+                token: Some(token.clone()),
+            })
+        }
+        _ => {
+            let caller = current_account(parts, state)?;
+            Ok(Uploader {
+                account: caller.account,
+                token: None,
+            })
+        }
+    }
+}
+
 fn check_csrf(parts: &Parts, state: &AppState, session_id: uuid::Uuid) -> Result<(), ApiError> {
     if parts.method.is_safe() {
         return Ok(());
@@ -85,28 +172,49 @@ impl FromRequestParts<AppState> for CurrentAccount {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match principal(parts)? {
-            Principal::ApiKey { account, .. } => {
-                if !account.limits().api_keys {
-                    return Err(ApiError::ApiAccessNotInTier);
-                }
-                Ok(Self {
-                    account: account.clone(),
-                    method: AuthMethod::ApiKey,
-                })
+        current_account(parts, state)
+    }
+}
+
+impl FromRequestParts<AppState> for Uploader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        uploader(parts, state, false)
+    }
+}
+
+impl FromRequestParts<AppState> for ContinuingUploader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        uploader(parts, state, true).map(Self)
+    }
+}
+
+fn current_account(parts: &Parts, state: &AppState) -> Result<CurrentAccount, ApiError> {
+    match principal(parts)? {
+        Principal::ApiKey { account, .. } => {
+            if !account.limits().api_keys {
+                return Err(ApiError::ApiAccessNotInTier);
             }
-            Principal::Session {
-                account,
-                session_id,
-            } => {
-                check_csrf(parts, state, *session_id)?;
-                Ok(Self {
-                    account: account.clone(),
-                    method: AuthMethod::Session,
-                })
-            }
-            other => Err(unauthenticated(other)),
+            Ok(CurrentAccount {
+                account: account.clone(),
+                method: AuthMethod::ApiKey,
+            })
         }
+        Principal::Session {
+            account,
+            session_id,
+        } => {
+            check_csrf(parts, state, *session_id)?;
+            Ok(CurrentAccount {
+                account: account.clone(),
+                method: AuthMethod::Session,
+            })
+        }
+        Principal::UploadToken { token, .. } => Err(token_refused(token)),
+        other => Err(unauthenticated(other)),
     }
 }
 
@@ -128,6 +236,7 @@ impl FromRequestParts<AppState> for SessionAccount {
             Principal::ApiKey { .. } => Err(ApiError::Forbidden(
                 "this route needs a dashboard session; API keys cannot manage API keys".into(),
             )),
+            Principal::UploadToken { token, .. } => Err(token_refused(token)),
             other => Err(unauthenticated(other)),
         }
     }

@@ -1,6 +1,7 @@
 //! Accounts and who is calling: passwords, login sessions (and the delay
-//! of an e-mail address whose logins keep failing), API keys, and the
-//! [`Principal`] every request resolves to before it is rate limited.
+//! of an e-mail address whose logins keep failing), API keys, upload
+//! tokens, and the [`Principal`] every request resolves to before it is
+//! rate limited.
 
 pub mod api_keys;
 pub mod backoff;
@@ -9,6 +10,7 @@ mod key_lane;
 pub mod password;
 pub mod routes;
 pub mod session;
+pub mod upload_tokens;
 
 use std::net::IpAddr;
 
@@ -18,8 +20,11 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use extract::{AdminAuth, ClientIp, CurrentAccount, SessionAccount};
+pub use extract::{
+    AdminAuth, ClientIp, ContinuingUploader, CurrentAccount, Owner, SessionAccount, Uploader,
+};
 pub use key_lane::{KeyCheck, KeyLane, KeyOutcome, counted_key_statement};
+pub use upload_tokens::UploadToken;
 
 use crate::{
     error::ApiError,
@@ -105,6 +110,14 @@ pub enum Principal {
         /// The session id (the JWT's `sid`).
         session_id: Uuid,
     },
+    /// A valid upload token (expired or not: an expired token still
+    /// continues the uploads it started).
+    UploadToken {
+        /// The token's account.
+        account: Account,
+        /// The token.
+        token: UploadToken,
+    },
     /// The admin token.
     Admin,
     /// No credentials, or credentials that failed; `failure` says why, and is
@@ -128,6 +141,10 @@ pub enum AuthFailure {
     InvalidSession,
     /// A wrong admin token.
     InvalidAdminToken,
+    /// An upload token that is not of the `iut_<id>_<secret>` form.
+    MalformedToken,
+    /// A well-formed upload token that is unknown, revoked or wrong.
+    InvalidToken,
 }
 
 impl AuthFailure {
@@ -139,6 +156,10 @@ impl AuthFailure {
                 Self::InvalidKey => "the API key is invalid or revoked",
                 Self::InvalidSession => "the session is invalid, expired or revoked; log in again",
                 Self::InvalidAdminToken => "the admin token is invalid",
+                Self::MalformedToken => {
+                    "the upload token is malformed (expected iut_<id>_<secret>)"
+                }
+                Self::InvalidToken => "the upload token is invalid or revoked",
             }
             .to_owned(),
         )
@@ -158,13 +179,18 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// The API key a request presents (`X-API-Key`, else the bearer token), on
-/// a route other than the admin API's.
+/// a route other than the admin API's. A bearer upload token is not one.
 pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .or_else(|| bearer(headers))
+        .or_else(|| bearer(headers).filter(|b| !upload_tokens::is_token(b)))
+}
+
+/// The upload token a request presents as its bearer token, if any.
+pub fn presented_token(headers: &http::HeaderMap) -> Option<&str> {
+    bearer(headers).filter(|b| upload_tokens::is_token(b))
 }
 
 /// The principal of a request that presents a well-formed API key, and the
@@ -252,6 +278,13 @@ pub async fn resolve(
     if let Some(key) = presented_key(headers) {
         return Ok(match api_keys::authenticate(&state.db, key).await? {
             Ok((account, key_id)) => Principal::ApiKey { account, key_id },
+            Err(failure) => anonymous(failure),
+        });
+    }
+
+    if let Some(token) = presented_token(headers) {
+        return Ok(match upload_tokens::authenticate(&state.db, token).await? {
+            Ok((account, token)) => Principal::UploadToken { account, token },
             Err(failure) => anonymous(failure),
         });
     }

@@ -1,5 +1,9 @@
 //! Stored files: recording an upload (turning its reservation into usage),
-//! listing, reading, downloading and deleting.
+//! listing ([`list`]), reading, downloading and deleting.
+
+mod list;
+
+pub use list::{__path_list, FileList, ListQuery, list};
 
 use axum::{
     body::Body,
@@ -9,18 +13,18 @@ use axum::{
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::CurrentAccount,
+    auth::{CurrentAccount, upload_tokens},
     deletions::{self, Doomed},
     error::ApiError,
-    extract::{Path, Query},
-    quota::{reservations, slots::Lease},
+    extract::Path,
+    quota::{reservations, slots::Lease, tokens},
     sniff::Category,
     state::AppState,
     storage::{ObjectStore, attachment_disposition},
@@ -48,6 +52,13 @@ pub struct FileView {
     pub description: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The `subject` of the upload token the file was uploaded with;
+    /// `null` otherwise.
+    pub subject: Option<String>,
+    /// The `metadata` of the upload token the file was uploaded with;
+    /// `null` otherwise.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
@@ -57,8 +68,7 @@ fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::
     }
 }
 
-const FILE_COLUMNS: &str =
-    "id, filename, content_type, category, size, sha256, description, created_at";
+const FILE_COLUMNS: &str = "id, filename, content_type, category, size, sha256, description, created_at, subject, metadata";
 
 /// The object key of a file: never derived from anything the client chose.
 pub fn object_key(account_id: Uuid, file_id: Uuid) -> String {
@@ -80,11 +90,16 @@ pub struct NewFile {
     pub size: u64,
     /// SHA-256, when known.
     pub sha256: Option<[u8; 32]>,
+    /// The upload token it was uploaded with, if any: the lease holds one
+    /// file and `reserved` bytes of it, which become the token's use, and
+    /// the file carries the token's subject and metadata.
+    pub upload_token_id: Option<String>,
 }
 
 /// Records a file: of the `reserved` bytes the lease holds for it, `size`
-/// become usage and the rest is given back, in the transaction that inserts
-/// the row.
+/// become usage and the rest is given back (and, under an upload token,
+/// the token's share likewise), in the transaction that inserts the row.
+/// A token revoked meanwhile records nothing (401).
 pub async fn record(
     db: &PgPool,
     lease: &Lease,
@@ -98,10 +113,29 @@ pub async fn record(
         reserved,
         size: file.size,
     };
-    let mut query = settlement.statement();
+    let spend = file
+        .upload_token_id
+        .as_deref()
+        .map(|token_id| tokens::Spend {
+            lease,
+            token_id,
+            reserved,
+            size: file.size,
+        });
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("WITH ");
+    let gate = spend.as_ref().map(|s| s.push_gate(&mut query));
+    settlement.push(&mut query, gate);
+    let token_columns = match &spend {
+        Some(spend) => {
+            spend.push_spend(&mut query);
+            "(SELECT subject FROM token_spent), (SELECT metadata FROM token_spent)"
+        }
+        None => "NULL, NULL",
+    };
     query
         .push(
-            "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256, object_key)
+            "INSERT INTO files (id, account_id, filename, content_type, category, size, sha256,
+                                object_key, subject, metadata)
              SELECT ",
         )
         .push_bind(file.id)
@@ -113,10 +147,17 @@ pub async fn record(
         .push_bind(file.category)
         .push(", settled.size, ")
         .push_bind(file.sha256.map(|h| h.to_vec()))
-        .push(", settled.object_key FROM settled");
+        .push(", settled.object_key, ")
+        .push(token_columns)
+        .push(" FROM settled");
     query.push(" RETURNING ").push(FILE_COLUMNS);
     let view: Option<FileView> = query.build_query_as().fetch_optional(db).await?;
     let Some(view) = view else {
+        if let Some(token_id) = file.upload_token_id.as_deref()
+            && upload_tokens::is_revoked(db, token_id).await?
+        {
+            return Err(tokens::revoked());
+        }
         return Err(ApiError::ServiceUnavailable(
             "the upload's lease expired before the file was recorded; retry".into(),
         ));
@@ -128,12 +169,26 @@ pub async fn record(
 
 /// Deletes a file: the row and its usage in one transaction that also
 /// queues its object for deletion; the object goes right after the commit
-/// (or later, by the reaper, if storage fails now).
+/// (or later, by the reaper, if storage fails now). The upload token it was
+/// uploaded with keeps it in its use: a token counts what was uploaded.
 pub async fn delete(
     db: &PgPool,
     store: &dyn ObjectStore,
     account_id: Uuid,
     file_id: Uuid,
+) -> Result<(), ApiError> {
+    delete_uploaded(db, store, account_id, file_id, None).await
+}
+
+/// [`delete`], for a file that the request uploading it refuses as a whole
+/// (a batch that keeps nothing): the upload token it was uploaded with,
+/// `token_id`, gets it back too, in the same transaction.
+pub async fn delete_uploaded(
+    db: &PgPool,
+    store: &dyn ObjectStore,
+    account_id: Uuid,
+    file_id: Uuid,
+    token_id: Option<&str>,
 ) -> Result<(), ApiError> {
     let mut tx = db.begin().await?;
     let gone: Option<(i64, String)> = sqlx::query_as(
@@ -147,6 +202,9 @@ pub async fn delete(
         return Err(ApiError::not_found("file"));
     };
     reservations::free(&mut tx, account_id, size.max(0) as u64).await?;
+    if let Some(token_id) = token_id {
+        tokens::refund(&mut tx, token_id, size.max(0) as u64).await?;
+    }
     let doomed = [Doomed::object(key)];
     deletions::enqueue(&mut tx, &doomed[0]).await?;
     tx.commit().await?;
@@ -193,61 +251,6 @@ pub async fn known_keys(db: &PgPool, keys: &[String]) -> Result<Vec<String>, sql
         .await
 }
 
-/// `GET /files` query.
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct ListQuery {
-    /// Only this category.
-    pub category: Option<Category>,
-    /// Case-insensitive substring of the filename or the description (no
-    /// NUL characters, which no name can hold).
-    #[param(pattern = r"^[^\u0000]*$")]
-    pub q: Option<String>,
-    /// Page size, 1 to 200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page (opaque: any other value is 400).
-    #[param(format = "cursor")]
-    pub cursor: Option<String>,
-}
-
-/// A page of files.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FileList {
-    /// Newest first.
-    pub files: Vec<FileView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-fn encode_cursor(f: &FileView) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}.{}", f.created_at.timestamp_micros(), f.id))
-}
-
-/// The timestamps a cursor may carry: those a file row can have. chrono
-/// takes years Postgres refuses (before 4713 BC), which would fail the query.
-const CURSOR_MICROS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999;
-
-fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
-    let (micros, id) = raw.split_once('.')?;
-    let micros: i64 = micros.parse().ok()?;
-    if !CURSOR_MICROS.contains(&micros) {
-        return None;
-    }
-    Some((DateTime::from_timestamp_micros(micros)?, id.parse().ok()?))
-}
-
-/// Escapes `%`, `_` and `\` for a LIKE pattern.
-fn like_escape(s: &str) -> String {
-    s.chars().fold(String::new(), |mut out, c| {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-        out
-    })
-}
-
 /// A JSON answer with a strong ETag of its body, or 304 when the client has it.
 fn with_etag<T: Serialize>(headers: &HeaderMap, value: &T) -> Result<Response, ApiError> {
     let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
@@ -278,61 +281,6 @@ fn with_etag<T: Serialize>(headers: &HeaderMap, value: &T) -> Result<Response, A
         body,
     )
         .into_response())
-}
-
-/// Lists the caller's files, newest first.
-#[utoipa::path(get, path = "/files", tag = "files", params(ListQuery),
-    responses((status = 200, body = FileList), (status = 304, description = "not modified (If-None-Match)")))]
-pub async fn list(
-    State(state): State<AppState>,
-    auth: CurrentAccount,
-    Query(query): Query<ListQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let limit = i64::from(query.limit.unwrap_or(50));
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be from 1 to 200"));
-    }
-    let cursor = match query.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            decode_cursor(c)
-                .ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?,
-        ),
-    };
-    // Postgres text cannot hold NUL, so such a query names nothing valid.
-    if query.q.as_deref().is_some_and(|q| q.contains('\0')) {
-        return Err(ApiError::bad_request("q must not contain NUL characters"));
-    }
-    let pattern = query
-        .q
-        .as_deref()
-        .filter(|q| !q.is_empty())
-        .map(|q| format!("%{}%", like_escape(&q.to_lowercase())));
-    let mut files: Vec<FileView> = sqlx::query_as(&format!(
-        "SELECT {FILE_COLUMNS} FROM files
-         WHERE account_id = $1
-           AND ($2::text IS NULL OR category = $2)
-           AND ($3::text IS NULL OR lower(filename) LIKE $3 OR lower(description) LIKE $3)
-           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $6"
-    ))
-    .bind(auth.account.id)
-    .bind(query.category.map(Category::as_str))
-    .bind(pattern)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let next_cursor = if files.len() as i64 > limit {
-        files.truncate(limit as usize);
-        files.last().map(encode_cursor)
-    } else {
-        None
-    };
-    with_etag(&headers, &FileList { files, next_cursor })
 }
 
 /// One of the account's files, if it exists.
@@ -485,41 +433,4 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     delete(&state.db, state.store.as_ref(), auth.account.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_refuse_garbage() {
-        let id = Uuid::now_v7();
-        let at = DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap();
-        let view = FileView {
-            id,
-            filename: "a".into(),
-            content_type: "text/plain".into(),
-            category: Category::Document,
-            size: 1,
-            sha256: None,
-            description: None,
-            created_at: at,
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&view)), Some((at, id)));
-        assert_eq!(decode_cursor("not a cursor"), None);
-        for micros in [
-            i64::MIN,
-            -8_000_000_000_000_000_000,
-            -1,
-            253_402_300_800_000_000,
-        ] {
-            let c = URL_SAFE_NO_PAD.encode(format!("{micros}.{id}"));
-            assert_eq!(decode_cursor(&c), None, "{micros}");
-        }
-    }
-
-    #[test]
-    fn like_patterns_are_escaped() {
-        assert_eq!(like_escape("50%_a\\b"), "50\\%\\_a\\\\b");
-    }
 }

@@ -108,10 +108,10 @@ pub async fn authenticate_and_limit(
         Some(anonymous())
     } else {
         match &principal {
-            Principal::ApiKey { account, .. } => Some(Policy::account(
-                account.id,
-                account.limits().requests_per_minute,
-            )),
+            // An upload token's requests are its account's.
+            Principal::ApiKey { account, .. } | Principal::UploadToken { account, .. } => Some(
+                Policy::account(account.id, account.limits().requests_per_minute),
+            ),
             Principal::Session { .. } | Principal::Admin => None,
             Principal::Anonymous { .. } => Some(anonymous()),
         }
@@ -149,7 +149,9 @@ pub async fn authenticate_and_limit(
     // Past the per-minute limit, the account's requests running at once
     // (uploads aside: their slots bound them).
     let in_flight = match &principal {
-        Principal::ApiKey { account, .. } | Principal::Session { account, .. }
+        Principal::ApiKey { account, .. }
+        | Principal::Session { account, .. }
+        | Principal::UploadToken { account, .. }
             if !in_flight::is_upload(req.method(), &path) =>
         {
             let limit = state.config.max_requests_in_flight_per_account;

@@ -33,7 +33,7 @@ use crate::{
     idempotency::{self, Payload},
     presign, quota,
     state::AppState,
-    tus, upload,
+    tus, upload, upload_tokens,
 };
 
 #[derive(OpenApi)]
@@ -59,6 +59,18 @@ impl Modify for SecuritySchemes {
             ),
         );
         components.add_security_scheme(
+            "upload_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("iut_<id>_<secret>")
+                    .description(Some(
+                        "An upload token (POST /upload-tokens): only the upload routes, and only the uploads it started",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::session::COOKIE_NAME))),
         );
@@ -72,9 +84,11 @@ impl Modify for SecuritySchemes {
 /// Every route with its documentation (the dashboard's page and assets
 /// included, so the document lists everything the server answers). A
 /// route that takes `Idempotency-Key` is listed through
-/// [`idempotency::accept`].
+/// [`idempotency::accept`] (or, for a route an upload token may send,
+/// [`idempotency::accept_uploads`]).
 fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
     let idempotent = |payload, routes| idempotency::accept(state, payload, routes);
+    let idempotent_upload = |payload, routes| idempotency::accept_uploads(state, payload, routes);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::routes::signup))
         .routes(routes!(auth::routes::login))
@@ -84,9 +98,20 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::routes::create_key, auth::routes::list_keys))
         .routes(routes!(auth::routes::revoke_key))
-        .routes(idempotent(Payload::Upload, routes!(upload::stream_single)))
-        .routes(idempotent(Payload::Upload, routes!(upload::stream_batch)))
-        .routes(idempotent(Payload::Json, routes!(presign::issue)))
+        .routes(idempotent(
+            Payload::Json,
+            routes!(upload_tokens::create, upload_tokens::list),
+        ))
+        .routes(routes!(upload_tokens::revoke))
+        .routes(idempotent_upload(
+            Payload::Upload,
+            routes!(upload::stream_single),
+        ))
+        .routes(idempotent_upload(
+            Payload::Upload,
+            routes!(upload::stream_batch),
+        ))
+        .routes(idempotent_upload(Payload::Json, routes!(presign::issue)))
         .routes(routes!(presign::complete))
         .routes(routes!(presign::abort))
         .routes(routes!(presign::data))
@@ -113,7 +138,7 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
 /// (around the idempotency layer of a creation, so a replay carries them).
 fn tus_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(idempotency::accept(
+        .routes(idempotency::accept_uploads(
             state,
             Payload::Upload,
             routes!(tus::discover, tus::create),

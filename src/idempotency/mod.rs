@@ -47,7 +47,7 @@ pub use store::prune;
 use store::{Claim, Hold, Scope};
 
 use crate::{
-    auth::CurrentAccount,
+    auth::{CurrentAccount, Uploader},
     body::{self, Watch},
     error::ApiError,
     extract::JSON_BODY_LIMIT,
@@ -69,11 +69,22 @@ pub enum Payload {
     Upload,
 }
 
+/// Who may send a route's requests, as its handler resolves them (so the
+/// layer claims no key for a caller the route would refuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callers {
+    /// An account, with an API key or a session ([`CurrentAccount`]).
+    Accounts,
+    /// An account or one of its upload tokens ([`Uploader`]).
+    Uploaders,
+}
+
 /// What the layer of one route needs.
 #[derive(Clone)]
 struct Opted {
     state: AppState,
     payload: Payload,
+    callers: Callers,
 }
 
 /// Opts the `POST` of a route (as `routes!` gives it) into
@@ -82,12 +93,32 @@ struct Opted {
 pub fn accept(
     state: &AppState,
     payload: Payload,
+    routes: UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    opt_in(state, payload, Callers::Accounts, routes)
+}
+
+/// [`accept`] for a route that starts an upload, which an upload token may
+/// send as well: its key is the token's account's.
+pub fn accept_uploads(
+    state: &AppState,
+    payload: Payload,
+    routes: UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    opt_in(state, payload, Callers::Uploaders, routes)
+}
+
+fn opt_in(
+    state: &AppState,
+    payload: Payload,
+    callers: Callers,
     (schemas, mut paths, method_router): UtoipaMethodRouter<AppState>,
 ) -> UtoipaMethodRouter<AppState> {
     doc::document(&mut paths, payload);
     let opted = Opted {
         state: state.clone(),
         payload,
+        callers,
     };
     let method_router =
         method_router.route_layer(axum::middleware::from_fn_with_state(opted, guard));
@@ -101,8 +132,16 @@ async fn guard(State(opted): State<Opted>, req: Request, next: Next) -> Response
     }
     let state = &opted.state;
     let (mut parts, body) = req.into_parts();
-    let caller = match CurrentAccount::from_request_parts(&mut parts, state).await {
-        Ok(caller) => caller,
+    let caller = match opted.callers {
+        Callers::Accounts => CurrentAccount::from_request_parts(&mut parts, state)
+            .await
+            .map(|c| c.account),
+        Callers::Uploaders => Uploader::from_request_parts(&mut parts, state)
+            .await
+            .map(|c| c.account),
+    };
+    let caller = match caller {
+        Ok(account) => account,
         Err(refused) => return refused.into_response(),
     };
     let key = match Key::from_headers(&parts.headers) {
@@ -121,7 +160,7 @@ async fn guard(State(opted): State<Opted>, req: Request, next: Next) -> Response
         },
     };
     let scope = Scope {
-        account_id: caller.account.id,
+        account_id: caller.id,
         key,
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),

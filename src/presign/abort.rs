@@ -8,7 +8,9 @@ use axum::{extract::State, http::StatusCode};
 use uuid::Uuid;
 
 use super::uploads::{self, State as UploadState, Upload};
-use crate::{auth::CurrentAccount, error::ApiError, extract::Path, quota::slots, state::AppState};
+use crate::{
+    auth::ContinuingUploader, error::ApiError, extract::Path, quota::slots, state::AppState,
+};
 
 /// Ends an upload's lease: its reservation and slot come back, and what it
 /// still tracks (the upload's object, its multipart upload) is removed.
@@ -20,13 +22,14 @@ pub(super) async fn end(state: &AppState, upload: &Upload) -> Result<(), sqlx::E
 /// Aborts an upload: its object or multipart upload goes, its reservation
 /// and slot come back.
 #[utoipa::path(delete, path = "/upload/presigned/{id}", tag = "uploads", params(("id" = Uuid, Path)),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses((status = 204), (status = 404), (status = 409, description = "already completed")))]
 pub async fn abort(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    ContinuingUploader(auth): ContinuingUploader,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let upload = uploads::find(&state.db, id, Some(auth.account.id)).await?;
+    let upload = uploads::find(&state.db, id, Some(&auth.owner())).await?;
     match upload.state {
         UploadState::Completed => {
             return Err(ApiError::Conflict(
@@ -48,4 +51,26 @@ pub async fn abort(
         UploadState::Aborted | UploadState::Failed => {}
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every pending upload that upload token `token_id` issued (the
+/// token was just revoked): their URLs die, their reservations, token
+/// holds and slots come back. One being completed right now fails on its
+/// own, at its record.
+pub async fn end_for_token(state: &AppState, token_id: &str) -> Result<u64, sqlx::Error> {
+    let mut ended = 0;
+    for upload in uploads::pending_of_token(&state.db, token_id).await? {
+        if uploads::transition(
+            &state.db,
+            upload.id,
+            &[UploadState::Pending],
+            UploadState::Aborted,
+        )
+        .await?
+        {
+            end(state, &upload).await?;
+            ended += 1;
+        }
+    }
+    Ok(ended)
 }

@@ -16,7 +16,7 @@ use super::{
     verify,
 };
 use crate::{
-    auth::CurrentAccount,
+    auth::{ContinuingUploader, Owner},
     error::ApiError,
     extract::{Json, Path},
     files::{self, FileView, NewFile},
@@ -36,22 +36,20 @@ const COMPLETE_POLL: Duration = Duration::from_millis(100);
 /// and records the file. Completing twice answers the same file.
 #[utoipa::path(post, path = "/upload/presigned/{id}/complete", tag = "uploads",
     params(("id" = Uuid, Path)), request_body = CompleteRequest,
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses((status = 201, body = FileView), (status = 404), (status = 410, description = "expired or aborted"),
               (status = 422, description = "upload_verification_failed")))]
 pub async fn complete(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    ContinuingUploader(auth): ContinuingUploader,
     Path(id): Path<Uuid>,
     body: Body,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
     let body = complete_body(body).await?;
-    let account_id = auth.account.id;
+    let owner = auth.owner();
     // One request completes; the others wait for its answer and give
     // the same one, so a client that retries a slow complete loses nothing.
-    let turn = wait_for(COMPLETE_WAIT, COMPLETE_POLL, || {
-        look(&state, id, account_id)
-    })
-    .await?;
+    let turn = wait_for(COMPLETE_WAIT, COMPLETE_POLL, || look(&state, id, &owner)).await?;
     let view = match turn {
         Some(Turn::Done(file)) => file,
         Some(Turn::Ours(upload)) => {
@@ -102,8 +100,8 @@ where
 /// Looks at the upload once: its file if one is recorded, an error if it
 /// can no longer complete, its completion if this request claims it, and
 /// nothing while another request holds the claim.
-async fn look(state: &AppState, id: Uuid, account_id: Uuid) -> Result<Option<Turn>, ApiError> {
-    let upload = uploads::find(&state.db, id, Some(account_id)).await?;
+async fn look(state: &AppState, id: Uuid, owner: &Owner) -> Result<Option<Turn>, ApiError> {
+    let upload = uploads::find(&state.db, id, Some(owner)).await?;
     if let Some(file) = files::find_view(&state.db, upload.account_id, upload.id).await? {
         return Ok(Some(Turn::Done(file)));
     }
@@ -209,13 +207,29 @@ async fn finish(
         category: upload.category,
         size: upload.size(),
         sha256: upload.sha256(),
+        upload_token_id: upload.upload_token_id.clone(),
     };
     let view = match files::record(&state.db, &lease, &new, upload.size()).await {
         Ok(view) => view,
         // Another request completed it at the same moment.
         Err(e) => match files::find_view(&state.db, upload.account_id, upload.id).await? {
             Some(file) => return Ok(file),
-            None => return Err(e),
+            None => {
+                // Its upload token was revoked: the upload ends with it.
+                if matches!(e, ApiError::Unauthorized(_)) {
+                    let ended = uploads::transition(
+                        &state.db,
+                        upload.id,
+                        &[UploadState::Completing],
+                        UploadState::Aborted,
+                    )
+                    .await?;
+                    if ended {
+                        end(state, upload).await?;
+                    }
+                }
+                return Err(e);
+            }
         },
     };
     uploads::transition(

@@ -16,14 +16,14 @@ use super::{
     uploads::{self, NewUpload},
 };
 use crate::{
-    auth::{Account, CurrentAccount},
+    auth::{Account, UploadToken, Uploader},
     error::ApiError,
     extract::Json,
     files,
     quota::{
         caps::{Cap, Route},
-        reservations,
         slots::{Lease, Slot, UploadKind},
+        tokens,
     },
     sniff::{self, Kind},
     state::AppState,
@@ -65,9 +65,17 @@ struct Declared {
 }
 
 impl Declared {
-    fn parse(body: PresignRequest, account: &Account, stream_max: u64) -> Result<Self, ApiError> {
+    fn parse(
+        body: PresignRequest,
+        account: &Account,
+        token: Option<&UploadToken>,
+        stream_max: u64,
+    ) -> Result<Self, ApiError> {
         let filename = sanitize_filename(&body.filename);
         let kind = sniff::announced(&body.content_type, &filename)?;
+        if let Some(token) = token {
+            tokens::check_category(token, kind.category)?;
+        }
         if body.size == 0 {
             return Err(ApiError::unprocessable("size must be at least 1 byte"));
         }
@@ -91,15 +99,22 @@ impl Declared {
 
 /// Issues the URLs of one upload.
 #[utoipa::path(post, path = "/upload/presigned", tag = "uploads", request_body = PresignBody,
-    responses((status = 201, body = Presigned), (status = 413, description = "above the type's cap"),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
+    responses((status = 201, body = Presigned), (status = 413, description = "above the type's cap (file_too_large), or past an upload token's limits (upload_token_exhausted)"),
               (status = 415), (status = 429), (status = 507)))]
 pub async fn issue(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    auth: Uploader,
     Json(body): Json<PresignRequest>,
 ) -> Result<(StatusCode, Json<Presigned>), ApiError> {
-    let declared = Declared::parse(body, &auth.account, state.config.stream_max_file_bytes)?;
-    let answer = start(&state, &auth.account, &declared).await?;
+    let declared = Declared::parse(
+        body,
+        &auth.account,
+        auth.token.as_ref(),
+        state.config.stream_max_file_bytes,
+    )?;
+    let token = auth.token.as_ref().map(|t| t.id.as_str());
+    let answer = start(&state, &auth.account, token, &declared).await?;
     metrics::counter!("intake_presigned_issued_total").increment(1);
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -107,7 +122,12 @@ pub async fn issue(
 /// Takes the slot, then reserves, signs and records the upload; the slot
 /// is handed over to the upload only when all of that succeeded, and
 /// released (with whatever it holds) otherwise.
-async fn start(state: &AppState, account: &Account, d: &Declared) -> Result<Presigned, ApiError> {
+async fn start(
+    state: &AppState,
+    account: &Account,
+    token: Option<&str>,
+    d: &Declared,
+) -> Result<Presigned, ApiError> {
     let limits = account.limits();
     let expiry = state.config.presign_expiry;
     let slot = Slot::take(
@@ -119,7 +139,7 @@ async fn start(state: &AppState, account: &Account, d: &Declared) -> Result<Pres
         expiry + LEASE_GRACE,
     )
     .await?;
-    match sign(state, slot.lease(), limits.storage_bytes, d, expiry).await {
+    match sign(state, slot.lease(), limits.storage_bytes, token, d, expiry).await {
         Ok(answer) => {
             slot.hand_over();
             Ok(answer)
@@ -135,6 +155,7 @@ async fn sign(
     state: &AppState,
     lease: &Lease,
     quota: Option<u64>,
+    token: Option<&str>,
     d: &Declared,
     expiry: Duration,
 ) -> Result<Presigned, ApiError> {
@@ -142,7 +163,7 @@ async fn sign(
     // Every URL writes the file's own key: nothing but this upload can
     // write there, and completion need not move the bytes.
     let key = files::object_key(lease.account_id, id);
-    reservations::reserve(&state.db, lease, d.size, quota, Some(&key)).await?;
+    tokens::reserve_file(&state.db, lease, token, d.size, quota, Some(&key)).await?;
     let expires_at = Utc::now()
         + chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
     let mut answer = Presigned {
@@ -212,6 +233,7 @@ async fn sign(
             multipart_upload_id: upload_id.as_deref(),
             part_size: parts_of,
             expires_at,
+            upload_token_id: token,
         },
     )
     .await?;

@@ -23,7 +23,7 @@ mod verify;
 
 use std::time::Duration;
 
-pub use abort::{__path_abort, abort};
+pub use abort::{__path_abort, abort, end_for_token};
 pub use complete::{__path_complete, complete};
 pub use data::{__path_data, DataQuery, data};
 pub use doc::{

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{error::ApiError, files, sniff::Category};
+use crate::{auth::Owner, error::ApiError, files, sniff::Category};
 
 /// Where a presigned upload stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
@@ -54,6 +54,8 @@ pub struct Upload {
     pub state: State,
     /// Whether its URLs have expired.
     pub expired: bool,
+    /// The upload token that issued it, if one did.
+    pub upload_token_id: Option<String>,
 }
 
 impl State {
@@ -110,17 +112,20 @@ pub struct NewUpload<'a> {
     pub part_size: Option<u64>,
     /// When the URLs expire.
     pub expires_at: DateTime<Utc>,
+    /// The upload token issuing it, if any.
+    pub upload_token_id: Option<&'a str>,
 }
 
 const COLUMNS: &str = "id, account_id, lease_id, filename, content_type, category, size, sha256, \
-     multipart_upload_id, part_size, state, expires_at < now() AS expired";
+     multipart_upload_id, part_size, state, expires_at < now() AS expired, upload_token_id";
 
 /// Records an issued upload.
 pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO presigned_uploads (id, account_id, lease_id, filename, content_type, category,
-                                        size, sha256, multipart_upload_id, part_size, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                        size, sha256, multipart_upload_id, part_size, expires_at,
+                                        upload_token_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(u.id)
     .bind(u.account_id)
@@ -136,23 +141,38 @@ pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<(), sqlx::Error> {
             .map(|part| i64::try_from(part).unwrap_or(i64::MAX)),
     )
     .bind(u.expires_at)
+    .bind(u.upload_token_id)
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// An upload by id, the account's when `account_id` is given (another
-/// account's upload is not found).
-pub async fn find(db: &PgPool, id: Uuid, account_id: Option<Uuid>) -> Result<Upload, ApiError> {
+/// An upload by id, the owner's when `owner` is given (another account's
+/// upload is not found, nor, for a token, one it did not issue).
+pub async fn find(db: &PgPool, id: Uuid, owner: Option<&Owner>) -> Result<Upload, ApiError> {
     let row: Option<Upload> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM presigned_uploads
-         WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)"
+         WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)
+           AND ($3::text IS NULL OR upload_token_id = $3)"
     ))
     .bind(id)
-    .bind(account_id)
+    .bind(owner.map(|o| o.account_id))
+    .bind(owner.and_then(|o| o.token_id.as_deref()))
     .fetch_optional(db)
     .await?;
     row.ok_or_else(|| ApiError::not_found("presigned upload"))
+}
+
+/// The pending uploads that token `token_id` issued (to end them when it
+/// is revoked).
+pub async fn pending_of_token(db: &PgPool, token_id: &str) -> Result<Vec<Upload>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM presigned_uploads
+         WHERE upload_token_id = $1 AND state = 'pending'"
+    ))
+    .bind(token_id)
+    .fetch_all(db)
+    .await
 }
 
 /// Moves an upload from one of `from` to `to`; `false` when it was in

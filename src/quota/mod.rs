@@ -2,7 +2,8 @@
 //! calls: [`caps`] (per-file size caps and text validity), [`slots`]
 //! (concurrent uploads), [`reservations`] (the storage quota), [`monthly`]
 //! (the AI counters), [`ai_calls`] (AI calls of an account at once),
-//! [`buffers`] (upload bytes the process holds in memory). Here too: the
+//! [`buffers`] (upload bytes the process holds in memory), [`tokens`] (an
+//! upload token's limits on top of the account's). Here too: the
 //! public tier table (`GET /limits`) and the caller's usage (`GET /usage`).
 
 pub mod ai_calls;
@@ -12,6 +13,7 @@ mod lease;
 pub mod monthly;
 pub mod reservations;
 pub mod slots;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 

@@ -199,8 +199,18 @@ impl<'a> Settlement<'a> {
     /// lease is gone or holds less than `reserved`: the file must not be
     /// recorded then.
     pub fn statement(&self) -> QueryBuilder<'a, Postgres> {
-        let mut query = QueryBuilder::new("WITH settle AS (SELECT ");
+        let mut query = QueryBuilder::new("WITH ");
+        self.push(&mut query, None);
         query
+    }
+
+    /// Pushes the settling part of a `WITH` list (as [`Settlement::statement`]
+    /// starts with) into `query`, which has pushed `WITH` and the relations
+    /// before it. With `only_with`, the name of a relation pushed before,
+    /// nothing settles (and `settled` has no row) unless it has a row.
+    pub fn push(&self, query: &mut QueryBuilder<'a, Postgres>, only_with: Option<&str>) {
+        query
+            .push("settle AS (SELECT ")
             .push_bind(self.lease.id)
             .push("::uuid AS lease_id, ")
             .push_bind(bigint(self.reserved))
@@ -208,10 +218,11 @@ impl<'a> Settlement<'a> {
             .push_bind(bigint(self.size))
             .push("::int8 AS size, ")
             .push_bind(self.object_key)
-            .push("::text AS object_key), ")
-            .push(SETTLE)
-            .push(" ");
-        query
+            .push("::text AS object_key");
+        if let Some(gate) = only_with {
+            query.push(" FROM ").push(gate);
+        }
+        query.push("), ").push(SETTLE).push(" ");
     }
 }
 

@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use super::lease::Lease;
-use super::reservations;
+use super::{reservations, tokens};
 use crate::{
     db::heartbeat::Heartbeat,
     deletions::{self, Doomed},
@@ -299,8 +299,8 @@ enum Mode {
 }
 
 /// Ends a lease: queues the objects it still tracks for deletion, gives
-/// back its reservation and its slot, in one transaction holding the lease
-/// row; then, with the transaction committed, deletes those objects.
+/// back its reservation, what it holds of an upload token and its slot, in
+/// one transaction holding the lease row; then, with the transaction committed, deletes those objects.
 /// Returns whether this call ended it.
 async fn finish(
     db: &PgPool,
@@ -356,6 +356,7 @@ async fn finish(
         deletions::enqueue(&mut tx, d).await?;
     }
     reservations::release_lease(&mut tx, account_id, reserved).await?;
+    tokens::release_lease(&mut tx, lease_id).await?;
     tx.commit().await?;
     deletions::delete_queued(db, store, &doomed).await;
     Ok(true)

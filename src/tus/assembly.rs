@@ -38,6 +38,7 @@ use crate::{
     quota::{
         caps::{Cap, CapError, ContentCheck, Route},
         slots::Lease,
+        tokens,
     },
     sniff::{self, Kind, SNIFF_BYTES},
     storage::ObjectWriter,
@@ -298,6 +299,9 @@ impl<'a> Assembly<'a> {
         let u = &self.w.upload;
         let kind = sniff::sniff(head, complete, &u.declared_type, &u.filename)
             .map_err(|e| Stop::Refuse(e.into()))?;
+        if let Some(token) = &self.w.upload_token {
+            tokens::check_category(token, kind.category).map_err(Stop::Refuse)?;
+        }
         Cap::new(
             &self.w.limits,
             kind.category,

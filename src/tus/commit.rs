@@ -143,6 +143,7 @@ impl Assembly<'_> {
             category: kind.category,
             size: length,
             sha256: Some(sha),
+            upload_token_id: u.upload_token_id.clone(),
         };
         let (db, store) = (&self.w.state.db, self.w.state.store.as_ref());
         let view = files::record(db, &self.lease, &new, length)

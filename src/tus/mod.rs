@@ -37,15 +37,15 @@ use axum::{
 use uuid::Uuid;
 
 use crate::{
-    auth::{Account, CurrentAccount, Principal},
+    auth::{Account, ContinuingUploader, Owner, Principal, UploadToken, Uploader, upload_tokens},
     body::UploadBody,
     error::ApiError,
     extract::Path,
     files,
     quota::{
         caps::{Cap, Route},
-        reservations,
         slots::{self, Lease, Slot, UploadKind},
+        tokens,
     },
     sniff,
     state::AppState,
@@ -95,9 +95,11 @@ fn answer(status: StatusCode, pairs: Vec<(&'static str, HeaderValue)>) -> Respon
 /// the caller's largest cap), as tus lets `OPTIONS` go unauthenticated.
 fn discovery(state: &AppState, principal: Option<&Principal>) -> Response {
     let account = match principal {
-        Some(Principal::ApiKey { account, .. } | Principal::Session { account, .. }) => {
-            Some(account)
-        }
+        Some(
+            Principal::ApiKey { account, .. }
+            | Principal::Session { account, .. }
+            | Principal::UploadToken { account, .. },
+        ) => Some(account),
         _ => None,
     };
     let mut pairs = vec![
@@ -143,7 +145,7 @@ pub fn document(openapi: &mut utoipa::openapi::OpenApi) {
                 ("Tus-Extension" = String, description = "creation,creation-with-upload,termination,expiration,checksum"),
                 ("Tus-Checksum-Algorithm" = String, description = "sha1,sha256"),
                 ("Tus-Max-Size" = u64, description = "the caller's largest cap, in bytes (only with credentials)")))),
-    security((), ("api_key" = []), ("session" = [])))]
+    security((), ("api_key" = []), ("session" = []), ("upload_token" = [])))]
 pub async fn discover(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -154,7 +156,7 @@ pub async fn discover(
 /// tus discovery at an upload's own URL.
 #[utoipa::path(options, path = "/upload/tus/{id}", tag = "tus", params(("id" = Uuid, Path)),
     responses((status = 204, description = "the protocol intake speaks")),
-    security((), ("api_key" = []), ("session" = [])))]
+    security((), ("api_key" = []), ("session" = []), ("upload_token" = [])))]
 pub async fn discover_upload(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -173,7 +175,8 @@ struct Creation {
 }
 
 impl Creation {
-    fn parse(headers: &HeaderMap, account: &Account, stream_max: u64) -> Result<Self, ApiError> {
+    fn parse(headers: &HeaderMap, caller: &Uploader, stream_max: u64) -> Result<Self, ApiError> {
+        let account = &caller.account;
         let length = headers::upload_length(headers)?;
         let metadata = Metadata::parse(headers)?;
         let filename = sanitize_filename(metadata.filename.as_deref().unwrap_or_default());
@@ -181,7 +184,11 @@ impl Creation {
         // The bytes decide the category later (and the cap again); until then
         // the declared type or name does, or else the largest cap.
         let limits = account.limits();
-        let cap = match sniff::expected_category(&declared, &filename)? {
+        let expected = sniff::expected_category(&declared, &filename)?;
+        if let (Some(token), Some(category)) = (&caller.token, expected) {
+            tokens::check_category(token, category)?;
+        }
+        let cap = match expected {
             Some(category) => Cap::new(&limits, category, Route::Direct, stream_max),
             None => Cap::largest(&limits, Route::Direct, stream_max),
         };
@@ -199,9 +206,10 @@ impl Creation {
 /// slot is handed over to the upload only once all of that succeeded.
 async fn create_upload(
     state: &AppState,
-    account: &Account,
+    caller: &Uploader,
     c: &Creation,
 ) -> Result<Upload, ApiError> {
+    let account = &caller.account;
     let limits = account.limits();
     let slot = Slot::take(
         &state.db,
@@ -212,7 +220,8 @@ async fn create_upload(
         state.config.tus_expiry,
     )
     .await?;
-    match open(state, slot.lease(), limits.storage_bytes, c).await {
+    let token = caller.token.as_ref().map(|t| t.id.as_str());
+    match open(state, slot.lease(), limits.storage_bytes, token, c).await {
         Ok(upload) => {
             slot.hand_over();
             Ok(upload)
@@ -228,11 +237,12 @@ async fn open(
     state: &AppState,
     lease: &Lease,
     quota: Option<u64>,
+    token: Option<&str>,
     c: &Creation,
 ) -> Result<Upload, ApiError> {
     let id = Uuid::now_v7();
     let key = files::object_key(lease.account_id, id);
-    reservations::reserve(&state.db, lease, c.length, quota, Some(&key)).await?;
+    tokens::reserve_file(&state.db, lease, token, c.length, quota, Some(&key)).await?;
     lease
         .track_tail(
             &state.db,
@@ -252,16 +262,18 @@ async fn open(
             length: c.length,
             part_size: state.config.upload_part_bytes,
             expiry: state.config.tus_expiry,
+            upload_token_id: token,
         },
     )
     .await?)
 }
 
-/// Writes a request's body at `offset` of the account's upload `id`, as the
+/// Writes a request's body at `offset` of the owner's upload `id`, as the
 /// one writer of it.
 async fn write(
     state: &AppState,
     account: &Account,
+    owner: &Owner,
     id: Uuid,
     offset: u64,
     headers: &HeaderMap,
@@ -270,8 +282,8 @@ async fn write(
     let checksum = Checksum::parse(headers)?;
     let token = Uuid::new_v4();
     let hold = state.config.upload_lease_ttl;
-    let Some(upload) = uploads::lock(&state.db, id, account.id, token, hold).await? else {
-        let upload = uploads::find(&state.db, id, account.id).await?;
+    let Some(upload) = uploads::lock(&state.db, id, owner, token, hold).await? else {
+        let upload = uploads::find(&state.db, id, owner).await?;
         return Err(uploads::not_writable(&upload));
     };
     if offset != upload.offset() {
@@ -281,10 +293,19 @@ async fn write(
             upload.offset()
         )));
     }
+    // The limits of the token that created it hold whoever continues it.
+    let upload_token = match upload_token_of(state, &upload).await {
+        Ok(found) => found,
+        Err(e) => {
+            uploads::unlock(&state.db, id, token).await?;
+            return Err(e.into());
+        }
+    };
     let writer = Writer {
         state: state.clone(),
         upload,
         token,
+        upload_token,
         limits: account.limits(),
         content_length: headers::content_length(headers),
         checksum,
@@ -294,6 +315,17 @@ async fn write(
     tokio::spawn(writer.run(body))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// The token an upload was created with, if any.
+async fn upload_token_of(
+    state: &AppState,
+    upload: &Upload,
+) -> Result<Option<UploadToken>, sqlx::Error> {
+    match upload.upload_token_id.as_deref() {
+        Some(id) => upload_tokens::find(&state.db, upload.account_id, id).await,
+        None => Ok(None),
+    }
 }
 
 fn location(state: &AppState, id: Uuid) -> HeaderValue {
@@ -320,6 +352,7 @@ fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
            ("Upload-Metadata" = Option<String>, Header, nullable = false, description = "`filename` and `filetype`, base64; keys unique", pattern = r"^[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?(?:,[\x21-\x2b\x2d-\x7e]+(?: (?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?)?)*$"),
            ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of a creation-with-upload body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
     request_body(content = crate::body::RawBytes, content_type = "application/offset+octet-stream", description = "optional: the first bytes (creation-with-upload)"),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses(
         (status = 201, description = "created",
             headers(("Location" = String, description = "the upload's URL"),
@@ -328,27 +361,28 @@ fn outcome_headers(outcome: &Outcome) -> Vec<(&'static str, HeaderValue)> {
                     ("Intake-File-Id" = String, description = "the file, when the body was the whole file"))),
         (status = 400, description = "missing or malformed Upload-Length or Upload-Metadata"),
         (status = 401), (status = 412, description = "tus_version_unsupported"),
-        (status = 413, description = "file_too_large: above the category cap"),
-        (status = 415, description = "unsupported_media_type, type_mismatch"),
+        (status = 413, description = "file_too_large: above the category cap; upload_token_exhausted: past an upload token's max_files or max_bytes"),
+        (status = 415, description = "unsupported_media_type (also a category the upload token does not take), type_mismatch"),
         (status = 429, description = "concurrent_upload_limit, rate_limited"),
         (status = 460, description = "checksum_mismatch"),
         (status = 507, description = "storage_quota_exceeded")))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    auth: Uploader,
     headers: HeaderMap,
     UploadBody(body): UploadBody,
 ) -> Result<Response, ApiError> {
-    let creation = Creation::parse(&headers, &auth.account, state.config.stream_max_file_bytes)?;
+    let creation = Creation::parse(&headers, &auth, state.config.stream_max_file_bytes)?;
     let with_body = headers::is_offset_stream(&headers);
-    let upload = create_upload(&state, &auth.account, &creation).await?;
+    let upload = create_upload(&state, &auth, &creation).await?;
     metrics::counter!("intake_tus_created_total").increment(1);
     let mut pairs = vec![("location", location(&state, upload.id))];
     if !with_body {
         pairs.push(("upload-expires", headers::http_date(upload.expires_at)));
         return Ok(answer(StatusCode::CREATED, pairs));
     }
-    match write(&state, &auth.account, upload.id, 0, &headers, body).await {
+    let owner = auth.owner();
+    match write(&state, &auth.account, &owner, upload.id, 0, &headers, body).await {
         Ok(outcome) => {
             pairs.extend(outcome_headers(&outcome));
             Ok(answer(StatusCode::CREATED, pairs))
@@ -369,6 +403,7 @@ pub async fn create(
 /// An upload's offset (tus core `HEAD`).
 #[utoipa::path(head, path = "/upload/tus/{id}", tag = "tus",
     params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$")),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses(
         (status = 200, description = "the upload's state",
             headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Expires" = String),
@@ -379,10 +414,10 @@ pub async fn create(
         (status = 412, description = "tus_version_unsupported")))]
 pub async fn status(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    ContinuingUploader(auth): ContinuingUploader,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let upload = uploads::find(&state.db, id, auth.account.id).await?;
+    let upload = uploads::find(&state.db, id, &auth.owner()).await?;
     let mut pairs = vec![
         ("upload-length", HeaderValue::from(upload.length())),
         ("cache-control", HeaderValue::from_static("no-store")),
@@ -411,6 +446,7 @@ pub async fn status(
            ("Upload-Offset" = u64, Header, description = "must equal the upload's offset"),
            ("Upload-Checksum" = Option<String>, Header, nullable = false, description = "`sha1 <base64>` or `sha256 <base64>` of the body", pattern = r"^(sha1 [A-Za-z0-9+/]{26}[AEIMQUYcgkosw048]=|sha256 [A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=)$")),
     request_body(content = crate::body::RawBytes, content_type = "application/offset+octet-stream"),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses(
         (status = 204, description = "bytes kept",
             headers(("Upload-Offset" = u64), ("Upload-Expires" = String),
@@ -428,7 +464,7 @@ pub async fn status(
         (status = 460, description = "checksum_mismatch: nothing of the body kept")))]
 pub async fn append(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    ContinuingUploader(auth): ContinuingUploader,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
     UploadBody(body): UploadBody,
@@ -440,7 +476,16 @@ pub async fn append(
         )));
     }
     let offset = headers::upload_offset(&headers)?;
-    let outcome = write(&state, &auth.account, id, offset, &headers, body).await?;
+    let outcome = write(
+        &state,
+        &auth.account,
+        &auth.owner(),
+        id,
+        offset,
+        &headers,
+        body,
+    )
+    .await?;
     if matches!(outcome, Outcome::Completed { .. }) {
         metrics::counter!("intake_tus_completed_total").increment(1);
     }
@@ -451,6 +496,7 @@ pub async fn append(
 /// and slot come back.
 #[utoipa::path(delete, path = "/upload/tus/{id}", tag = "tus",
     params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, description = "1.0.0", pattern = r"^1\.0\.0$")),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
     responses((status = 204, description = "terminated"), (status = 401),
         (status = 404, description = "not_found"),
         (status = 409, description = "conflict: complete (delete the file instead)"),
@@ -459,18 +505,42 @@ pub async fn append(
         (status = 423, description = "upload_locked: a PATCH is writing it")))]
 pub async fn terminate(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    ContinuingUploader(auth): ContinuingUploader,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     // Held like a PATCH, so no request writes bytes after it ended.
     let token = Uuid::new_v4();
     let hold = state.config.upload_lease_ttl;
-    let Some(upload) = uploads::lock(&state.db, id, auth.account.id, token, hold).await? else {
-        let upload = uploads::find(&state.db, id, auth.account.id).await?;
+    let owner = auth.owner();
+    let Some(upload) = uploads::lock(&state.db, id, &owner, token, hold).await? else {
+        let upload = uploads::find(&state.db, id, &owner).await?;
         return Err(uploads::not_writable(&upload));
     };
     uploads::leave_open(&state.db, upload.id, UploadState::Terminated).await?;
     slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
     metrics::counter!("intake_tus_terminated_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every open upload that upload token `token_id` created (the token
+/// was just revoked): their stored bytes go, their reservations, token
+/// holds and slots come back. One that a PATCH is writing right now is
+/// ended by that PATCH as it finishes (`receive`).
+pub async fn end_for_token(state: &AppState, token_id: &str) -> Result<u64, sqlx::Error> {
+    let hold = state.config.upload_lease_ttl;
+    let mut ended = 0;
+    for upload in uploads::open_of_token(&state.db, token_id).await? {
+        let owner = Owner {
+            account_id: upload.account_id,
+            token_id: Some(token_id.to_owned()),
+        };
+        let locked = uploads::lock(&state.db, upload.id, &owner, Uuid::new_v4(), hold).await?;
+        if locked.is_some()
+            && uploads::leave_open(&state.db, upload.id, UploadState::Terminated).await?
+        {
+            slots::end(&state.db, state.store.as_ref(), upload.lease_id).await?;
+            ended += 1;
+        }
+    }
+    Ok(ended)
 }

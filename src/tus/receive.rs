@@ -25,9 +25,13 @@ use super::{
     uploads::{self, State, Upload},
 };
 use crate::{
+    auth::{UploadToken, upload_tokens},
     error::ApiError,
     files::FileView,
-    quota::slots::{self, Lease},
+    quota::{
+        slots::{self, Lease},
+        tokens,
+    },
     state::AppState,
     tiers::Limits,
 };
@@ -88,6 +92,9 @@ pub struct Writer {
     pub upload: Upload,
     /// This request's hold on the upload.
     pub token: Uuid,
+    /// The upload token that created the upload, if one did: its
+    /// categories hold on the bytes.
+    pub upload_token: Option<UploadToken>,
     /// The owner's limits.
     pub limits: Limits,
     /// The body's announced length, if any.
@@ -110,8 +117,16 @@ impl Writer {
     /// ended with everything it held.
     pub async fn run(self, body: Body) -> Result<Outcome, ApiError> {
         let mut hold = Hold::start(&self);
-        let result = self.receive(&mut hold, body).await;
+        let mut result = self.receive(&mut hold, body).await;
         hold.end().await;
+        // Its token revoked while this request held the upload (which the
+        // revocation could not end then): the upload ends now.
+        if let Some(token) = &self.upload_token
+            && !matches!(result, Ok(Outcome::Completed { .. }) | Err(Stop::Refuse(_)))
+            && upload_tokens::is_revoked(&self.state.db, &token.id).await?
+        {
+            result = Err(Stop::Refuse(tokens::revoked()));
+        }
         match result {
             Ok(outcome) => Ok(outcome),
             Err(Stop::Keep(e)) => Err(e),

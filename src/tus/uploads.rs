@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::sha::Sha256State;
 use crate::{
+    auth::Owner,
     error::ApiError,
     files,
     sniff::{Category, Kind},
@@ -79,6 +80,8 @@ pub struct Upload {
     pub expires_at: DateTime<Utc>,
     /// Whether it has expired.
     pub expired: bool,
+    /// The upload token that created it, if one did.
+    pub upload_token_id: Option<String>,
 }
 
 impl Upload {
@@ -163,12 +166,14 @@ pub struct NewUpload<'a> {
     pub part_size: u64,
     /// How long it lives without bytes.
     pub expiry: Duration,
+    /// The upload token creating it, if any.
+    pub upload_token_id: Option<&'a str>,
 }
 
 const COLUMNS: &str = "id, account_id, lease_id, filename, declared_type, metadata, length, \
      multipart_upload_id, part_size, parts, stored, tail_len, tail_seqs, tail_lens, tail_next, \
      sha_state, sha_rest, content_type, category, is_text, state, expires_at, \
-     expires_at < now() AS expired";
+     expires_at < now() AS expired, upload_token_id";
 
 fn bigint(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -179,8 +184,9 @@ pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<Upload, sqlx::Erro
     let (words, rest) = Sha256State::default().to_parts();
     sqlx::query_as(&format!(
         "INSERT INTO tus_uploads (id, account_id, lease_id, filename, declared_type, metadata,
-                                  length, part_size, sha_state, sha_rest, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))
+                                  length, part_size, sha_state, sha_rest, expires_at,
+                                  upload_token_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)
          RETURNING {COLUMNS}"
     ))
     .bind(u.id)
@@ -194,17 +200,21 @@ pub async fn insert(db: &PgPool, u: &NewUpload<'_>) -> Result<Upload, sqlx::Erro
     .bind(words)
     .bind(rest)
     .bind(u.expiry.as_secs_f64())
+    .bind(u.upload_token_id)
     .fetch_one(db)
     .await
 }
 
-/// The account's upload by id (another account's upload is not found).
-pub async fn find(db: &PgPool, id: Uuid, account_id: Uuid) -> Result<Upload, ApiError> {
+/// The owner's upload by id (another account's upload is not found, nor,
+/// for a token, one it did not create).
+pub async fn find(db: &PgPool, id: Uuid, owner: &Owner) -> Result<Upload, ApiError> {
     let row: Option<Upload> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM tus_uploads WHERE id = $1 AND account_id = $2"
+        "SELECT {COLUMNS} FROM tus_uploads WHERE id = $1 AND account_id = $2
+           AND ($3::text IS NULL OR upload_token_id = $3)"
     ))
     .bind(id)
-    .bind(account_id)
+    .bind(owner.account_id)
+    .bind(owner.token_id.as_deref())
     .fetch_optional(db)
     .await?;
     row.ok_or_else(|| ApiError::not_found("upload"))
@@ -227,11 +237,11 @@ pub fn not_writable(upload: &Upload) -> ApiError {
 
 /// Makes `token` the one writer of an open, unexpired upload for `hold`
 /// (one conditional update: of two PATCHes racing, one wins). `None` when
-/// the upload is not the account's, not open, expired or held by another.
+/// the upload is not the owner's, not open, expired or held by another.
 pub async fn lock(
     db: &PgPool,
     id: Uuid,
-    account_id: Uuid,
+    owner: &Owner,
     token: Uuid,
     hold: Duration,
 ) -> Result<Option<Upload>, sqlx::Error> {
@@ -239,12 +249,14 @@ pub async fn lock(
         "UPDATE tus_uploads SET patch_token = $3, patch_until = now() + make_interval(secs => $4)
          WHERE id = $1 AND account_id = $2 AND state = 'open' AND expires_at > now()
            AND (patch_until IS NULL OR patch_until < now())
+           AND ($5::text IS NULL OR upload_token_id = $5)
          RETURNING {COLUMNS}"
     ))
     .bind(id)
-    .bind(account_id)
+    .bind(owner.account_id)
     .bind(token)
     .bind(hold.as_secs_f64())
+    .bind(owner.token_id.as_deref())
     .fetch_optional(db)
     .await
 }
@@ -378,6 +390,17 @@ pub async fn leave_open(db: &PgPool, id: Uuid, to: State) -> Result<bool, sqlx::
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The open uploads that upload token `token_id` created (to end them
+/// when it is revoked).
+pub async fn open_of_token(db: &PgPool, token_id: &str) -> Result<Vec<Upload>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tus_uploads WHERE upload_token_id = $1 AND state = 'open'"
+    ))
+    .bind(token_id)
+    .fetch_all(db)
+    .await
 }
 
 /// Of `keys`, the tail objects (segments, or the one object of earlier

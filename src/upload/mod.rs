@@ -6,13 +6,15 @@
 //! Every limit holds while the bytes flow, decided by the limit modules of
 //! [`crate::quota`]; the request holds one concurrent-upload slot for as
 //! long as it runs. Whatever ends an upload early, the partial object, the
-//! reservation and the slot are given back.
+//! reservation and the slot are given back. An upload token may send both
+//! routes: its limits hold on top of the account's ([`crate::quota::tokens`]).
 
 mod batch;
 mod doc;
 mod filename;
 mod multipart;
 mod pipeline;
+mod reserve;
 mod settling;
 
 use axum::{
@@ -25,7 +27,7 @@ pub use batch::{BatchResponse, BatchResult};
 pub use filename::sanitize_filename;
 
 use crate::{
-    auth::CurrentAccount,
+    auth::Uploader,
     body::UploadBody,
     error::ApiError,
     extract::Json,
@@ -44,10 +46,12 @@ fn rejected(e: &ApiError) {
 /// Uploads one file (one part named `file`).
 #[utoipa::path(post, path = "/upload/stream", tag = "uploads",
     request_body(content = doc::SingleUpload, content_type = "multipart/form-data", description = "one part named `file`"),
-    responses((status = 201, body = FileView), (status = 413), (status = 415), (status = 429), (status = 507)))]
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
+    responses((status = 201, body = FileView), (status = 413, description = "file_too_large, use_presigned_upload, upload_token_exhausted"),
+              (status = 415), (status = 429), (status = 507)))]
 pub async fn stream_single(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    auth: Uploader,
     headers: HeaderMap,
     UploadBody(body): UploadBody,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
@@ -63,7 +67,7 @@ pub async fn stream_single(
 /// runs (released on every path), and the rejection metrics.
 async fn upload<T>(
     state: &AppState,
-    auth: &CurrentAccount,
+    auth: &Uploader,
     headers: &HeaderMap,
     body: Body,
     whole_stream_limit: u64,
@@ -83,6 +87,7 @@ async fn upload<T>(
     let ctx = Ctx {
         state,
         account: &auth.account,
+        token: auth.token.as_ref(),
         limits,
         lease: slot.lease(),
         body_len: content_length(headers),
@@ -132,11 +137,12 @@ async fn single(ctx: &Ctx<'_>, parts: &mut Parts) -> Result<FileView, ApiError> 
 /// failing never fails the others.
 #[utoipa::path(post, path = "/upload/stream-batch", tag = "uploads",
     request_body(content = doc::BatchUpload, content_type = "multipart/form-data", description = "1..N parts named `files`"),
-    responses((status = 200, body = BatchResponse), (status = 413, description = "more parts than the tier's batch size"),
+    security(("api_key" = []), ("session" = []), ("upload_token" = [])),
+    responses((status = 200, body = BatchResponse), (status = 413, description = "more parts than the tier's batch size (a part past an upload token's limits is 413 upload_token_exhausted in its result)"),
               (status = 429)))]
 pub async fn stream_batch(
     State(state): State<AppState>,
-    auth: CurrentAccount,
+    auth: Uploader,
     headers: HeaderMap,
     UploadBody(body): UploadBody,
 ) -> Result<Json<BatchResponse>, ApiError> {

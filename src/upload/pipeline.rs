@@ -2,9 +2,10 @@
 //! table, held to every limit while its bytes flow: the type on the first
 //! bytes, the caps and text validity on the running count
 //! ([`quota::caps`]), the storage quota by reservations made before a byte
-//! is held ([`quota::reservations`]), the process's memory by room in its
-//! upload buffers ([`quota::buffers`]). A file that fails gives back its
-//! object, its reservation and its room on every path.
+//! is held ([`quota::reservations`]), an upload token's categories, files
+//! and bytes likewise ([`quota::tokens`]), the process's memory by room in
+//! its upload buffers ([`quota::buffers`]). A file that fails gives back
+//! its object, its reservations and its room on every path.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -12,18 +13,20 @@ use uuid::Uuid;
 
 use super::{
     multipart,
+    reserve::Refused,
     settling::{Settling, Unsettled},
 };
 use crate::{
-    auth::Account,
+    auth::{Account, UploadToken},
     deletions::{self, Doomed},
     error::ApiError,
     files::{self, FileView, NewFile},
     quota::{
         buffers::Room,
         caps::{Cap, ContentCheck, Route},
-        reservations::{self, ReserveError},
+        reservations,
         slots::Lease,
+        tokens,
     },
     sniff::{self, Kind, SNIFF_BYTES},
     state::AppState,
@@ -60,6 +63,9 @@ pub struct Ctx<'a> {
     pub state: &'a AppState,
     /// The caller.
     pub account: &'a Account,
+    /// The upload token the request came with, if any: its limits hold on
+    /// top of the account's, and its files carry its subject and metadata.
+    pub token: Option<&'a UploadToken>,
     /// The caller's effective limits.
     pub limits: Limits,
     /// The request's slot, under which every file reserves.
@@ -85,7 +91,8 @@ impl Ctx<'_> {
     /// table's by now: it goes as any deleted file does, its usage with it.
     pub async fn delete_recorded(&self, file_id: Uuid) -> Result<(), ApiError> {
         let store = self.state.store.as_ref();
-        files::delete(&self.state.db, store, self.account.id, file_id).await
+        let token = self.token.map(|t| t.id.as_str());
+        files::delete_uploaded(&self.state.db, store, self.account.id, file_id, token).await
     }
 
     /// Reads the rest of a refused part and drops it, so the next part's
@@ -133,6 +140,9 @@ impl Ctx<'_> {
             return Err(ApiError::unprocessable("the file is empty").into());
         }
         let kind = sniff::sniff(&head.concat(), complete, &declared, filename)?;
+        if let Some(token) = self.token {
+            tokens::check_category(token, kind.category)?;
+        }
         let id = Uuid::now_v7();
         // Recorded on the lease by the file's first reservation, before any
         // byte reaches storage.
@@ -248,6 +258,7 @@ impl Ctx<'_> {
                     category: kind.category,
                     size: total,
                     sha256: Some(sha),
+                    upload_token_id: self.token.map(|t| t.id.clone()),
                 };
                 files::record(&self.state.db, self.lease, &new, reserved)
                     .await
@@ -285,8 +296,9 @@ impl Ctx<'_> {
         len: u64,
     ) -> Result<Box<dyn ObjectWriter>, FileError> {
         cap.check(len)?;
-        let (db, lease) = (&self.state.db, self.lease);
-        reservations::reserve(db, lease, len, self.limits.storage_bytes, Some(key)).await?;
+        self.reserve(len, len, true, Some(key))
+            .await
+            .map_err(|r| r.error)?;
         let part_size = usize::try_from(self.state.config.upload_part_bytes).unwrap_or(usize::MAX);
         match self
             .state
@@ -330,7 +342,12 @@ impl Ctx<'_> {
         let (db, store) = (&self.state.db, self.state.store.as_ref());
         let released = async {
             deletions::remove_or_enqueue(db, store, &doomed).await?;
-            reservations::unreserve(db, self.lease, reserved, &doomed.object_key).await
+            reservations::unreserve(db, self.lease, reserved, &doomed.object_key).await?;
+            // What it reserved of a token: the file itself, and as many bytes.
+            if self.token.is_some() {
+                tokens::unreserve(db, self.lease, 1, reserved).await?;
+            }
+            Ok::<_, sqlx::Error>(())
         }
         .await;
         if let Err(e) = released {
@@ -495,40 +512,34 @@ impl<'a> Sink<'a> {
                     self.reserved += granted;
                     return Ok(());
                 }
-                Err(e @ ReserveError::Quota { .. }) => {
+                Err(Refused {
+                    error,
+                    for_room: true,
+                }) => {
                     if !self.ctx.settling.room_may_come(mark).await {
-                        return Err(e.into());
+                        return Err(error.into());
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(refused) => return Err(refused.error.into()),
             }
         }
     }
 
     /// One reservation of at least `need` bytes: a part ahead, never past
-    /// what the file may still hold (the cap, the body); near the quota,
-    /// what is left of it, so a file that fits is accepted. Returns what
-    /// was granted.
-    async fn reserve_step(&mut self, need: u64) -> Result<u64, ReserveError> {
+    /// what the file may still hold (the cap, the body); near a limit, what
+    /// is left of it, so a file that fits is accepted. Returns what was
+    /// granted.
+    async fn reserve_step(&mut self, need: u64) -> Result<u64, Refused> {
         let cap = self.check.cap().limit();
         let most = self.ctx.body_len.map_or(cap, |len| len.min(cap));
         let step = need
             .max(self.ctx.state.config.upload_part_bytes)
             .min(most.saturating_sub(self.reserved))
             .max(need);
-        let (db, lease) = (&self.ctx.state.db, self.ctx.lease);
-        let quota = self.ctx.limits.storage_bytes;
         // The file's first reservation also records its object on the lease.
-        let key = (self.reserved == 0).then_some(self.key);
-        match reservations::reserve(db, lease, step, quota, key).await {
-            Ok(()) => Ok(step),
-            Err(ReserveError::Quota { limit, used }) if step > need => {
-                let left = limit.saturating_sub(used).clamp(need, step);
-                reservations::reserve(db, lease, left, quota, key).await?;
-                Ok(left)
-            }
-            Err(e) => Err(e),
-        }
+        let first = self.reserved == 0;
+        let key = first.then_some(self.key);
+        self.ctx.reserve(need, step, first, key).await
     }
 
     fn into_parts(self) -> (Box<dyn ObjectWriter>, u64, u64, [u8; 32]) {

@@ -29,3 +29,4 @@ mod soak;
 mod storage;
 mod tus;
 mod upload;
+mod upload_tokens;

@@ -231,6 +231,9 @@ async fn openapi_lists_every_route() {
         "POST /api-keys",
         "GET /api-keys",
         "DELETE /api-keys/{id}",
+        "POST /upload-tokens",
+        "GET /upload-tokens",
+        "DELETE /upload-tokens/{id}",
         "GET /limits",
         "GET /usage",
         "POST /admin/accounts",
@@ -267,6 +270,19 @@ async fn openapi_lists_every_route() {
     .collect();
     assert_eq!(listed, expected);
     assert!(doc["components"]["schemas"]["AccountView"].is_object());
+    // Upload tokens are a scheme of their own, named by the routes they open.
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["upload_token"]["bearerFormat"], "iut_<id>_<secret>");
+    let security = &doc["paths"]["/upload/stream"]["post"]["security"];
+    assert!(
+        security
+            .as_array()
+            .unwrap()
+            .contains(&json!({"upload_token": []})),
+        "{security}"
+    );
+    let files_security = &doc["paths"]["/files"]["get"]["security"];
+    assert!(!files_security.to_string().contains("upload_token"));
 }
 
 #[tokio::test]

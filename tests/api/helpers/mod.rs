@@ -17,6 +17,7 @@
 //! - [`metrics`]: what `/metrics` says, read by difference;
 //! - [`raw`]: HTTP/1.1 by hand on one connection (what happens to it
 //!   after an answer);
+//! - [`tokens`]: upload tokens minted, counted, expired;
 //! - [`poll`]: the one way to wait for something.
 
 pub mod ai;
@@ -30,6 +31,7 @@ pub mod poll;
 pub mod processes;
 pub mod raw;
 pub mod relay;
+pub mod tokens;
 
 // The names nearly every test file uses, at the top of the tree.
 pub use app::{Backend, Holdings, TestApp, assert_problem, download, env, spawn, spawn_app};
