@@ -312,13 +312,15 @@ async fn finish(
     let sql = match mode {
         Mode::Own => {
             "DELETE FROM upload_leases WHERE id = $1
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects,
+                       EXISTS (SELECT 1 FROM upload_token_holds h WHERE h.lease_id = upload_leases.id)"
         }
         Mode::Expired => {
             "DELETE FROM upload_leases WHERE id = (
                SELECT id FROM upload_leases WHERE id = $1 AND expires_at < now()
                FOR UPDATE SKIP LOCKED)
-             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects"
+             RETURNING account_id, reserved_bytes, object_key, multipart_upload_id, finishing_keys, tail_key, tail_objects,
+                       EXISTS (SELECT 1 FROM upload_token_holds h WHERE h.lease_id = upload_leases.id)"
         }
     };
     type Ended = (
@@ -329,12 +331,15 @@ async fn finish(
         Vec<String>,
         Option<String>,
         Vec<String>,
+        bool,
     );
     let ended: Option<Ended> = sqlx::query_as(sql)
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?;
-    let Some((account_id, reserved, key, upload_id, finishing, tail, tail_objects)) = ended else {
+    let Some((account_id, reserved, key, upload_id, finishing, tail, tail_objects, token_holds)) =
+        ended
+    else {
         return Ok(false);
     };
     // Keys are cleared in the transaction that records a file, so a key
@@ -356,7 +361,10 @@ async fn finish(
         deletions::enqueue(&mut tx, d).await?;
     }
     reservations::release_lease(&mut tx, account_id, reserved).await?;
-    tokens::release_lease(&mut tx, lease_id).await?;
+    // Only a token's upload holds a share of it: no statement for others.
+    if token_holds {
+        tokens::release_lease(&mut tx, lease_id).await?;
+    }
     tx.commit().await?;
     deletions::delete_queued(db, store, &doomed).await;
     Ok(true)
