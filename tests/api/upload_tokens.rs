@@ -328,6 +328,32 @@ async fn a_token_whose_account_moved_to_free_uploads_nothing() {
     left_with(&app, &account, 0, 0).await;
 }
 
+/// A PNG of `len` bytes through `path` that the token refuses as spent:
+/// 413 `upload_token_exhausted`.
+async fn assert_exhausted(app: &TestApp, path: Path, tok: &str, name: &str, len: usize) {
+    let refused = upload_via(app, path, tok, name, "image/png", &png(len)).await;
+    let exhausted = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload_token_exhausted".into(),
+    );
+    assert_eq!(refused.unwrap_err(), exhausted, "{path:?}");
+}
+
+/// What a token spent on two files of 1,000 bytes leaves, after the
+/// `n`th path: its counters, and the account's files from every path so far.
+async fn assert_two_files_spent(
+    app: &TestApp,
+    account: &TestAccount,
+    id: &str,
+    path: Path,
+    n: usize,
+) {
+    let spent = TokenCounters::used(2, 2000);
+    assert_eq!(app.token_counters(id).await, spent, "{path:?}");
+    let files = 2 * (n as i64 + 1);
+    left_with(app, account, files, files * 1000).await;
+}
+
 #[tokio::test]
 async fn max_files_is_reached_exactly_then_refused_on_every_path() {
     let app = spawn_app().await;
@@ -339,22 +365,8 @@ async fn max_files_is_reached_exactly_then_refused_on_every_path() {
             let done = upload_via(&app, path, &tok, &name, "image/png", &png(1000)).await;
             assert!(done.is_ok(), "{path:?} file {i}: {done:?}");
         }
-        let refused = upload_via(&app, path, &tok, "2.png", "image/png", &png(1000)).await;
-        assert_eq!(
-            refused.unwrap_err(),
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "upload_token_exhausted".into()
-            ),
-            "{path:?}"
-        );
-        assert_eq!(
-            app.token_counters(&id).await,
-            TokenCounters::used(2, 2000),
-            "{path:?}"
-        );
-        let files = 2 * (n as i64 + 1);
-        left_with(&app, &account, files, files * 1000).await;
+        assert_exhausted(&app, path, &tok, "2.png", 1000).await;
+        assert_two_files_spent(&app, &account, &id, path, n).await;
     }
 }
 
@@ -367,28 +379,13 @@ async fn max_bytes_is_reached_exactly_then_refused_on_every_path() {
         let first = upload_via(&app, path, &tok, "a.png", "image/png", &png(1000)).await;
         assert!(first.is_ok(), "{path:?}: {first:?}");
         // One byte past what is left: refused, and nothing of it kept.
-        let over = upload_via(&app, path, &tok, "b.png", "image/png", &png(1001)).await;
-        assert_eq!(
-            over.unwrap_err(),
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "upload_token_exhausted".into()
-            ),
-            "{path:?}"
-        );
+        assert_exhausted(&app, path, &tok, "b.png", 1001).await;
         assert_eq!(app.token_counters(&id).await, TokenCounters::used(1, 1000));
         // Exactly what is left: taken.
         let last = upload_via(&app, path, &tok, "c.png", "image/png", &png(1000)).await;
         assert!(last.is_ok(), "{path:?}: {last:?}");
-        let after = upload_via(&app, path, &tok, "d.png", "image/png", &png(100)).await;
-        assert_eq!(after.unwrap_err().1, "upload_token_exhausted", "{path:?}");
-        assert_eq!(
-            app.token_counters(&id).await,
-            TokenCounters::used(2, 2000),
-            "{path:?}"
-        );
-        let files = 2 * (n as i64 + 1);
-        left_with(&app, &account, files, files * 1000).await;
+        assert_exhausted(&app, path, &tok, "d.png", 100).await;
+        assert_two_files_spent(&app, &account, &id, path, n).await;
     }
 }
 
