@@ -343,32 +343,25 @@ async fn early_answers_on_streaming_uploads_keep_the_connection_or_say_it_closes
     assert_eq!(after, After::Closed);
 
     // Files refused mid-stream, with most of their bytes still coming.
-    let form = Form::new()
-        .part("file", "big.png", "image/png", &fixtures::png(2 * MIB))
-        .finish();
-    let head = post_head(
-        "/upload/stream",
-        &key,
-        &form.content_type(),
-        form.body.len(),
-        "",
-    );
-    let (answer, after) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
-    answer.assert_problem(413, "use_presigned_upload");
-    assert_eq!(after, After::Closed);
-    let form = Form::new()
-        .part("file", "a.bin", "", &fixtures::elf(2 * MIB))
-        .finish();
-    let head = post_head(
-        "/upload/stream",
-        &key,
-        &form.content_type(),
-        form.body.len(),
-        "",
-    );
-    let (answer, after) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
-    answer.assert_problem(415, "unsupported_media_type");
-    assert_eq!(after, After::Closed);
+    for (form, status, code) in [
+        (
+            Form::new().part("file", "big.png", "image/png", &fixtures::png(2 * MIB)),
+            413,
+            "use_presigned_upload",
+        ),
+        (
+            Form::new().part("file", "a.bin", "", &fixtures::elf(2 * MIB)),
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let form = form.finish();
+        let len = form.body.len();
+        let head = post_head("/upload/stream", &key, &form.content_type(), len, "");
+        let (answer, after) = keep_alive_exchange(&addr, &head, form.body, BodyAt::WithHead).await;
+        answer.assert_problem(status, code);
+        assert_eq!(after, After::Closed, "{code}");
+    }
     // A batch past the tier's size, refused at its 21st part: whichever
     // way the connection goes, the client can go on (asserted inside).
     let form = Form::pngs(21, 100 * 1024).finish();
