@@ -703,10 +703,26 @@ async fn soak() {
         }
     })
     .await;
+    // What is still open, to tell which owner kept it, when something is.
+    let left: Vec<(String, String, f64)> = if expired {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT 'lease', kind::text, extract(epoch FROM expires_at - now())::float8
+               FROM upload_leases WHERE expires_at > now()
+             UNION ALL SELECT 'presigned', state::text, extract(epoch FROM expires_at - now())::float8
+               FROM presigned_uploads WHERE expires_at > now()
+             UNION ALL SELECT 'tus', state::text, extract(epoch FROM expires_at - now())::float8
+               FROM tus_uploads WHERE expires_at > now()",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap_or_default()
+    };
     db.close().await;
     assert!(
         expired,
-        "leases and URLs still open {bound:?} after the run"
+        "leases and URLs still open {bound:?} after the run (what, state, seconds left): {left:?}"
     );
     let (reap_code, reaped, _) = intake_cli(&vars, &["admin", "reap"]).await;
     let (rec_code, report, rec_err) = intake_cli(&vars, &["admin", "reconcile"]).await;
